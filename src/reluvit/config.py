@@ -1,0 +1,259 @@
+"""Typed schema of the Hydra configs in ``conf/``, their validation, and composition outside ``@hydra.main``.
+
+The schema (registered as ``train_schema``, the first entry of ``conf/train.yaml``'s defaults) makes a misspelt key
+or a wrongly typed value fail while Hydra composes. :func:`validate` then checks values against what the code
+accepts (the allowed sets are imported from the modules that define them) and raises :class:`ConfigError`, which
+the entry point prints as one line naming the key, exiting with status 2 before anything trains or is submitted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from reluvit.attention import ACTIVATIONS, GATE_ACTIVATIONS, GELU_APPROXIMATIONS, SEQ_LEN_MODES
+from reluvit.data import DATASETS
+from reluvit.models import POOLS, parse_variant
+from reluvit.module import LOSSES
+
+CONF_DIR = Path(os.environ.get("RELUVIT_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+
+
+@dataclass
+class AttentionConfig:
+    activation: str = "relu"
+    alpha: float = 1.0
+    qk_norm: bool = True
+    gate: bool = False
+    gate_activation: str = "none"
+    gelu_approximate: str = "none"
+    seq_len: str = "keys"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    variant: str = MISSING
+    pool: str = "${recipe.pool}"
+    rep_size: Any = "${recipe.rep_size}"
+    head_bias_init: Any = "${recipe.head_bias_init}"
+    img_size: Any = "${data.img_size}"
+    in_chans: Any = "${data.in_chans}"
+    num_classes: Any = "${data.num_classes}"
+
+
+@dataclass
+class AugmentConfig:
+    randaug_layers: int = 0
+    randaug_magnitude: int = 0
+    mixup: float = 0.0
+
+
+@dataclass
+class RecipeConfig:
+    name: str = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_steps: int = 10_000
+    grad_clip_norm: float = 1.0
+    loss: str = "sigmoid"
+    pool: str = "gap"
+    rep_size: bool = False
+    head_bias_init: float = 0.0
+    augment: dict[str, AugmentConfig] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    dataset: str = MISSING
+    path: str | None = None
+    img_size: int = MISSING
+    in_chans: int = MISSING
+    num_classes: int = MISSING
+    val_size: int = 0
+    split_seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    micro_batch_size: int | None = None
+    deterministic: bool = False
+    max_steps: int = -1
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    wandb_mode: str = "auto"
+    project: str = "reluvit"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    runs_dir: str = "runs"
+    run_name: str = "${run_name:}"
+    run_dir: str = "${runs_dir}/${run_name}"
+    resume: bool = True
+
+
+class ConfigError(ValueError):
+    """A config value the code cannot run with; ``str()`` is one line naming the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _format_alpha(alpha: float) -> str:
+    return f"{alpha:g}"
+
+
+def run_name(*, _root_: DictConfig) -> str:
+    """Stable, readable run directory name from the grid keys, e.g. ``smoke-animal_mnist/mini4/relu-a1-s0``: the
+    same point of a grid always maps to the same directory, which is what makes re-runs resume or skip."""
+    a = _root_.attention
+    attn = a.activation if a.activation == "softmax" else f"{a.activation}-a{_format_alpha(a.alpha)}"
+    if a.activation == "gelu" and a.gelu_approximate != "none":
+        attn += f"-{a.gelu_approximate}"
+    if not a.qk_norm:
+        attn += "-noqkln"
+    if a.gate:
+        attn += "-gate" if a.gate_activation == "none" else f"-gate_{a.gate_activation}"
+    if a.seq_len != "keys" and a.activation != "softmax":
+        attn += f"-L{a.seq_len}"
+    return f"{_root_.recipe.name}-{_root_.data.name}/{_root_.model.name}/{attn}-s{_root_.seed}"
+
+
+def register() -> None:
+    """Register the schema and the ``run_name`` resolver (idempotent; done on import)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
+
+
+register()
+
+
+def world_size(trainer: DictConfig) -> int:
+    """Number of training processes the trainer config asks for ('auto' devices: all GPUs, else 1 CPU process)."""
+    import torch
+
+    devices = trainer.devices
+    if devices in ("auto", -1, "-1"):
+        on_gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, str | list) and not str(devices).isdigit():
+        devices = len(devices) if isinstance(devices, list) else len(devices.split(","))
+    return int(devices) * trainer.num_nodes
+
+
+def _choice(cfg: DictConfig, key: str, allowed) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of: {', '.join(map(str, allowed))}")
+
+
+def augment_for(cfg: DictConfig) -> AugmentConfig:
+    """The recipe's per-model-size augmentation (big_vision keys it by variant), falling back to ``default``."""
+    table = cfg.recipe.augment
+    entry = table.get(cfg.model.name, table.get("default"))
+    if entry is None:
+        raise ConfigError(f"recipe.augment.{cfg.model.name}",
+                          f"recipe {cfg.recipe.name!r} has no augmentation entry for model {cfg.model.name!r} and no "
+                          f"'default'; it has: {', '.join(table) or 'none'}")
+    return entry
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value the run depends on; raise :class:`ConfigError` on the first bad one."""
+    _choice(cfg, "attention.activation", ACTIVATIONS)
+    alpha = cfg.attention.alpha
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+        raise ConfigError("attention.alpha", f"{alpha!r} is not a real number >= 0")
+    _choice(cfg, "attention.gate_activation", tuple(GATE_ACTIVATIONS))
+    _choice(cfg, "attention.gelu_approximate", GELU_APPROXIMATIONS)
+    _choice(cfg, "attention.seq_len", SEQ_LEN_MODES)
+    try:
+        _, patch = parse_variant(cfg.model.variant)
+    except ValueError as e:
+        raise ConfigError("model.variant", str(e)) from None
+    if cfg.data.img_size % patch:
+        raise ConfigError("model.variant", f"patch size {patch} does not divide data.img_size {cfg.data.img_size}")
+    _choice(cfg, "model.pool", POOLS)
+    _choice(cfg, "recipe.loss", LOSSES)
+    _choice(cfg, "data.dataset", DATASETS)
+    if cfg.data.dataset == "imagefolder":
+        path = cfg.data.path
+        if not path or not all((Path(path) / split).is_dir() for split in ("train", "val")):
+            raise ConfigError("data.path", f"{path!r} is not a folder with train/ and val/ subfolders")
+    for key in ("recipe.epochs", "recipe.batch_size", "data.num_classes", "data.img_size"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(key, f"{OmegaConf.select(cfg, key)} is not a positive integer")
+    micro_batch_size(cfg)
+    augment_for(cfg)
+
+
+def micro_batch_size(cfg: DictConfig) -> tuple[int, int]:
+    """(per-device batch, gradient-accumulation steps) that reach the recipe's global batch on this world size."""
+    world = world_size(cfg.trainer)
+    global_batch = cfg.recipe.batch_size
+    if global_batch % world:
+        raise ConfigError("recipe.batch_size", f"{global_batch} is not divisible by the device count {world} "
+                                               f"(trainer.devices x trainer.num_nodes)")
+    per_device = global_batch // world
+    micro = cfg.trainer.micro_batch_size or per_device
+    if per_device % micro:
+        raise ConfigError("trainer.micro_batch_size", f"{micro} does not divide the per-device batch {per_device}")
+    return micro, per_device // micro
+
+
+def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides, outside ``@hydra.main`` (tests, the demo, the
+    pre-flight check); Hydra's own errors come back as :class:`ConfigError`."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=list(overrides))
+    except MissingConfigException as e:
+        group, _, name = (e.missing_cfg_file or "").rpartition("/")
+        allowed = ", ".join(sorted(e.options or [])) if e.options else "see conf/" + group
+        raise ConfigError(group or "config", f"{name!r} is not a known option; allowed: {allowed}") from None
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+        key = getattr(cause, "full_key", None) or "override"
+        message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
+        raise ConfigError(key, message) from None

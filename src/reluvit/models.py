@@ -1,0 +1,156 @@
+"""The ViT grid on timm: big_vision's model sizes, pooling heads and initialisers, with the attention family.
+
+``create_model("S/16", attention="relu", alpha=1.0)`` returns a plain ``timm`` ``VisionTransformer`` whose blocks
+use :class:`reluvit.attention.PointwiseAttention`; everything else (patch embedding, pre-LN blocks, MLP, pooling)
+is timm's own, configured to match big_vision ``models/vit.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from timm.layers import lecun_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from reluvit.attention import attention_layer
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    depth: int
+    mlp_dim: int
+    heads: int
+
+
+# big_vision decode_variant ("Table 2 of arXiv 2106.04560"); "mini" is reluvit's CPU-scale size for the embedded
+# 28x28 datasets (not a big_vision name).
+SIZES: dict[str, Size] = {
+    "mini": Size(96, 4, 384, 3),
+    "Ti": Size(192, 12, 768, 3),
+    "S": Size(384, 12, 1536, 6),
+    "M": Size(512, 12, 2048, 8),
+    "B": Size(768, 12, 3072, 12),
+    "L": Size(1024, 24, 4096, 16),
+    "H": Size(1280, 32, 5120, 16),
+}
+POOLS = ("gap", "tok")
+_VARIANT = re.compile(r"^([A-Za-z]+)/(\d+)$")
+
+
+def parse_variant(variant: str) -> tuple[Size, int]:
+    """``"S/16"`` -> (the S size, patch 16). Any positive patch size is accepted."""
+    match = _VARIANT.match(variant)
+    if not match or match.group(1) not in SIZES or int(match.group(2)) < 1:
+        raise ValueError(f"variant={variant!r} is not '<size>/<patch>' with size one of: {', '.join(SIZES)}")
+    return SIZES[match.group(1)], int(match.group(2))
+
+
+class PreLogits(nn.Sequential):
+    """big_vision's ``rep_size=True`` representation layer, Dense(width) + tanh. It is installed as timm's
+    ``fc_norm`` (applied between pooling and head), so ``forward_head(x, pre_logits=True)`` returns its output."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(nn.Linear(width, width), nn.Tanh())
+
+
+def create_model(
+    variant: str = "S/16",
+    *,
+    attention: str = "relu",
+    alpha: float = 1.0,
+    qk_norm: bool = True,
+    gate: bool = False,
+    num_classes: int = 1000,
+    img_size: int = 224,
+    in_chans: int = 3,
+    pool: str = "gap",
+    rep_size: bool = False,
+    head_bias_init: float = 0.0,
+    gate_activation: str = "none",
+    gelu_approximate: str = "none",
+    seq_len: str = "keys",
+    **timm_kwargs,
+) -> VisionTransformer:
+    """Build a big_vision-style ViT with the given attention.
+
+    Args:
+        variant: ``"<size>/<patch>"``, size in :data:`SIZES` (big_vision's Ti, S, M, B, L, H, plus ``mini``).
+        attention: ``softmax`` or a point-wise h (:data:`reluvit.attention.POINTWISE`).
+        alpha: exponent of the ``L^-alpha`` factor of point-wise attention (ignored by softmax).
+        qk_norm: LayerNorm on queries and keys (flax ``normalize_qk``).
+        gate: GAU-style gate before the output projection; ``gate_activation`` none | silu | sigmoid.
+        pool: ``gap`` (mean of final-LN tokens, no class token; i21k recipe) or ``tok`` (class token; i1k recipe).
+        rep_size: add big_vision's pre-logits Dense(width)+tanh (the i1k recipe).
+        head_bias_init: constant head bias (-10 for i21k, -6.9 for i1k, big_vision); the head kernel is zero.
+        seq_len: what L counts: ``keys`` (all tokens) or ``patches`` (excluding the class token).
+        timm_kwargs: passed to ``VisionTransformer`` last, so they can override the size (``embed_dim``, ...).
+    """
+    size, patch = parse_variant(variant)
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r} is not one of: {', '.join(POOLS)}")
+    if img_size % patch:
+        raise ValueError(f"patch size {patch} does not divide img_size {img_size}")
+    num_prefix_tokens = 1 if pool == "tok" else 0
+    attn_layer = attention_layer(
+        activation=attention, alpha=alpha, gate=gate, gate_activation=gate_activation,
+        gelu_approximate=gelu_approximate, seq_len=seq_len, num_prefix_tokens=num_prefix_tokens,
+    )
+    kwargs = dict(
+        img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
+        embed_dim=size.width, depth=size.depth, num_heads=size.heads, mlp_ratio=size.mlp_dim / size.width,
+        qkv_bias=True, qk_norm=qk_norm,
+        global_pool="avg" if pool == "gap" else "token", class_token=pool == "tok",
+        fc_norm=False,  # big_vision applies the final LayerNorm to the tokens, then pools
+        no_embed_class=True,  # big_vision adds the position embedding before prepending the class token
+        act_layer="gelu_tanh",  # flax nn.gelu default
+        weight_init="skip", attn_layer=attn_layer,
+    )
+    kwargs.update(timm_kwargs)
+    model = VisionTransformer(**kwargs)
+    if rep_size:
+        model.fc_norm = PreLogits(model.embed_dim)
+    init_big_vision(model, head_bias_init)
+    return model
+
+
+@torch.no_grad()
+def init_big_vision(model: VisionTransformer, head_bias: float) -> None:
+    """big_vision ``models/vit.py`` initialisers (flax defaults where it sets none): xavier-uniform kernels for
+    q, k, v (each its own dim x dim matrix, not the fused qkv), out-projection, gate and MLP; zero biases except the
+    MLP's N(0, 1e-6); lecun-normal patch embedding and pre-logits; position embedding N(0, 1/sqrt(width)); zero class
+    token; zero head kernel with a constant bias. Parameters on the meta device are left as they are."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.weight.device.type != "meta":
+            if name == "head":
+                nn.init.zeros_(module.weight)
+                nn.init.constant_(module.bias, head_bias)
+            elif name.startswith("fc_norm"):
+                lecun_normal_(module.weight)
+                nn.init.zeros_(module.bias)
+            else:
+                for chunk in module.weight.split(module.in_features) if name.endswith("qkv") else [module.weight]:
+                    nn.init.xavier_uniform_(chunk)
+                if module.bias is not None:
+                    (nn.init.normal_(module.bias, std=1e-6) if ".mlp." in name else nn.init.zeros_(module.bias))
+    if model.patch_embed.proj.weight.device.type != "meta":
+        lecun_normal_(model.patch_embed.proj.weight)
+        nn.init.zeros_(model.patch_embed.proj.bias)
+        nn.init.normal_(model.pos_embed, std=1 / math.sqrt(model.embed_dim))
+        if model.cls_token is not None:
+            nn.init.zeros_(model.cls_token)
+
+
+def forward_macs(variant: str, *, img_size: int, num_classes: int, pool: str = "gap", gate: bool = False,
+                 rep_size: bool = False, in_chans: int = 3) -> int:
+    """Analytic multiply-accumulates of one forward pass (matrix products only: patch embedding, q/k/v/out
+    projections, the two L x L products, MLP, gate, pre-logits, head). Training FLOPs = 6 x this per image."""
+    size, patch = parse_variant(variant)
+    d, n = size.width, (img_size // patch) ** 2 + (pool == "tok")
+    per_block = 4 * n * d * d + 2 * n * n * d + 2 * n * d * size.mlp_dim + gate * n * d * d
+    embed = (img_size // patch) ** 2 * patch * patch * in_chans * d
+    return embed + size.depth * per_block + rep_size * d * d + d * num_classes

@@ -1,0 +1,204 @@
+"""Hydra entry point: ``python -m reluvit.train [group=option ...] [key=value ...]`` trains one run;
+``-m`` sweeps. A config the code cannot run with exits with status 2 and one line naming the key, before training.
+
+Every run lives in ``<runs_dir>/<run_name>`` (stable per grid point) and ends with ``summary.json``; re-running the
+same point resumes from ``checkpoints/last.ckpt`` or, when the run already completed, skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from reluvit.compute import Chrono
+from reluvit.config import CONF_DIR, ConfigError, augment_for, compose, micro_batch_size, validate
+from reluvit.data import build_datamodule
+from reluvit.models import forward_macs
+from reluvit.module import ViTClassifier
+
+SUMMARY = "summary.json"
+STATUSES = ("running", "completed", "diverged", "failed")
+
+
+def model_kwargs(cfg: DictConfig) -> dict:
+    """Arguments of :func:`reluvit.create_model` from the ``model`` and ``attention`` groups."""
+    a, m = cfg.attention, cfg.model
+    return dict(
+        variant=m.variant, attention=a.activation, alpha=float(a.alpha), qk_norm=a.qk_norm, gate=a.gate,
+        gate_activation=a.gate_activation, gelu_approximate=a.gelu_approximate, seq_len=a.seq_len,
+        num_classes=m.num_classes, img_size=m.img_size, in_chans=m.in_chans, pool=m.pool, rep_size=m.rep_size,
+        head_bias_init=float(m.head_bias_init),
+    )
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def git_revision() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def resolve_precision(cfg: DictConfig) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    on_gpu = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from pytorch_lightning.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if cfg.logger.wandb:
+        from pytorch_lightning.loggers import WandbLogger
+
+        mode = cfg.logger.wandb_mode
+        if mode == "auto":
+            logged_in = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
+            mode = "online" if logged_in else "offline"
+        loggers.append(WandbLogger(
+            project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir), mode=mode,
+            id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],  # same dir -> same W&B run
+            name=cfg.run_name, group=cfg.logger.group or cfg.run_name.rsplit("/", 1)[0], tags=list(cfg.logger.tags),
+            resume="allow", config=OmegaConf.to_container(cfg, resolve=True),
+        ))
+    return loggers
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train one run described by a composed config; return its summary (also written to ``summary.json``)."""
+    validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    previous = read_summary(run_dir)
+    if cfg.resume and previous and previous["status"] == "completed":
+        print(f"reluvit: {run_dir} already completed; skipping (resume=false retrains it)", file=sys.stderr)
+        return previous
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    micro, accumulate = micro_batch_size(cfg)
+    augment = augment_for(cfg)
+    recipe = cfg.recipe
+    module = ViTClassifier(
+        model_kwargs(cfg), lr=recipe.lr, betas=tuple(recipe.betas), eps=recipe.eps,
+        weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps, loss=recipe.loss, mixup=augment.mixup,
+    )
+    datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude))
+    macs = forward_macs(cfg.model.variant, img_size=cfg.model.img_size, num_classes=cfg.model.num_classes,
+                        pool=cfg.model.pool, gate=cfg.attention.gate, rep_size=cfg.model.rep_size,
+                        in_chans=cfg.model.in_chans)
+    chrono = Chrono(flops_per_example=6 * macs)
+    checkpoints = run_dir / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=resolve_precision(cfg),
+        max_epochs=recipe.epochs, max_steps=cfg.trainer.max_steps, accumulate_grad_batches=accumulate,
+        gradient_clip_val=recipe.grad_clip_norm, gradient_clip_algorithm="norm",
+        deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
+        logger=build_loggers(cfg, run_dir), enable_model_summary=False,
+        callbacks=[chrono, pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0)],
+    )
+
+    summary = {
+        "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running",
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "git_revision": git_revision(), "host": socket.gethostname(), "python": platform.python_version(),
+        "torch": torch.__version__, "device": _device_name(trainer), "world_size": trainer.world_size,
+        "params": sum(p.numel() for p in module.parameters()), "forward_macs": macs,
+        "micro_batch_size": micro, "accumulate_grad_batches": accumulate,
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / SUMMARY, summary)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+        summary["status"] = "diverged" if module.diverged else "completed"
+    except BaseException as e:
+        summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        summary.update(chrono.summary(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       global_step=trainer.global_step, epoch=trainer.current_epoch,
+                       metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        if trainer.is_global_zero:
+            write_json_atomic(run_dir / SUMMARY, summary)
+        for logger in trainer.loggers:
+            logger.finalize(summary["status"] if summary["status"] != "completed" else "success")
+    return summary
+
+
+def _device_name(trainer: pl.Trainer) -> str:
+    root = trainer.strategy.root_device
+    return torch.cuda.get_device_name(root) if root.type == "cuda" else f"cpu ({platform.processor() or 'x86_64'})"
+
+
+def exit_config_error(error: ConfigError) -> None:
+    print(f"reluvit: config error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+_task_started = False
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    global _task_started
+    _task_started = True
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        exit_config_error(e)
+    run(cfg)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if all(not a.startswith("-") and not a.startswith("hydra") for a in args):
+        try:  # single run: compose and validate before Hydra sets up the run directory
+            validate(compose(args))
+        except ConfigError as e:
+            exit_config_error(e)
+    try:
+        _hydra_main()
+    except SystemExit as e:
+        if e.code == 1 and not _task_started:  # Hydra could not compose the config: a config error
+            raise SystemExit(2) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()
