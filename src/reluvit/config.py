@@ -196,6 +196,9 @@ def augment_for(cfg: DictConfig) -> AugmentConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Check every value the run depends on; raise :class:`ConfigError` on the first bad one."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
     _choice(cfg, "attention.activation", ACTIVATIONS)
     alpha = cfg.attention.alpha
     if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
@@ -214,7 +217,9 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "data.dataset", DATASETS)
     if cfg.data.dataset == "imagefolder":
         path = cfg.data.path
-        if not path or not all((Path(path) / split).is_dir() for split in ("train", "val")):
+        if not path:
+            raise ConfigError("data.path", "a value is required for dataset=imagefolder (add data.path=...)")
+        if not all((Path(path) / split).is_dir() for split in ("train", "val")):
             raise ConfigError("data.path", f"{path!r} is not a folder with train/ and val/ subfolders")
     for key in ("recipe.epochs", "recipe.batch_size", "data.num_classes", "data.img_size"):
         if OmegaConf.select(cfg, key) < 1:

@@ -75,7 +75,8 @@ def resolve_precision(cfg: DictConfig) -> str:
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    # one csv/version_<n>/metrics.csv per (re)start: Lightning's CSVLogger deletes an existing metrics file
+    loggers = [CSVLogger(save_dir=str(run_dir), name="csv")]
     if cfg.logger.wandb:
         from pytorch_lightning.loggers import WandbLogger
 
@@ -101,7 +102,8 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)
     run_dir = Path(cfg.run_dir)
     previous = read_summary(run_dir)
-    if cfg.resume and previous and previous["status"] == "completed":
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.resume and previous and previous["status"] == "completed" and previous["config"] == config:
         print(f"reluvit: {run_dir} already completed; skipping (resume=false retrains it)", file=sys.stderr)
         return previous
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +137,7 @@ def run(cfg: DictConfig) -> dict:
 
     summary = {
         "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running",
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
         "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "git_revision": git_revision(), "host": socket.gethostname(), "python": platform.python_version(),
         "torch": torch.__version__, "device": _device_name(trainer), "world_size": trainer.world_size,

@@ -1,0 +1,50 @@
+"""Roll-up: every run's ``summary.json`` under a runs directory into one pandas table, one row per run, the grid
+keys as columns (``results/runs.parquet`` and ``.csv``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+# column -> path in the summary's resolved config
+GRID_KEYS = {
+    "recipe": "recipe.name", "data": "data.name", "model": "model.name", "variant": "model.variant",
+    "pool": "model.pool", "activation": "attention.activation", "alpha": "attention.alpha",
+    "qk_norm": "attention.qk_norm", "gate": "attention.gate", "gate_activation": "attention.gate_activation",
+    "seq_len": "attention.seq_len", "seed": "seed",
+}
+RESULT_KEYS = ("status", "core_hours", "train_seconds", "examples_seen", "train_flops", "global_step", "epoch",
+               "params", "world_size", "device", "started", "finished", "git_revision")
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def summary_row(summary: dict) -> dict:
+    row = {"run_name": summary["run_name"]}
+    row.update({col: _get(summary["config"], path) for col, path in GRID_KEYS.items()})
+    row.update({key: summary.get(key) for key in RESULT_KEYS})
+    row.update({k.replace("/", "_"): v for k, v in summary.get("metrics", {}).items()})
+    row["run_dir"] = summary["run_dir"]
+    return row
+
+
+def collect(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per ``summary.json`` found under ``runs_dir`` (any status), sorted by run name."""
+    rows = [summary_row(json.loads(p.read_text())) for p in sorted(Path(runs_dir).rglob("summary.json"))]
+    return pd.DataFrame(rows).sort_values("run_name", ignore_index=True) if rows else pd.DataFrame()
+
+
+def write_table(df: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """``<stem>.parquet`` and ``<stem>.csv``."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".parquet"), stem.with_suffix(".csv")]
+    df.to_parquet(paths[0], index=False)
+    df.to_csv(paths[1], index=False)
+    return paths

@@ -1,0 +1,111 @@
+"""Every config file composes and validates; every invalid case exits with status 2 and names the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reluvit import train
+from reluvit.config import CONF_DIR, ConfigError, compose, micro_batch_size, validate
+
+GROUPS = ["model", "attention", "recipe", "data", "trainer", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def imagefolder(tmp_path: Path, num_classes: int = 1000) -> list[str]:
+    """Overrides for a (empty) ImageFolder tree: what the 224-px models and the paper recipes train on."""
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir(exist_ok=True)
+    return ["data=imagefolder", f"data.path={tmp_path}", f"data.num_classes={num_classes}"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_config_file_composes(group, option, tmp_path):
+    paper_scale = (group == "model" and not option.startswith("mini")) or option in ("i21k_30ep", "i1k_300ep")
+    base = [*imagefolder(tmp_path), "model=s16"] if paper_scale or option == "imagefolder" else []
+    cfg = compose([*base, f"{group}={option}"])
+    validate(cfg)
+    if group in ("model", "recipe", "data"):
+        assert cfg[group].name == option
+
+
+def test_attention_files_set_their_activation():
+    for option in options("attention"):
+        assert compose([f"attention={option}"]).attention.activation == option
+
+
+def test_recipes_carry_the_paper_values():
+    i21k = compose(["recipe=i21k_30ep"]).recipe
+    i1k = compose(["recipe=i1k_300ep"]).recipe
+    for r in (i21k, i1k):
+        assert (r.batch_size, r.lr, r.warmup_steps, r.grad_clip_norm, r.loss) == (4096, 1e-3, 10000, 1.0, "sigmoid")
+        assert r.weight_decay * r.lr == pytest.approx(1e-4)  # big_vision's decoupled wd
+        assert list(r.betas) == [0.9, 0.999]
+    assert (i21k.epochs, i21k.pool, i21k.rep_size, i21k.head_bias_init) == (30, "gap", False, -10.0)
+    assert (i1k.epochs, i1k.pool, i1k.rep_size, i1k.head_bias_init) == (300, "tok", True, -6.9)
+    assert dict(i21k.augment.l16) == {"randaug_layers": 2, "randaug_magnitude": 15, "mixup": 0.5}
+    assert dict(i1k.augment.s32) == {"randaug_layers": 2, "randaug_magnitude": 15, "mixup": 0.2}
+
+
+def test_model_inherits_data_and_recipe_keys():
+    cfg = compose(["recipe=i1k_300ep", "data=digits", "model=mini2"])
+    assert (cfg.model.pool, cfg.model.rep_size, cfg.model.head_bias_init) == ("tok", True, -6.9)
+    assert (cfg.model.img_size, cfg.model.in_chans, cfg.model.num_classes) == (8, 1, 10)
+
+
+def test_run_name_is_stable_and_names_the_grid_point():
+    cfg = compose(["attention=relu2", "attention.alpha=0.5", "attention.qk_norm=false", "attention.gate=true"])
+    assert cfg.run_name == "smoke-animal_mnist/mini4/relu2-a0.5-noqkln-gate-s0"
+    assert compose(["attention=softmax", "attention.alpha=0.5"]).run_name == "smoke-animal_mnist/mini4/softmax-s0"
+
+
+def test_global_batch_by_accumulation():
+    cfg = compose(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.micro_batch_size=16"])
+    assert micro_batch_size(cfg) == (16, 4)  # 128 = 2 devices x 16 x 4 steps
+
+
+INVALID = [
+    (["attention.activation=relu3"], "attention.activation", "relu2"),
+    (["attention.alpha=-1"], "attention.alpha", ">= 0"),
+    (["attention.alpha=abc"], "attention.alpha", ""),
+    (["attention.gate_activation=tanh"], "attention.gate_activation", "silu"),
+    (["model=s16"], "model.variant", "does not divide"),
+    (["model=s99"], "model", "s16"),
+    (["model.variant=X/4"], "model.variant", "Ti"),
+    (["data=imagefolder", "data.num_classes=10"], "data.path", "required"),
+    (["data=imagefolder", "data.num_classes=10", "data.path=/no/such/dir"], "data.path", "/no/such/dir"),
+    (["trainer.accelerator=cpu", "trainer.devices=3"], "recipe.batch_size", "divisible"),
+    (["attention.alpah=1"], "attention.alpah", ""),
+    (["recipe.loss=hinge"], "recipe.loss", "sigmoid"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,hint", INVALID)
+def test_invalid_config_exits_2_naming_the_key(overrides, key, hint, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reluvit.train", *overrides])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert key in err and hint in err
+
+
+def test_config_error_names_key():
+    with pytest.raises(ConfigError, match="attention.alpha"):
+        validate(compose(["attention.alpha=-0.5"]))
+
+
+def test_cli_exit_status_is_2(tmp_path):
+    """The real console entry, in a fresh process, before any run directory is made."""
+    result = subprocess.run([sys.executable, "-m", "reluvit.train", "attention.activation=tanh",
+                             f"runs_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "attention.activation" in result.stderr
+    assert not any(Path(tmp_path).iterdir())

@@ -1,0 +1,80 @@
+"""Short real training runs on the embedded data: loss decreases for every attention variant, summaries are
+written, resume continues the step count and the compute accounting, completed runs are skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reluvit.attention import ACTIVATIONS
+from reluvit.train import read_summary, run
+
+
+def train_losses(run_dir: Path) -> pd.Series:
+    frames = [pd.read_csv(p) for p in sorted(Path(run_dir).glob("csv/version_*/metrics.csv"))]
+    df = pd.concat(frames)
+    return df.dropna(subset=["train/loss"]).set_index("step")["train/loss"]
+
+
+VARIANTS = [[f"attention={a}"] for a in ACTIVATIONS] + [
+    ["attention=relu", "attention.gate=true", "attention.gate_activation=silu"],
+    ["attention=relu2", "attention.qk_norm=false", "attention.alpha=0"],
+    ["attention=gelu", "attention.gelu_approximate=tanh", "attention.alpha=2"],
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(o))
+def test_short_run_loss_decreases(tiny_cfg, overrides):
+    cfg = tiny_cfg(*overrides, "trainer.max_steps=40", "recipe.lr=2e-3")
+    summary = run(cfg)
+    assert summary["status"] == "completed"
+    assert summary["global_step"] == 40
+    losses = train_losses(cfg.run_dir)
+    first, last = losses.iloc[:5].mean(), losses.iloc[-5:].mean()
+    assert last < 0.85 * first, f"loss {first:.3f} -> {last:.3f}"
+    on_disk = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
+    assert on_disk["config"]["attention"]["activation"] == cfg.attention.activation
+    assert 0.0 <= on_disk["metrics"]["val/acc"] <= 1.0
+    assert on_disk["core_hours"] > 0 and on_disk["examples_seen"] == 40 * 64
+    assert on_disk["train_flops"] == pytest.approx(6 * on_disk["forward_macs"] * 40 * 64)
+
+
+def test_resume_continues_steps_and_core_hours(tiny_cfg):
+    first = run(tiny_cfg("trainer.max_steps=12"))
+    assert (first["global_step"], first["examples_seen"]) == (12, 12 * 64)
+    cfg = tiny_cfg("trainer.max_steps=30")  # same grid point, same run directory, a longer budget
+    assert cfg.run_dir == first["run_dir"]
+    second = run(cfg)
+    assert second["global_step"] == 30
+    assert second["examples_seen"] == 30 * 64  # continued from the checkpoint, not restarted at 0
+    assert second["core_hours"] > first["core_hours"]
+    assert second["started"] == first["started"]
+    steps = train_losses(cfg.run_dir).index
+    assert len(list(Path(cfg.run_dir).glob("csv/version_*"))) == 2  # both segments' metrics kept
+    assert steps.max() >= 29 and steps.min() == 0
+
+
+def test_completed_run_is_skipped(tiny_cfg):
+    cfg = tiny_cfg("trainer.max_steps=5")
+    first = run(cfg)
+    mtime = (Path(cfg.run_dir) / "summary.json").stat().st_mtime_ns
+    assert run(cfg) == first
+    assert (Path(cfg.run_dir) / "summary.json").stat().st_mtime_ns == mtime
+
+
+def test_divergence_is_recorded(tiny_cfg):
+    summary = run(tiny_cfg("trainer.max_steps=20", "recipe.lr=1e30", "recipe.warmup_steps=0",
+                           "recipe.grad_clip_norm=1e30"))
+    assert summary["status"] == "diverged"
+    assert summary["global_step"] < 20
+    assert read_summary(summary["run_dir"])["status"] == "diverged"
+
+
+def test_deterministic_with_seed(tiny_cfg, tmp_path):
+    a = run(tiny_cfg("trainer.max_steps=6", "trainer.deterministic=true"))
+    b = run(tiny_cfg("trainer.max_steps=6", "trainer.deterministic=true", f"runs_dir={tmp_path / 'again'}"))
+    assert a["metrics"]["train/loss"] == b["metrics"]["train/loss"]
+    assert a["metrics"]["val/acc"] == b["metrics"]["val/acc"]
