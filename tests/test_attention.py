@@ -436,3 +436,16 @@ def test_attention_layer_classes_are_independent():
     sig = attention_layer(activation="sigmoid", alpha=2.0)
     a, b = relu(DIM, num_heads=HEADS), sig(DIM, num_heads=HEADS)
     assert (a.activation, a.alpha, b.activation, b.alpha) == ("relu", 1.0, "sigmoid", 2.0)
+
+
+def test_model_with_attention_layers_pickles():
+    """DDP spawn and submitit pickle modules: the classes made by attention_layer must survive it."""
+    import pickle
+
+    from reluvit import create_model
+
+    model = create_model("mini/4", attention="relu2", alpha=0.5, gate=True, img_size=28, in_chans=1, num_classes=10)
+    clone = pickle.loads(pickle.dumps(model))
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)
+    assert clone.blocks[0].attn.options == model.blocks[0].attn.options

@@ -295,7 +295,7 @@ def test_qkv_blocks_are_each_xavier_uniform(s16):
     for i, block in enumerate(s16.blocks):
         w = block.attn.qkv.weight
         assert w.shape == (3 * width, width)
-        for name, chunk in zip("qkv", w.split(width)):
+        for name, chunk in zip("qkv", w.split(width), strict=True):
             peak = chunk.abs().max().item()
             assert 0.9 * bound < peak <= bound, (i, name, peak, bound)
             assert abs(chunk.std().item() - bound / math.sqrt(3)) < 0.05 * bound  # uniform(-b, b): std b/sqrt(3)
@@ -328,7 +328,7 @@ def test_init_is_seeded():
     a = create_model("mini/4", img_size=28, num_classes=10)
     torch.manual_seed(1)
     b = create_model("mini/4", img_size=28, num_classes=10)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 
 
@@ -362,7 +362,6 @@ def test_without_rep_size_pre_logits_are_pooled_tokens():
         torch.testing.assert_close(tok.forward_head(f_tok, pre_logits=True), f_tok[:, 0])
 
 
-@pytest.mark.xfail(strict=True, reason="PreLogits is built with nn.Linear defaults, ignoring device=/dtype=")
 def test_rep_size_respects_device_and_dtype():
     model = create_model("mini/4", img_size=28, in_chans=1, num_classes=10, pool="tok", rep_size=True,
                          dtype=torch.float64)

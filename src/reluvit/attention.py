@@ -122,10 +122,10 @@ class PointwiseAttention(nn.Module):
         else:
             o = self._pointwise(q, k, v, attn_mask, is_causal)
 
-        o = o.transpose(1, 2).reshape(B, N, C)
+        o = self.norm(o.transpose(1, 2).reshape(B, N, C))
         if self.gate is not None:
             o = GATE_ACTIVATIONS[self.gate_activation](self.gate(x)) * o
-        return self.proj_drop(self.proj(self.norm(o)))
+        return self.proj_drop(self.proj(o))
 
     def _pointwise(self, q, k, v, attn_mask, is_causal) -> torch.Tensor:
         logits = (q * self.scale) @ k.transpose(-2, -1)
@@ -169,4 +169,15 @@ def attention_layer(**options) -> type[PointwiseAttention]:
     ``VisionTransformer(attn_layer=...)``. The options are checked here, once, rather than in every block."""
     PointwiseAttention(8, 1, **options)  # fail fast on bad options, with the same messages as the layer
     name = "".join(part.capitalize() for part in str(options.get("activation", "relu")).split("_")) + "Attention"
-    return type(name, (PointwiseAttention,), {"__init__": partialmethod(PointwiseAttention.__init__, **options)})
+    return type(name, (PointwiseAttention,), {
+        "__init__": partialmethod(PointwiseAttention.__init__, **options),
+        "options": options,
+        # made by type(), the class cannot be found by name when unpickling: rebuild it from its options
+        "__reduce__": lambda self: (_unpickle_layer, (self.options, self.__dict__)),
+    })
+
+
+def _unpickle_layer(options: dict, state: dict) -> PointwiseAttention:
+    layer = nn.Module.__new__(attention_layer(**options))
+    layer.__dict__.update(state)
+    return layer

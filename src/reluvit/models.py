@@ -54,8 +54,8 @@ class PreLogits(nn.Sequential):
     """big_vision's ``rep_size=True`` representation layer, Dense(width) + tanh. It is installed as timm's
     ``fc_norm`` (applied between pooling and head), so ``forward_head(x, pre_logits=True)`` returns its output."""
 
-    def __init__(self, width: int) -> None:
-        super().__init__(nn.Linear(width, width), nn.Tanh())
+    def __init__(self, width: int, device=None, dtype=None) -> None:
+        super().__init__(nn.Linear(width, width, device=device, dtype=dtype), nn.Tanh())
 
 
 def create_model(
@@ -113,7 +113,7 @@ def create_model(
     kwargs.update(timm_kwargs)
     model = VisionTransformer(**kwargs)
     if rep_size:
-        model.fc_norm = PreLogits(model.embed_dim)
+        model.fc_norm = PreLogits(model.embed_dim, device=model.head.weight.device, dtype=model.head.weight.dtype)
     init_big_vision(model, head_bias_init)
     return model
 

@@ -146,8 +146,12 @@ def run(cfg: DictConfig) -> dict:
     }
     if trainer.is_global_zero:
         write_json_atomic(run_dir / SUMMARY, summary)
+    metrics = trainer.callback_metrics
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume and last.exists() else None)
+        metrics = dict(trainer.callback_metrics)
+        if not module.diverged and "val/acc" not in metrics:  # stopped by max_steps mid-epoch: validate the end
+            metrics.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
         summary["status"] = "diverged" if module.diverged else "completed"
     except BaseException as e:
         summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {e}"
@@ -155,7 +159,7 @@ def run(cfg: DictConfig) -> dict:
     finally:
         summary.update(chrono.summary(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        global_step=trainer.global_step, epoch=trainer.current_epoch,
-                       metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+                       metrics={k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
         if trainer.is_global_zero:
             write_json_atomic(run_dir / SUMMARY, summary)
         for logger in trainer.loggers:
