@@ -28,7 +28,7 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests
 
 clean:
 	rm -rf runs results/figures results/*.csv results/*.parquet

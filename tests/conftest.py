@@ -14,10 +14,12 @@ TINY = [
 
 
 @pytest.fixture
-def tiny_cfg(tmp_path):
-    """compose(TINY + extra overrides) with runs under a temporary directory."""
+def tiny_overrides(tmp_path) -> list[str]:
+    """TINY with runs under this test's temporary directory (``tmp_path / "runs"``)."""
+    return [*TINY, f"runs_dir={tmp_path / 'runs'}"]
 
-    def make(*overrides: str):
-        return compose([*TINY, f"runs_dir={tmp_path / 'runs'}", *overrides])
 
-    return make
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    """compose(tiny_overrides + extra overrides)."""
+    return lambda *overrides: compose([*tiny_overrides, *overrides])

@@ -78,3 +78,29 @@ def test_deterministic_with_seed(tiny_cfg, tmp_path):
     b = run(tiny_cfg("trainer.max_steps=6", "trainer.deterministic=true", f"runs_dir={tmp_path / 'again'}"))
     assert a["metrics"]["train/loss"] == b["metrics"]["train/loss"]
     assert a["metrics"]["val/acc"] == b["metrics"]["val/acc"]
+
+
+def test_wandb_offline_run_id_follows_the_run_directory(tiny_cfg, monkeypatch):
+    import hashlib
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_cfg("logger=wandb", "logger.wandb_mode=offline", "trainer.max_steps=3")
+    run(cfg)
+    run_id = hashlib.sha1(str(Path(cfg.run_dir).resolve()).encode()).hexdigest()[:16]
+    assert list((Path(cfg.run_dir) / "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def test_hydra_multirun_writes_one_directory_per_point(tiny_overrides, tmp_path):
+    """The real CLI with -m: each grid point lands in its stable run directory with a summary."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "reluvit.train", "-m", *tiny_overrides, "trainer.max_steps=3",
+         "attention=softmax,relu", "attention.alpha=0.5"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = sorted(p.parent.name for p in tmp_path.rglob("summary.json"))
+    assert summaries == ["relu-a0.5-s0", "softmax-s0"]
+    assert all(read_summary(p.parent)["status"] == "completed" for p in tmp_path.rglob("summary.json"))

@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.perf_counter() - start) / 60
 
     df = collect(args.runs_dir)
-    df = df[df["run_name"].isin(names)]
+    df = df.set_index("run_name").loc[names].reset_index()  # the sweep file's order
     table = write_table(df, args.results_dir / "demo")
     figure = accuracy_bars(df, args.results_dir / "figures" / "demo",
-                           title=f"{df['model'].iloc[0]} on {df['data'].iloc[0]}, {df['epoch'].max() + 1} epochs")
+                           title=f"{df['model'].iloc[0]} on {df['data'].iloc[0]}, {df['epoch'].max()} epochs")
     columns = ["run_name", "status", "val_acc", "val_loss", "core_hours", "epoch"]
     print(f"\n{df[columns].to_string(index=False)}\n\ndemo finished in {minutes:.1f} min")
     print(f"table:  {table[1]}  ({table[0].name})\nfigure: {figure[0]}  ({figure[1].name})")

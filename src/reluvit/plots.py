@@ -36,8 +36,8 @@ def accuracy_bars(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
     df = df.assign(label=df.apply(attention_label, axis=1))
     stats = df.groupby("label", sort=False)["val_acc"].agg(["mean", "min", "max"])
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.bar(stats.index, stats["mean"], color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][: len(stats)],
-           yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]], capsize=4)
+    spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]] if len(df) > len(stats) else None
+    ax.bar(stats.index, stats["mean"], color=[f"C{i}" for i in range(len(stats))], yerr=spread, capsize=4)
     for x, y in enumerate(stats["mean"]):
         ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
     low = max(0.0, stats["min"].min() - 0.1)
