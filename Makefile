@@ -5,12 +5,22 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 is excluded: a local CPU-only wheel of it shadows the registry and torchvision cannot load with it.
 TORCH  ?= torch>=2.4,!=2.13.*
 
-.PHONY: help venv demo test lint clean
+# Figure sweeps: SCALE=smoke (embedded data, CPU) | paper (ImageNet); LAUNCHER=local | slurm; SEEDS=0,1,2 replaces
+# the sweep file's seeds; ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb").
+SCALE    ?= smoke
+LAUNCHER ?= local
+SEEDS    ?=
+ARGS     ?=
+SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
+
+.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 plots status results wandb-sync
 help:
-	@echo "make demo    train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min); table + figure in results/"
-	@echo "make test    run the test suite"
-	@echo "make lint    ruff"
-	@echo "make clean   remove runs/ and results/ (keeps the virtual environment)"
+	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
+	@echo "make test         run the test suite"
+	@echo "make fig1..fig4   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot"
+	@echo "make plots        roll up and plot what exists;  make status: points per figure and status"
+	@echo "make wandb-sync   upload offline W&B runs"
+	@echo "make lint         ruff;  make clean: remove runs/ and results (keeps the virtual environment)"
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -26,6 +36,21 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+fig1 fig2 fig3 fig4: venv
+	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) --launcher $(LAUNCHER) $(ARGS)
+
+plots: venv
+	$(BIN)/reluvit plots $(SWEEP_OPTS)
+
+status: venv
+	$(BIN)/reluvit status $(SWEEP_OPTS)
+
+results: venv
+	$(BIN)/reluvit results
+
+wandb-sync: venv
+	find runs -type d -path "*/wandb/offline-run-*" -prune -print0 | xargs -0 -r $(BIN)/wandb sync
 
 lint: venv
 	$(BIN)/ruff check src tests

@@ -1,4 +1,4 @@
-"""``reluvit <command>``: train (Hydra), demo, results."""
+"""``reluvit <command>``: train, demo, sweep, status, results, plots."""
 
 from __future__ import annotations
 
@@ -6,28 +6,91 @@ import argparse
 import sys
 from pathlib import Path
 
+RESULTS = Path("results")
+
+
+def _sweep_args(parser: argparse.ArgumentParser, many: bool) -> None:
+    from reluvit.sweep import FIGURES, SCALES
+
+    if many:  # (argparse rejects an empty list against choices, so sweep.load checks the names)
+        parser.add_argument("figures", nargs="*", metavar="FIGURE", help=f"any of {', '.join(FIGURES)} (default: all)")
+    else:
+        parser.add_argument("figure", choices=FIGURES, metavar="FIGURE", help=f"one of {', '.join(FIGURES)}")
+    parser.add_argument("--scale", default="smoke", choices=SCALES, help="grid scale (default: smoke)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="comma-separated seeds replacing the sweep file's (e.g. 0,1,2)")
+    parser.add_argument("--runs-dir", default=Path("runs"), type=Path, help="where runs live (default: runs)")
+    parser.add_argument("--results-dir", default=RESULTS, type=Path, help="tables and figures (default: results)")
+
+
+def _gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _rollup(args) -> "pd.DataFrame":  # noqa: F821
+    from reluvit.results import rollup
+
+    table = rollup(args.runs_dir, args.results_dir / "runs")
+    print(f"roll-up: {len(table)} runs -> {args.results_dir / 'runs'}.parquet / .csv")
+    return table
+
+
+def _sweeps(args):
+    from reluvit.sweep import FIGURES, load
+
+    return [load(f, args.scale, args.seeds) for f in (args.figures or FIGURES)]
+
 
 def main() -> None:
-    commands = {"train": "train one run or a Hydra sweep (-m); Hydra overrides follow",
-                "demo": "the demo reproduction on the embedded dataset",
-                "results": "roll every summary.json under a runs directory into results/runs.{parquet,csv}"}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: reluvit {" + ",".join(commands) + "} ...\n" +
-              "\n".join(f"  {name:8s} {text}" for name, text in commands.items()), file=sys.stderr)
-        raise SystemExit(2)
-    command, sys.argv = sys.argv[1], [f"reluvit {sys.argv[1]}", *sys.argv[2:]]
-    if command == "train":
-        from reluvit.train import main as train
-        train()
-    elif command == "demo":
-        from reluvit.demo import main as demo
-        demo()
+    parser = argparse.ArgumentParser(prog="reluvit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="one run or a Hydra sweep (-m); Hydra overrides follow", add_help=False)
+    sub.add_parser("demo", help="the demo reproduction on the embedded dataset", add_help=False)
+    run = sub.add_parser("sweep", help="run a figure's sweep, wait, roll up and plot it")
+    _sweep_args(run, many=False)
+    run.add_argument("--launcher", default="local", help="local | slurm (default: local)")
+    run.epilog = "Any further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
+    for name, text in (("status", "points done / running / failed / diverged / missing per figure"),
+                       ("plots", "roll up and plot what exists"),
+                       ("results", "roll every summary.json up into results/runs.{parquet,csv}")):
+        _sweep_args(sub.add_parser(name, help=text), many=True)
+
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "demo"):  # these parse their own arguments
+        command, sys.argv = sys.argv[1], [f"reluvit {sys.argv[1]}", *sys.argv[2:]]
+        if command == "train":
+            from reluvit.train import main as train
+            train()
+        else:
+            from reluvit.demo import main as demo
+            demo()
+        return
+
+    args, overrides = parser.parse_known_args()
+    if overrides and (args.command != "sweep" or any(o.startswith("-") or "=" not in o for o in overrides)):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    from reluvit import sweep as sweeps
+
+    if args.command == "sweep":
+        one = sweeps.load(args.figure, args.scale, args.seeds)
+        extra = [f"runs_dir={args.runs_dir}", *overrides]
+        sweeps.launch(one, args.launcher, _gpu(), extra)
+        for path in sweeps.plot(one, _rollup(args), args.results_dir):
+            print(f"figure: {path}")
+    elif args.command == "status":
+        from reluvit.results import collect
+
+        print(sweeps.status_table(_sweeps(args), collect(args.runs_dir), _gpu(),
+                                  [f"runs_dir={args.runs_dir}"]).to_string(index=False))
+    elif args.command == "plots":
+        table = _rollup(args)
+        for one in _sweeps(args):
+            for path in sweeps.plot(one, table, args.results_dir):
+                print(f"figure: {path}")
     else:
-        parser = argparse.ArgumentParser(prog="reluvit results", description=commands["results"])
-        parser.add_argument("--runs-dir", default="runs", type=Path)
-        parser.add_argument("--out", default="results/runs", type=Path, help="output stem")
-        args = parser.parse_args()
-        from reluvit.results import collect, write_table
-        df = collect(args.runs_dir)
-        for path in write_table(df, args.out):
-            print(f"{len(df)} runs -> {path}")
+        _rollup(args)
+
+
+if __name__ == "__main__":
+    main()

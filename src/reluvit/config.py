@@ -245,6 +245,11 @@ def micro_batch_size(cfg: DictConfig) -> tuple[int, int]:
 def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with Hydra overrides, outside ``@hydra.main`` (tests, the demo, the
     pre-flight check); Hydra's own errors come back as :class:`ConfigError`."""
+    return compose_all([overrides], config_name)[0]
+
+
+def compose_all(override_lists: list[list[str]], config_name: str = "train") -> list[DictConfig]:
+    """:func:`compose` for many override lists under one Hydra initialisation (a sweep's points)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
@@ -252,7 +257,7 @@ def compose(overrides: list[str] = (), config_name: str = "train") -> DictConfig
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=list(overrides))
+            return [hydra_compose(config_name, overrides=list(o)) for o in override_lists]
     except MissingConfigException as e:
         group, _, name = (e.missing_cfg_file or "").rpartition("/")
         allowed = ", ".join(sorted(e.options or [])) if e.options else "see conf/" + group

@@ -27,9 +27,10 @@ class Size:
     heads: int
 
 
-# big_vision decode_variant ("Table 2 of arXiv 2106.04560"); "mini" is reluvit's CPU-scale size for the embedded
-# 28x28 datasets (not a big_vision name).
+# big_vision decode_variant ("Table 2 of arXiv 2106.04560"); "micro" and "mini" are reluvit's CPU-scale sizes for
+# the embedded 28x28 datasets (not big_vision names): micro for CPU sweeps, mini for the demo.
 SIZES: dict[str, Size] = {
+    "micro": Size(64, 2, 256, 2),
     "mini": Size(96, 4, 384, 3),
     "Ti": Size(192, 12, 768, 3),
     "S": Size(384, 12, 1536, 6),

@@ -27,6 +27,7 @@ from reluvit.config import CONF_DIR, ConfigError, augment_for, compose, micro_ba
 from reluvit.data import build_datamodule
 from reluvit.models import forward_macs
 from reluvit.module import ViTClassifier
+from reluvit.results import grid_point
 
 SUMMARY = "summary.json"
 STATUSES = ("running", "completed", "diverged", "failed")
@@ -84,11 +85,14 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         if mode == "auto":
             logged_in = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
             mode = "online" if logged_in else "offline"
+        config = OmegaConf.to_container(cfg, resolve=True)
+        grid = grid_point(config)  # flat keys, so a dashboard can filter and plot by them
         loggers.append(WandbLogger(
             project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir), mode=mode,
             id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],  # same dir -> same W&B run
-            name=cfg.run_name, group=cfg.logger.group or cfg.run_name.rsplit("/", 1)[0], tags=list(cfg.logger.tags),
-            resume="allow", config=OmegaConf.to_container(cfg, resolve=True),
+            name=cfg.run_name, group=cfg.logger.group or cfg.run_name.rsplit("/", 1)[0],
+            tags=[f"{k}={v}" for k, v in grid.items()] + list(cfg.logger.tags),
+            resume="allow", config={**grid, **config},
         ))
     return loggers
 
@@ -164,6 +168,10 @@ def run(cfg: DictConfig) -> dict:
             write_json_atomic(run_dir / SUMMARY, summary)
         for logger in trainer.loggers:
             logger.finalize(summary["status"] if summary["status"] != "completed" else "success")
+        if cfg.logger.wandb:
+            import wandb
+
+            wandb.finish()  # the next run of a multirun in this process must not log into this one
     return summary
 
 

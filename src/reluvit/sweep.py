@@ -1,0 +1,143 @@
+"""Figure sweeps: ``sweeps/<figure>.yaml`` holds, per scale, the grid as blocks (each the cartesian product of its
+keys, run as one Hydra ``-m`` call) and the layout of its plot. This module expands a sweep, launches it, reports
+its status against the roll-up and draws its figure."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEPS_DIR = Path(os.environ.get("RELUVIT_SWEEPS_DIR", ROOT / "sweeps"))
+FIGURES = ("fig1", "fig2", "fig3", "fig4")
+SCALES = ("smoke", "paper")
+LAUNCHERS = ("local", "slurm")
+
+
+def _values(value) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _hydra_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass
+class Block:
+    """One cartesian block: ``keys`` maps a Hydra key (group or dotted key) to its values."""
+
+    keys: dict[str, list]
+    requires: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(list(itertools.product(*self.keys.values())))
+
+    def multirun_overrides(self) -> list[str]:
+        """Hydra ``-m`` syntax: ``key=a,b,c``."""
+        return [f"{k}={','.join(_hydra_value(v) for v in vals)}" for k, vals in self.keys.items()]
+
+    def points(self) -> list[list[str]]:
+        """Every point of the block as a plain override list."""
+        names = list(self.keys)
+        return [[f"{k}={_hydra_value(v)}" for k, v in zip(names, combo, strict=True)]
+                for combo in itertools.product(*self.keys.values())]
+
+
+@dataclass
+class Sweep:
+    figure: str
+    scale: str
+    blocks: list[Block]
+    plot: dict
+
+    def runnable(self, gpu: bool) -> list[Block]:
+        return [b for b in self.blocks if b.requires is None or (b.requires == "gpu" and gpu)]
+
+    def size(self, gpu: bool = True) -> int:
+        return sum(b.size for b in self.runnable(gpu))
+
+
+def load(figure: str, scale: str, seeds: list[int] | None = None, sweeps_dir: Path = SWEEPS_DIR) -> Sweep:
+    """Read ``sweeps/<figure>.yaml`` at ``scale``; ``seeds`` replaces the seed list of every block."""
+    path = sweeps_dir / f"{figure}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in sweeps_dir.glob("fig*.yaml")))
+        raise SystemExit(f"reluvit: no sweep file {path}; known figures: {known}")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if scale not in spec["scales"]:
+        raise SystemExit(f"reluvit: {path.name} has no scale {scale!r}; it has: {', '.join(spec['scales'])}")
+    blocks = []
+    for raw in spec["scales"][scale]["blocks"]:
+        raw = dict(raw)
+        requires = raw.pop("requires", None)
+        keys = {k: _values(v) for k, v in raw.items()}
+        if seeds is not None:
+            keys["seed"] = list(seeds)
+        blocks.append(Block(keys, requires))
+    return Sweep(figure, scale, blocks, spec["scales"][scale]["plot"])
+
+
+def expected_runs(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[str]:
+    """Run names of every runnable point, by composing each point's config (the same names the runs get)."""
+    from reluvit.config import CONF_DIR, compose_all
+
+    # Hydra composes in ~0.15 s: compose each combination of config-group choices once, then set the plain keys.
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    points = [[*point, *extra] for block in sweep.runnable(gpu) for point in block.points()]
+    split = [([o for o in p if o.split("=")[0] in groups], [o for o in p if o.split("=")[0] not in groups])
+             for p in points]
+    bases = list(dict.fromkeys(tuple(g) for g, _ in split))
+    composed = dict(zip(bases, compose_all([list(b) for b in bases]), strict=True))
+    names = []
+    for group_choices, keys in split:
+        cfg = composed[tuple(group_choices)].copy()
+        for override in keys:
+            key, value = override.split("=", 1)
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+        names.append(cfg.run_name)
+    return list(dict.fromkeys(names))  # a point shared by two blocks is one run
+
+
+def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = ()) -> None:
+    """Run every runnable block as one ``python -m reluvit.train -m`` call; completed points are skipped by the
+    runs themselves, so re-launching a sweep resumes it."""
+    if launcher != "local":
+        raise SystemExit(f"reluvit: launcher {launcher!r} is not available yet; use LAUNCHER=local")
+    skipped = [b for b in sweep.blocks if b not in sweep.runnable(gpu)]
+    for block in skipped:
+        print(f"reluvit: skipping a block of {block.size} runs that requires a {block.requires}", file=sys.stderr)
+    group = f"{sweep.figure}-{sweep.scale}"
+    for i, block in enumerate(sweep.runnable(gpu), 1):
+        print(f"=== {group}: block {i}/{len(sweep.runnable(gpu))}, {block.size} runs", flush=True)
+        cmd = [sys.executable, "-m", "reluvit.train", "-m", *block.multirun_overrides(),
+               f"logger.group={group}", *extra]
+        subprocess.run(cmd, check=True)
+
+
+def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool, extra: list[str] = ()) -> pd.DataFrame:
+    """Per figure: how many of its points are completed, running, failed, diverged or missing."""
+    rows = []
+    by_name = runs.set_index("run_name")["status"] if len(runs) else pd.Series(dtype=str)
+    for sweep in sweeps:
+        names = expected_runs(sweep, gpu, extra)
+        statuses = by_name.reindex(names).fillna("missing")
+        counts = statuses.value_counts()
+        rows.append({"figure": sweep.figure, "scale": sweep.scale, "points": len(names),
+                     **{s: int(counts.get(s, 0)) for s in ("completed", "running", "failed", "diverged", "missing")}})
+    return pd.DataFrame(rows)
+
+
+def plot(sweep: Sweep, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Draw the sweep's figure from the roll-up with the layout of its sweep file."""
+    from reluvit import plots
+
+    return getattr(plots, sweep.figure)(runs, stem=out_dir / sweep.scale / sweep.figure, **sweep.plot)

@@ -1,0 +1,76 @@
+"""The roll-up: one row per run of any status, idempotent, finished rows never rewritten, nothing dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from reluvit.config import compose
+from reluvit.results import collect, rollup
+
+
+def fake_run(runs_dir: Path, status: str, *overrides: str, val_acc: float | None = 0.5) -> str:
+    cfg = compose([f"runs_dir={runs_dir}", *overrides])
+    from omegaconf import OmegaConf
+
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True)
+    metrics = {} if val_acc is None else {"val/acc": val_acc, "val/loss": 1.0}
+    (run_dir / "summary.json").write_text(json.dumps({
+        "run_name": cfg.run_name, "run_dir": str(run_dir), "status": status, "metrics": metrics,
+        "config": OmegaConf.to_container(cfg, resolve=True), "core_hours": 0.01,
+    }))
+    return cfg.run_name
+
+
+def test_every_status_is_kept_with_grid_columns(tmp_path):
+    names = {
+        fake_run(tmp_path, "completed", "attention=relu", "attention.alpha=0.5"): "completed",
+        fake_run(tmp_path, "diverged", "attention=relu2", "attention.alpha=0", val_acc=None): "diverged",
+        fake_run(tmp_path, "failed", "attention=gelu", val_acc=None): "failed",
+        fake_run(tmp_path, "running", "attention=softmax", val_acc=None): "running",
+    }
+    table = collect(tmp_path)
+    assert dict(zip(table["run_name"], table["status"], strict=True)) == names
+    relu = table.set_index("run_name").loc["smoke-animal_mnist/mini4/relu-a0.5-s0"]
+    assert (relu["activation"], relu["alpha"], relu["model"], relu["val_acc"]) == ("relu", 0.5, "mini4", 0.5)
+    assert pd.isna(table.set_index("activation").loc["relu2", "val_acc"])
+
+
+def test_rollup_is_idempotent_and_never_rewrites_finished_rows(tmp_path):
+    runs, stem = tmp_path / "runs", tmp_path / "results" / "runs"
+    done = fake_run(runs, "completed", "attention=relu")
+    live = fake_run(runs, "running", "attention=relu2", val_acc=None)
+    first = rollup(runs, stem)
+    assert rollup(runs, stem).equals(first)
+    assert pd.read_parquet(stem.with_suffix(".parquet")).equals(first)
+
+    # the finished run's summary changes on disk (e.g. re-evaluated): its row stays as it was rolled up
+    summary_path = Path(first.set_index("run_name").loc[done, "run_dir"]) / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["metrics"]["val/acc"] = 0.99
+    summary_path.write_text(json.dumps(summary))
+    # the running run finishes: its row is updated
+    live_path = Path(first.set_index("run_name").loc[live, "run_dir"]) / "summary.json"
+    summary = json.loads(live_path.read_text())
+    summary.update(status="completed", metrics={"val/acc": 0.7, "val/loss": 0.9})
+    live_path.write_text(json.dumps(summary))
+    new = fake_run(runs, "failed", "attention=gelu", val_acc=None)
+
+    table = rollup(runs, stem).set_index("run_name")
+    assert table.loc[done, "val_acc"] == 0.5
+    assert (table.loc[live, "status"], table.loc[live, "val_acc"]) == ("completed", 0.7)
+    assert table.loc[new, "status"] == "failed"
+
+
+def test_rollup_keeps_rows_of_runs_whose_directory_is_gone(tmp_path):
+    import shutil
+
+    runs, stem = tmp_path / "runs", tmp_path / "runs_table"
+    name = fake_run(runs, "diverged", "attention=relu2", val_acc=None)
+    rollup(runs, stem)
+    shutil.rmtree(runs)
+    runs.mkdir()
+    assert list(rollup(runs, stem)["run_name"]) == [name]

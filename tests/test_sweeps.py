@@ -1,0 +1,111 @@
+"""Sweep files: every figure composes at both scales, expands to the paper's grid sizes, and a small smoke sweep
+runs end to end through the real CLI into a table and a figure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reluvit import sweep as sweeps
+from reluvit.config import compose, compose_all, validate
+
+PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9, "fig4": 3 * 2 * 2 * 9}
+
+
+@pytest.mark.parametrize("figure", sweeps.FIGURES)
+def test_paper_grid_sizes(figure):
+    sweep = sweeps.load(figure, "paper")
+    assert sweep.size() == PAPER_SIZES[figure]
+    assert len(sweeps.expected_runs(sweep, gpu=True)) == PAPER_SIZES[figure]
+
+
+def test_fig2_paper_grid_is_the_papers():
+    sweep = sweeps.load("fig2", "paper")
+    points = {tuple(sorted(p)) for b in sweep.blocks for p in b.points()}
+    assert ("attention.alpha=0.25", "attention=gelu", "data=imagenet1k", "model=s8", "recipe=i1k_300ep") in points
+    alphas = {o.split("=")[1] for p in points for o in p if o.startswith("attention.alpha=")}
+    assert alphas == {str(a / 4) for a in range(9)}
+
+
+@pytest.mark.parametrize("figure", sweeps.FIGURES)
+@pytest.mark.parametrize("scale", sweeps.SCALES)
+def test_every_sweep_point_composes_and_validates(figure, scale, tmp_path):
+    sweep = sweeps.load(figure, scale)
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    data = [f"data.path={tmp_path}"] if scale == "paper" else []
+    first_points = [[*block.points()[0], *data] for block in sweep.blocks]
+    for cfg in compose_all(first_points):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("figure", sweeps.FIGURES)
+def test_expected_runs_match_full_composition(figure):
+    """The fast expansion (compose per group choice, then set keys) gives Hydra's own run names."""
+    sweep = sweeps.load(figure, "smoke")
+    points = [p for b in sweep.runnable(gpu=True) for p in b.points()]
+    full = list(dict.fromkeys(cfg.run_name for cfg in compose_all(points)))
+    assert sweeps.expected_runs(sweep, gpu=True) == full
+
+
+def test_gpu_only_blocks_are_left_out_without_a_gpu():
+    sweep = sweeps.load("fig2", "smoke")
+    assert sweep.size(gpu=True) - sweep.size(gpu=False) == 2 * (7 * 3 + 1)
+    assert all("model=micro1" not in p for b in sweep.runnable(gpu=False) for p in b.points())
+
+
+def test_seeds_replace_the_sweep_files():
+    sweep = sweeps.load("fig3", "smoke", seeds=[0, 1, 2])
+    assert sweep.size(gpu=False) == 3 * sweeps.load("fig3", "smoke").size(gpu=False)
+
+
+def test_unknown_figure_or_scale_is_a_clear_error():
+    with pytest.raises(SystemExit, match="known figures"):
+        sweeps.load("fig9", "smoke")
+    with pytest.raises(SystemExit, match="no scale"):
+        sweeps.load("fig1", "huge")
+
+
+def test_two_point_smoke_sweep_end_to_end(tmp_path):
+    """`reluvit sweep` with a 2-point sweep file: both runs, the roll-up table with those 2 rows, the figure."""
+    sweep_dir = tmp_path / "sweeps"
+    sweep_dir.mkdir()
+    (sweep_dir / "fig3.yaml").write_text(
+        "figure: fig3\nscales:\n  smoke:\n    blocks:\n"
+        "      - {recipe: smoke, data: digits, model: micro2, attention: relu, attention.qk_norm: [true, false],"
+        " attention.alpha: 1.0}\n"
+        "    plot: {recipe: smoke, columns: {'L=16': micro2}, alphas: [1.0], metric: val_acc}\n"
+    )
+    env = {**__import__("os").environ, "RELUVIT_SWEEPS_DIR": str(sweep_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--scale", "smoke",
+         "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
+         "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
+    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0", "smoke-digits/micro2/relu-a1-s0"]
+    assert set(table["status"]) == {"completed"}
+    assert (tmp_path / "results" / "runs.csv").exists()
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / "results" / "smoke" / f"fig3{suffix}").stat().st_size > 0
+
+
+def test_status_counts_points(tmp_path):
+    sweep = sweeps.load("fig3", "smoke")
+    names = sweeps.expected_runs(sweep, gpu=False)
+    runs = pd.DataFrame({"run_name": [names[0], names[1], names[2], "elsewhere/other"],
+                         "status": ["completed", "diverged", "running", "completed"]})
+    row = sweeps.status_table([sweep], runs, gpu=False).iloc[0]
+    assert (row.points, row.completed, row.diverged, row.running, row.failed) == (len(names), 1, 1, 1, 0)
+    assert row.missing == len(names) - 3
+
+
+def test_sweep_points_name_distinct_runs():
+    cfgs = [compose(p) for p in sweeps.load("fig4", "smoke").blocks[0].points()[:4]]
+    assert len({c.run_name for c in cfgs}) == 4
