@@ -29,7 +29,7 @@ def _gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _rollup(args) -> "pd.DataFrame":  # noqa: F821
+def _rollup(args):
     from reluvit.results import rollup
 
     table = rollup(args.runs_dir, args.results_dir / "runs")

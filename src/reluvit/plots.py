@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 
 def attention_label(row: pd.Series) -> str:
@@ -45,3 +50,257 @@ def accuracy_bars(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
     ax.set_ylabel("validation accuracy")
     ax.set_title(title, fontsize=9)
     return save(fig, stem)
+
+
+# --- Figures 1-4 of the paper ------------------------------------------------------------------------------------
+# A *point* is one cell of a sweep: a dict of grid keys (columns of the roll-up table) -> values. Its value is the
+# mean of `metric` over its completed seeds, with the min-max spread when there are several. Points without such a
+# value are left out of the curves and counted in a footnote; points whose seeds all diverged are an "x" on the bottom
+# edge of the axes: their accuracy is undefined, not zero.
+
+MISSING = ("running", "failed", "not run", "no metric")  # why a point has no value, in footnote order
+MISSING_TEXT = {"no metric": "completed without the metric"}
+ACTIVATION_LABELS = {"relu2": "squared relu"}
+COLORS = {"softmax": "k", "relu": "C0", "relu2": "C1", "gelu": "C2", "softplus": "C3", "identity": "C4",
+          "relu6": "C5", "sigmoid": "C6"}
+AXIS_LABELS = {"val_acc": "validation accuracy", "val_i1k_acc": "ImageNet-1k accuracy",
+               "fewshot_10shot_mean": "avg. 10-shot transfer accuracy", "core_hours": "core hours",
+               "train_flops": "training FLOPs", "alpha": "Exponent for scaling inverse seqlen"}
+PAPER = {"qk_norm": True, "gate": False}  # the paper's default attention: qk-layernorm, no gate
+SPELLINGS = {True: ["true", "1", "1.0"], False: ["false", "0", "0.0"]}  # a CSV round trip may leave bools as text
+
+
+class Curve(NamedTuple):
+    label: str
+    where: dict  # grid keys shared by the curve's points
+    color: str
+    linestyle: str = "-"
+    marker: str = "o"
+
+
+def _select(df: pd.DataFrame, point: dict) -> pd.DataFrame:
+    """Rows matching every key of ``point`` (numbers compared as floats; a bool matches only its own spellings, so
+    a run without the key is never taken for its ablation)."""
+    mask = pd.Series(True, index=df.index)
+    for key, value in point.items():
+        if key not in df.columns:
+            return df.iloc[:0]
+        if isinstance(value, bool | np.bool_):
+            mask &= df[key].astype(str).str.lower().isin(SPELLINGS[bool(value)])
+        elif isinstance(value, Real):
+            mask &= np.isclose(pd.to_numeric(df[key], errors="coerce"), value)
+        else:
+            mask &= df[key] == value
+    return df[mask]
+
+
+def _numeric(runs: pd.DataFrame, column: str) -> pd.Series:
+    """The column as floats; all NaN where the table lacks it (that metric was never logged)."""
+    if column not in runs.columns:
+        return pd.Series(np.nan, index=runs.index)
+    return pd.to_numeric(runs[column], errors="coerce")
+
+
+def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: str | None = None) -> pd.DataFrame:
+    """One row per point: its keys; ``status`` ("ok", "diverged" or a reason in MISSING); ``n`` completed seeds with
+    a value; ``mean``, ``min``, ``max`` of ``metric`` over them; ``diverged_seeds``; with ``x``, the mean ``x`` of
+    the seeds shown (the completed ones, or the diverged ones of a diverged point)."""
+    out = []
+    for point in points:
+        runs = _select(df, point)
+        status = runs["status"] if "status" in runs else pd.Series("failed", index=runs.index)
+        y = _numeric(runs, metric)
+        xs = _numeric(runs, x) if x else pd.Series(0.0, index=runs.index)
+        done = (status == "completed") & y.notna() & xs.notna()
+        if done.any():
+            state = "ok"
+        elif runs.empty:
+            state = "not run"
+        elif (status == "running").any():  # not final yet, whatever the other seeds did
+            state = "running"
+        elif (status == "diverged").all():
+            state = "diverged"
+        else:
+            state = "no metric" if (status == "completed").any() else "failed"
+        row = {**point, "status": state, "n": int(done.sum()), "mean": y[done].mean(), "min": y[done].min(),
+               "max": y[done].max(), "diverged_seeds": int((status == "diverged").sum())}
+        if x:
+            row["x"] = xs[done].mean() if done.any() else xs.mean() if state == "diverged" else np.nan
+        out.append(row)
+    columns = ["status", "n", "mean", "min", "max", "diverged_seeds", *(["x"] if x else [])]
+    return pd.DataFrame(out, columns=list(dict.fromkeys(k for p in points for k in p)) + columns)
+
+
+def tally(agg: pd.DataFrame) -> dict[str, int]:
+    """Counts for the footnote from aggregate()'s output: ``expected``, ``ok``, ``diverged``, each reason in MISSING,
+    and ``partly_diverged`` (points shown as a mean that lost some seeds to divergence)."""
+    counts = {"expected": len(agg), **{k: int((agg["status"] == k).sum()) for k in ("ok", "diverged", *MISSING)}}
+    counts["partly_diverged"] = int(((agg["status"] == "ok") & (agg["diverged_seeds"] > 0)).sum())
+    return counts
+
+
+def point_status(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: str | None = None) -> dict[str, int]:
+    """tally() of the expected ``points``."""
+    return tally(aggregate(df, points, metric, x))
+
+
+def footnote(counts: dict[str, int]) -> str:
+    """E.g. "12 of 150 points missing (3 running, 2 failed, 7 not run); 1 diverged (x)"."""
+    missing = sum(counts[k] for k in MISSING)
+    reasons = ", ".join(f"{counts[k]} {MISSING_TEXT.get(k, k)}" for k in MISSING if counts[k])
+    text = f"{missing} of {counts['expected']} points missing ({reasons})" if missing else \
+        f"all {counts['expected']} points present"
+    if counts["diverged"]:
+        text += f"; {counts['diverged']} diverged (x)"
+    if counts["partly_diverged"]:
+        text += f"; {counts['partly_diverged']} means exclude diverged seeds"
+    return text
+
+
+def draw_curve(ax: plt.Axes, agg: pd.DataFrame, *, x: str, curve: Curve) -> Line2D:
+    """The means of ``agg`` in its order (a diverged point breaks the line, a missing one is skipped), min-max error
+    bars where several seeds completed, and an "x" on the bottom edge for each diverged point."""
+    shown = agg[agg["status"].isin(["ok", "diverged"])]
+    (line,) = ax.plot(shown[x].to_numpy(float), shown["mean"].to_numpy(float), color=curve.color,
+                      linestyle=curve.linestyle, marker=curve.marker, ms=4, label=curve.label)
+    spread = shown[shown["n"] > 1]
+    if len(spread):
+        ax.errorbar(spread[x], spread["mean"], yerr=[spread["mean"] - spread["min"], spread["max"] - spread["mean"]],
+                    fmt="none", ecolor=curve.color, elinewidth=0.8, capsize=2)
+    diverged = shown[shown["status"] == "diverged"]
+    if len(diverged):  # y in axes units: on the bottom edge whatever the limits, and without stretching them
+        ax.plot(diverged[x], np.zeros(len(diverged)), "x", color=curve.color, ms=7, mew=1.5,
+                transform=ax.get_xaxis_transform(), clip_on=False)
+    return line
+
+
+def _reference(ax: plt.Axes, agg: pd.DataFrame, curve: Curve) -> None:
+    """A single point drawn across the panel: dashed at its mean, shaded over its seed spread."""
+    row = agg.iloc[0]
+    if row["status"] == "ok":
+        ax.axhline(row["mean"], color=curve.color, linestyle="--", lw=1, label=curve.label)
+        if row["n"] > 1:
+            ax.axhspan(row["min"], row["max"], color=curve.color, alpha=0.1, lw=0)
+    elif row["status"] == "diverged":
+        ax.plot([0.5], [0], "x", color=curve.color, ms=7, mew=1.5, transform=ax.transAxes, clip_on=False)
+
+
+def _finish(fig: plt.Figure, aggs: list[pd.DataFrame], stem: str | Path) -> list[Path]:
+    """Mark empty panels, one legend for all panels, the footnote; save."""
+    for ax in fig.axes:  # every curve adds a line, so look for a drawn value or "x"
+        if not any(np.isfinite(np.asarray(line.get_ydata(), float)).any() for line in ax.lines):
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
+    handles = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=8, frameon=False)
+    text = footnote(tally(pd.concat(aggs))) if aggs else "no points requested"
+    spread = any((a["n"] > 1).any() for a in aggs)
+    fig.text(0.5, 0, text + ("; bars: min-max over seeds" if spread else ""), ha="center", va="top", fontsize=7)
+    return save(fig, stem)
+
+
+def _log_x(ax: plt.Axes, xs: np.ndarray) -> None:
+    """Log x axis spanning at least a factor 4 around the points, with plain labels ("0.05", "200") at 1, 2 and
+    5 x 10^k when it spans under 1.5 decades: matplotlib's default then labels every minor tick in 10^k notation,
+    which overlaps on a narrow panel."""
+    ax.set_xscale("log")
+    xs = xs[np.isfinite(xs) & (xs > 0)]
+    if not len(xs):
+        return
+    pad = max(1.15, np.sqrt(4 * xs.min() / xs.max()))
+    ax.set_xlim(xs.min() / pad, xs.max() * pad)
+    if xs.max() / xs.min() * pad**2 < 30:
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str, str], stem: str | Path,
+         x: str = "core_hours") -> list[Path]:
+    """Paper Fig. 1: softmax vs relu/seqlen (alpha 1) scaling with model size, one panel per ``metrics`` entry
+    (y label -> column), x = ``x`` on a log axis; points in the order of ``models``, labelled with the variant."""
+    series = [Curve("softmax", {"activation": "softmax"}, COLORS["softmax"]),
+              Curve("relu/seqlen", {"activation": "relu", "alpha": 1.0}, COLORS["relu"], marker="s")]
+    names = dict(zip(df["model"], df["variant"], strict=True)) if {"model", "variant"} <= set(df.columns) else {}
+    fig, axes = plt.subplots(1, max(len(metrics), 1), squeeze=False, figsize=(4 * max(len(metrics), 1), 3.2),
+                             layout="constrained")
+    aggs = []
+    for (ylabel, metric), ax in zip(metrics.items(), axes[0], strict=False):
+        for curve in series:
+            points = [{"recipe": recipe, "model": m, **PAPER, **curve.where} for m in models]
+            agg = aggregate(df, points, metric, x=x)
+            draw_curve(ax, agg, x="x", curve=curve)
+            for row in agg[agg["status"] == "ok"].itertuples():
+                ax.annotate(names.get(row.model, row.model), (row.x, row.mean), xytext=(3, 3),
+                            textcoords="offset points", fontsize=7, color=curve.color)
+            aggs.append(agg)
+        _log_x(ax, pd.concat([a["x"] for a in aggs[-len(series):]]).to_numpy(float))
+        ax.set(xlabel=AXIS_LABELS.get(x, x), ylabel=ylabel)
+    return _finish(fig, aggs, stem)
+
+
+def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str], curves: list[Curve],
+                  alphas: list[float], stem: str | Path, metric: str | dict[str, str],
+                  reference: Curve | None = None) -> list[Path]:
+    """Figs. 2-4: a rows (label -> recipe) x columns (title -> model) grid of curves over alpha. ``metric`` may map
+    recipe -> column (recipes it lacks: val_acc): the paper's "ImageNet-1k accuracy" is the i1k-restricted head
+    for i21k runs, plain val_acc for i1k runs."""
+    fig, axes = plt.subplots(max(len(rows), 1), max(len(columns), 1), squeeze=False, sharex=True, sharey=True,
+                             figsize=(3.2 * max(len(columns), 1), 2.6 * max(len(rows), 1)), layout="constrained")
+    aggs = []
+    for i, (row_label, recipe) in enumerate(rows.items()):
+        row_metric = metric.get(recipe, "val_acc") if isinstance(metric, dict) else metric
+        for j, (title, model) in enumerate(columns.items()):
+            ax = axes[i, j]
+            for curve in curves:
+                points = [{"recipe": recipe, "model": model, **curve.where, "alpha": a} for a in alphas]
+                aggs.append(aggregate(df, points, row_metric))
+                draw_curve(ax, aggs[-1], x="alpha", curve=curve)
+            if reference:  # one point: its runs at any alpha count
+                aggs.append(aggregate(df, [{"recipe": recipe, "model": model, **reference.where}], row_metric))
+                _reference(ax, aggs[-1], reference)
+            if i == 0:
+                ax.set_title(title)
+            if j == 0:
+                ax.set_ylabel(f"{row_label}\n{AXIS_LABELS.get(row_metric, row_metric)}" if isinstance(metric, dict)
+                              else row_label)
+    if alphas:  # the requested range even where a panel is empty
+        pad = 0.05 * ((max(alphas) - min(alphas)) or 1)
+        axes[0, 0].set_xlim(min(alphas) - pad, max(alphas) + pad)
+    fig.supxlabel(AXIS_LABELS["alpha"], fontsize=10)
+    if not isinstance(metric, dict):
+        fig.supylabel(AXIS_LABELS.get(metric, metric), fontsize=10)
+    return _finish(fig, aggs, stem)
+
+
+def fig2(df: pd.DataFrame, *, rows: dict[str, str], columns: dict[str, str], activations: list[str],
+         alphas: list[float], stem: str | Path, metric: str | dict[str, str] = "val_acc") -> list[Path]:
+    """Paper Fig. 2: one curve over alpha per activation (softmax is always the dashed reference, not a curve)."""
+    curves = [Curve(ACTIVATION_LABELS.get(a, a), {"activation": a, **PAPER}, COLORS.get(a, f"C{i}"))
+              for i, a in enumerate(activations) if a != "softmax"]
+    reference = Curve("softmax", {"activation": "softmax", **PAPER}, COLORS["softmax"])
+    return _alpha_figure(df, rows, columns, curves, alphas, stem, metric, reference)
+
+
+def _ablation(variant: str, key: str, value: bool) -> list[Curve]:
+    """relu and squared relu with the paper's attention, then with ``key`` set to ``value`` (dashed)."""
+    return [Curve(ACTIVATION_LABELS.get(a, a) + suffix, {"activation": a, **PAPER, **change}, COLORS[a], ls, m)
+            for suffix, change, ls, m in [("", {}, "-", "o"), (f" {variant}", {key: value}, "--", "s")]
+            for a in ("relu", "relu2")]
+
+
+def fig3(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float], stem: str | Path,
+         metric: str | dict[str, str] = "val_acc") -> list[Path]:
+    """Paper Fig. 3 (qk-layernorm ablation): relu and squared relu with and without qk-layernorm, no gate."""
+    curves = _ablation("without qk-layernorm", "qk_norm", False)
+    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, stem, metric)
+
+
+def fig4(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float], stem: str | Path,
+         metric: str | dict[str, str] = "val_acc") -> list[Path]:
+    """Paper Fig. 4 (gating ablation): relu and squared relu with and without the gate, with qk-layernorm."""
+    curves = _ablation("with gating", "gate", True)
+    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, stem, metric)
