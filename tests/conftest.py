@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from reluvit.config import compose
 
@@ -23,3 +24,12 @@ def tiny_overrides(tmp_path) -> list[str]:
 def tiny_cfg(tiny_overrides):
     """compose(tiny_overrides + extra overrides)."""
     return lambda *overrides: compose([*tiny_overrides, *overrides])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny tensors: intra-op threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

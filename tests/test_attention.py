@@ -119,13 +119,7 @@ def reference(
 # helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add synchronisation (and stall badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_layer(dim=DIM, heads=HEADS, *, qk_norm=False, gate=None, seed=0, qk_std=None, **options):

@@ -39,13 +39,7 @@ I21K = {"pool": "gap", "num_classes": 21843}
 I1K = {"pool": "tok", "rep_size": True, "num_classes": 1000}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors only: intra-op threads add synchronisation (and stall badly on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: torch.nn.Module) -> int:
