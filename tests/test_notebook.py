@@ -59,5 +59,5 @@ def test_notebook_runs(tmp_path, monkeypatch):
     outputs = [out for cell in code for out in cell.outputs]
     assert sum("image/png" in out.get("data", {}) for out in outputs) == 4
     assert f"{len(synthetic_table())} runs from {results}" in "".join(out.get("text", "") for out in outputs)
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "figures" / "smoke").iterdir()) == [
         f"fig{i}.{ext}" for i in range(1, 5) for ext in ("pdf", "png")]
