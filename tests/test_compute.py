@@ -102,3 +102,15 @@ def test_mixup_weights_original_more():
     assert torch.allclose(mixed_targets, lam * targets + (1 - lam) * targets.roll(1, 0))
     assert torch.allclose(mixed, lam * images + (1 - lam) * images.roll(1, 0))
     assert torch.allclose(mixed_targets.sum(-1), torch.ones(4))
+
+
+def test_epoch_end_interval_follows_the_same_warmup_rule(clock):
+    """The time from the last step end to validation counts exactly when a next step's interval would."""
+    trainer, module, _ = hooks(world_size=1)
+    for skipped, steps in ((True, 1), (False, 2)):
+        chrono = Chrono(skip_first=2)
+        for _ in range(steps):
+            step(chrono, trainer, module, clock, 1.0)
+        clock.t += 5.0
+        chrono.on_validation_start(trainer, module)
+        assert chrono.train_seconds == (0.0 if skipped else 5.0)

@@ -64,7 +64,7 @@ class Chrono(pl.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         """Pause: the time since the last step end was training (epoch-end hooks); evaluation is not."""
-        if self._last is not None and self._ticks > self.skip_first:
+        if self._last is not None and self._ticks >= self.skip_first:
             interval = self._now(pl_module) - self._last
             self.train_seconds += interval
             self.core_seconds += interval * trainer.world_size
