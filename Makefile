@@ -9,6 +9,7 @@ TORCH  ?= torch>=2.4,!=2.13.*
 # the sweep file's seeds; ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb").
 SCALE    ?= smoke
 LAUNCHER ?= local
+CLUSTER  ?= local
 SEEDS    ?=
 ARGS     ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
@@ -38,7 +39,7 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 fig1 fig2 fig3 fig4: venv
-	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) --launcher $(LAUNCHER) $(ARGS)
+	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) --launcher $(LAUNCHER) --cluster $(CLUSTER) $(ARGS)
 
 plots: venv
 	$(BIN)/reluvit plots $(SWEEP_OPTS)

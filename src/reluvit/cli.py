@@ -51,6 +51,7 @@ def main() -> None:
     run = sub.add_parser("sweep", help="run a figure's sweep, wait, roll up and plot it")
     _sweep_args(run, many=False)
     run.add_argument("--launcher", default="local", help="local | slurm (default: local)")
+    run.add_argument("--cluster", default="local", help="SLURM profile: slurm/profiles/<name>.yaml (default: local)")
     run.epilog = "Any further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
     for name, text in (("status", "points done / running / failed / diverged / missing per figure"),
                        ("plots", "roll up and plot what exists"),
@@ -68,14 +69,20 @@ def main() -> None:
         return
 
     args, overrides = parser.parse_known_args()
+    from reluvit.config import ConfigError
+    from reluvit.train import exit_config_error
+
     if overrides and (args.command != "sweep" or any(o.startswith("-") or "=" not in o for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     from reluvit import sweep as sweeps
 
     if args.command == "sweep":
         one = sweeps.load(args.figure, args.scale, args.seeds)
-        extra = [f"runs_dir={args.runs_dir}", *overrides]
-        sweeps.launch(one, args.launcher, _gpu(), extra)
+        extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
+        try:
+            sweeps.launch(one, args.launcher, _gpu(), extra, args.cluster, args.runs_dir)
+        except ConfigError as e:
+            exit_config_error(e)
         for path in sweeps.plot(one, _rollup(args), args.results_dir):
             print(f"figure: {path}")
     elif args.command == "status":

@@ -107,19 +107,29 @@ def expected_runs(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[str]:
     return list(dict.fromkeys(names))  # a point shared by two blocks is one run
 
 
-def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = ()) -> None:
-    """Run every runnable block as one ``python -m reluvit.train -m`` call; completed points are skipped by the
-    runs themselves, so re-launching a sweep resumes it."""
-    if launcher != "local":
-        raise SystemExit(f"reluvit: launcher {launcher!r} is not available yet; use LAUNCHER=local")
+def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluster: str = "local",
+           runs_dir: Path = Path("runs")) -> None:
+    """``local``: run every runnable block as one ``python -m reluvit.train -m`` call, here. ``slurm``: submit
+    every point through submitit to the cluster of profile ``cluster`` and wait. Completed points are skipped by
+    the runs themselves, so re-launching a sweep resumes it."""
+    if launcher not in LAUNCHERS:
+        raise SystemExit(f"reluvit: launcher {launcher!r} is not one of: {', '.join(LAUNCHERS)}")
+    extra = [f"logger.group={sweep.figure}-{sweep.scale}", *extra]
+    if launcher == "slurm":
+        from reluvit.launch import submit_sweep
+
+        outcomes = submit_sweep(sweep, cluster, gpu, extra, runs_dir)
+        failed = {job: out for job, out in outcomes.items() if out not in ("completed", "diverged")}
+        for job, out in failed.items():
+            print(f"reluvit: job {job}: {out}", file=sys.stderr)
+        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs finished", flush=True)
+        return
     skipped = [b for b in sweep.blocks if b not in sweep.runnable(gpu)]
     for block in skipped:
         print(f"reluvit: skipping a block of {block.size} runs that requires a {block.requires}", file=sys.stderr)
-    group = f"{sweep.figure}-{sweep.scale}"
     for i, block in enumerate(sweep.runnable(gpu), 1):
-        print(f"=== {group}: block {i}/{len(sweep.runnable(gpu))}, {block.size} runs", flush=True)
-        cmd = [sys.executable, "-m", "reluvit.train", "-m", *block.multirun_overrides(),
-               f"logger.group={group}", *extra]
+        print(f"=== {sweep.figure}-{sweep.scale}: block {i}/{len(sweep.runnable(gpu))}, {block.size} runs", flush=True)
+        cmd = [sys.executable, "-m", "reluvit.train", "-m", *block.multirun_overrides(), *extra]
         subprocess.run(cmd, check=True)
 
 

@@ -21,6 +21,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from reluvit.compute import Chrono
 from reluvit.config import CONF_DIR, ConfigError, augment_for, compose, micro_batch_size, validate
@@ -136,6 +137,8 @@ def run(cfg: DictConfig) -> dict:
         deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
         logger=build_loggers(cfg, run_dir), enable_model_summary=False,
+        # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         callbacks=[chrono, pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0)],
     )
 

@@ -1,0 +1,143 @@
+"""Submit a sweep to SLURM with submitit: one job array per resource class, a cap on the jobs running at once,
+resources derived from the model size and the cluster profile (``slurm/profiles/<name>.yaml``).
+
+Each job is a :class:`TrainJob` that trains one grid point in its stable run directory. On a time-out or a
+preemption submitit calls its ``checkpoint`` and requeues it with the same overrides; the run then resumes from
+``checkpoints/last.ckpt`` (written at every epoch end), so work since that checkpoint is redone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import submitit
+import yaml
+
+from reluvit.config import ConfigError, compose, compose_all
+from reluvit.models import parse_variant
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
+# GPUs one run asks for, by model size: enough memory and speed for the recipe's global batch of 4096 with
+# gradient accumulation; jobs needing more GPUs than a node has span several nodes.
+GPUS_BY_SIZE = {"micro": 1, "mini": 1, "Ti": 1, "S": 1, "M": 1, "B": 4, "L": 8, "H": 16}
+
+
+@dataclass
+class Profile:
+    """A cluster profile: the keys of ``slurm/profiles/<name>.yaml``."""
+
+    partition: str
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb_per_task: int = 4
+    timeout_min: int = 60
+    max_num_timeout: int = 10
+    array_parallelism: int = 32
+    setup: list[str] = field(default_factory=list)
+
+
+def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> Profile:
+    path = profiles_dir / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in profiles_dir.glob("*.yaml")))
+        raise ConfigError("CLUSTER", f"no profile {path}; known: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {f.name for f in fields(Profile)}
+    if unknown:
+        raise ConfigError(f"{path.name}", f"unknown keys {sorted(unknown)}")
+    if not raw.get("partition"):
+        raise ConfigError(f"{path.name}: partition", "a partition is required")
+    return Profile(**raw)
+
+
+@dataclass(frozen=True)
+class Resources:
+    nodes: int
+    tasks_per_node: int  # = devices per node for Lightning
+    gpus_per_node: int
+
+    def trainer_overrides(self) -> list[str]:
+        if not self.gpus_per_node:
+            return ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=1"]
+        strategy = ["trainer.strategy=ddp"] if self.nodes * self.tasks_per_node > 1 else []
+        return ["trainer.accelerator=gpu", f"trainer.devices={self.tasks_per_node}",
+                f"trainer.num_nodes={self.nodes}", *strategy]
+
+
+def resources(variant: str, profile: Profile) -> Resources:
+    """What a run of ``variant`` asks for on this cluster (one CPU task on a CPU-only cluster)."""
+    parse_variant(variant)
+    if not profile.gpus_per_node:
+        return Resources(1, 1, 0)
+    gpus = GPUS_BY_SIZE[variant.split("/")[0]]
+    per_node = min(gpus, profile.gpus_per_node)
+    return Resources(math.ceil(gpus / per_node), per_node, per_node)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """Train one grid point; ``checkpoint`` (inherited) requeues it with the same overrides."""
+
+    def __call__(self, overrides: list[str]) -> str:
+        import torch
+
+        from reluvit.train import run
+
+        torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", torch.get_num_threads())))
+        return run(compose(overrides))["status"]
+
+
+def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -> list[submitit.Job]:
+    """Submit ``points`` (override lists), one array per resource class; returns the jobs."""
+    by_class: dict[Resources, list[list[str]]] = {}
+    seen = set()
+    for point, cfg in zip(points, compose_all(points), strict=True):
+        if cfg.run_name not in seen:  # two jobs must never share a run directory
+            seen.add(cfg.run_name)
+            by_class.setdefault(resources(cfg.model.variant, profile), []).append(point)
+    jobs = []
+    for res, group in by_class.items():
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
+                                         slurm_max_num_timeout=profile.max_num_timeout)
+        optional = {f"slurm_{k}": getattr(profile, k) for k in ("account", "qos", "constraint") if getattr(profile, k)}
+        executor.update_parameters(
+            name=name, slurm_partition=profile.partition, nodes=res.nodes, tasks_per_node=res.tasks_per_node,
+            gpus_per_node=res.gpus_per_node or None, cpus_per_task=profile.cpus_per_task,
+            mem_gb=profile.mem_gb_per_task * res.tasks_per_node, timeout_min=profile.timeout_min,
+            slurm_array_parallelism=profile.array_parallelism, slurm_setup=list(profile.setup), **optional,
+        )
+        jobs += executor.map_array(TrainJob(), [[*p, *res.trainer_overrides()] for p in group])
+    return jobs
+
+
+def wait(jobs: list[submitit.Job]) -> dict[str, str]:
+    """Block until every job ends, with a progress bar; returns job id -> outcome (run status or the error)."""
+    from tqdm import tqdm
+
+    outcomes = {}
+    with tqdm(total=len(jobs), desc="jobs", unit="job") as bar:
+        for job in submitit.helpers.as_completed(jobs, poll_frequency=2):
+            try:
+                outcomes[job.job_id] = job.result()
+            except Exception as e:  # a failed job: keep going, report it
+                outcomes[job.job_id] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
+            bar.update()
+    return outcomes
+
+
+def submit_sweep(sweep, cluster: str, gpu: bool, extra: list[str], runs_dir: Path) -> dict[str, str]:
+    """``LAUNCHER=slurm``: submit the sweep's runnable points and wait for them."""
+    profile = load_profile(cluster)
+    points = [[*p, *extra] for b in sweep.runnable(gpu) for p in b.points()]
+    # a fresh submitit folder per launch: after a cluster reset job ids restart and an old folder would hand back
+    # stale results
+    folder = runs_dir.resolve() / ".submitit" / f"{sweep.figure}-{sweep.scale}-{time.strftime('%Y%m%d-%H%M%S')}"
+    jobs = submit(points, profile, folder, name=f"reluvit-{sweep.figure}-{sweep.scale}")
+    print(f"submitted {len(jobs)} jobs to partition {profile.partition!r}; logs in {folder}", flush=True)
+    return wait(jobs)

@@ -1,0 +1,101 @@
+"""SLURM launch through submitit: profiles, resources per model size, and a real 2-point sweep submitted as a job
+array to the one-node cluster of slurm/up.sh (started by the test when it is not running; skipped, with the
+reason, where it cannot be started)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reluvit.config import ConfigError
+from reluvit.launch import Profile, Resources, load_profile, resources
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_profiles_load_and_validate(tmp_path):
+    assert load_profile("local").partition == "debug"
+    assert load_profile("example_gpu").gpus_per_node == 8
+    (tmp_path / "nopart.yaml").write_text("gpus_per_node: 4\n")
+    with pytest.raises(ConfigError, match="partition"):
+        load_profile("nopart", tmp_path)
+    (tmp_path / "typo.yaml").write_text("partition: gpu\ngpus_per_nod: 4\n")
+    with pytest.raises(ConfigError, match="gpus_per_nod"):
+        load_profile("typo", tmp_path)
+    with pytest.raises(ConfigError, match="known: .*local"):
+        load_profile("no-such-cluster")
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("S/16", Resources(1, 1, 1)), ("B/16", Resources(1, 4, 4)), ("L/16", Resources(1, 8, 8)),
+    ("H/14", Resources(2, 8, 8)),
+])
+def test_resources_follow_model_size(variant, expected):
+    gpu = Profile(partition="gpu", gpus_per_node=8)
+    assert resources(variant, gpu) == expected
+    assert resources(variant, Profile(partition="cpu")) == Resources(1, 1, 0)
+    assert resources("L/16", Profile(partition="gpu", gpus_per_node=4)) == Resources(2, 4, 4)
+
+
+def test_trainer_overrides_match_the_allocation():
+    assert Resources(2, 4, 4).trainer_overrides() == [
+        "trainer.accelerator=gpu", "trainer.devices=4", "trainer.num_nodes=2", "trainer.strategy=ddp"]
+    assert Resources(1, 1, 0).trainer_overrides()[0] == "trainer.accelerator=cpu"
+
+
+def _cluster_up() -> bool:
+    return subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0 if shutil.which("sinfo") else False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local one-node cluster; started here (and stopped afterwards) when it is not already running."""
+    if _cluster_up():
+        yield
+        return
+    if os.geteuid() != 0:
+        pytest.skip("SLURM is not running and starting it (slurm/up.sh) needs root")
+    up = subprocess.run(["bash", str(ROOT / "slurm" / "up.sh")], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        pytest.skip(f"slurm/up.sh could not start a cluster here: {up.stderr.strip()[-300:]}")
+    yield
+    subprocess.run(["bash", str(ROOT / "slurm" / "down.sh")], capture_output=True, timeout=120)
+
+
+def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (sweeps / "fig3.yaml").write_text(
+        "figure: fig3\nscales:\n  smoke:\n    blocks:\n"
+        "      - {recipe: smoke, data: digits, model: micro2, attention: relu, attention.qk_norm: [true, false],"
+        " attention.alpha: 1.0}\n"
+        "    plot: {recipe: smoke, columns: {'L=16': micro2}, alphas: [1.0], metric: val_acc}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--launcher", "slurm", "--cluster", "local",
+         "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
+         "trainer.max_steps=4", "trainer.enable_progress_bar=false"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "RELUVIT_SWEEPS_DIR": str(sweeps)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 of 2 jobs finished" in result.stdout
+    table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
+    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0", "smoke-digits/micro2/relu-a1-s0"]
+    assert set(table["status"]) == {"completed"} and set(table["global_step"]) == {4}
+    tasks = sorted(p.name for p in (tmp_path / "runs" / ".submitit").glob("*/*_*") if p.is_dir())
+    assert len(tasks) == 2 and {t.split("_")[1] for t in tasks} == {"0", "1"}, tasks  # one array, tasks 0 and 1
+    script = next((tmp_path / "runs" / ".submitit").glob("*/*/*_submission.sh")).read_text()
+    assert "#SBATCH --array=0-1%2" in script  # the profile's array_parallelism caps the running jobs
+
+
+def test_unknown_cluster_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "reluvit.cli", "sweep", "fig1", "--launcher", "slurm",
+                             "--cluster", "nowhere", "--runs-dir", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "nowhere" in result.stderr
