@@ -104,3 +104,27 @@ def test_hydra_multirun_writes_one_directory_per_point(tiny_overrides, tmp_path)
     summaries = sorted(p.parent.name for p in tmp_path.rglob("summary.json"))
     assert summaries == ["relu-a0.5-s0", "softmax-s0"]
     assert all(read_summary(p.parent)["status"] == "completed" for p in tmp_path.rglob("summary.json"))
+
+
+def test_crash_is_recorded_and_the_rerun_resumes_from_the_last_epoch(tiny_cfg, monkeypatch):
+    """A run killed in its third epoch is `failed`; running it again continues from the end of epoch 2."""
+    from reluvit.module import ViTClassifier
+
+    def crash(self):
+        if self.current_epoch == 2:
+            raise RuntimeError("node lost")
+
+    cfg = tiny_cfg("recipe.epochs=3", "recipe.batch_size=128")  # 1500 training images: 11 steps per epoch
+    monkeypatch.setattr(ViTClassifier, "on_train_epoch_start", crash, raising=False)
+    with pytest.raises(RuntimeError, match="node lost"):
+        run(cfg)
+    failed = read_summary(cfg.run_dir)
+    assert failed["status"] == "failed" and "node lost" in failed["error"]
+    assert failed["global_step"] == 22
+
+    monkeypatch.undo()
+    resumed = run(cfg)
+    assert (resumed["status"], resumed["global_step"], resumed["epoch"]) == ("completed", 33, 3)
+    assert resumed["examples_seen"] == 33 * 128  # the compute accounting continued from the checkpoint
+    second = pd.read_csv(Path(cfg.run_dir) / "csv" / "version_1" / "metrics.csv")
+    assert second["step"].min() >= 21  # the second start trained only the third epoch

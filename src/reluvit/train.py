@@ -139,7 +139,8 @@ def run(cfg: DictConfig) -> dict:
         logger=build_loggers(cfg, run_dir), enable_model_summary=False,
         # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
-        callbacks=[chrono, pl.callbacks.ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0)],
+        callbacks=[chrono, pl.callbacks.ModelCheckpoint(  # overwritten at every epoch end: what a restart resumes from
+            dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False)],
     )
 
     summary = {
