@@ -161,6 +161,9 @@ def run(cfg: DictConfig) -> dict:
         if not module.diverged and "val/acc" not in metrics:  # stopped by max_steps mid-epoch: validate the end
             metrics.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
         summary["status"] = "diverged" if module.diverged else "completed"
+    except SystemExit:  # submitit requeued the job (preemption or time-out): the next start continues the run
+        summary["status"] = "running"
+        raise
     except BaseException as e:
         summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {e}"
         raise
@@ -197,10 +200,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     global _task_started
     _task_started = True
     try:
-        validate(cfg)
-    except ConfigError as e:
+        run(cfg)
+    except ConfigError as e:  # raised by validate(), before anything trains
         exit_config_error(e)
-    run(cfg)
 
 
 def main() -> None:
