@@ -28,6 +28,7 @@ from reluvit.config import CONF_DIR, ConfigError, augment_for, compose, micro_ba
 from reluvit.data import build_datamodule
 from reluvit.models import forward_macs
 from reluvit.module import ViTClassifier
+from reluvit.requeue import CheckpointOnSignal
 from reluvit.results import grid_point
 
 SUMMARY = "summary.json"
@@ -121,7 +122,7 @@ def run(cfg: DictConfig) -> dict:
         model_kwargs(cfg), lr=recipe.lr, betas=tuple(recipe.betas), eps=recipe.eps,
         weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps, loss=recipe.loss, mixup=augment.mixup,
     )
-    datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude))
+    datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude), cfg.seed)
     macs = forward_macs(cfg.model.variant, img_size=cfg.model.img_size, num_classes=cfg.model.num_classes,
                         pool=cfg.model.pool, gate=cfg.attention.gate, rep_size=cfg.model.rep_size,
                         in_chans=cfg.model.in_chans)
@@ -139,7 +140,7 @@ def run(cfg: DictConfig) -> dict:
         logger=build_loggers(cfg, run_dir), enable_model_summary=False,
         # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
-        callbacks=[chrono, pl.callbacks.ModelCheckpoint(  # overwritten at every epoch end: what a restart resumes from
+        callbacks=[chrono, CheckpointOnSignal(last), pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
             dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False)],
     )
 

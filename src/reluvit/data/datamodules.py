@@ -3,23 +3,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from reluvit.data.embedded import EMBEDDED, stratified_split
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), read from the trainer when an epoch's iteration starts, and that
+    skips the examples a restarted run already trained on in that epoch: a run resumed mid-epoch from a checkpoint
+    sees exactly the batches the uninterrupted run would have seen. ``position()`` returns (epoch, examples to skip).
+    """
+
+    def __init__(self, size: int, seed: int, position: Callable[[], tuple[int, int]]) -> None:
+        self.size, self.seed, self.position = size, seed, position
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, skip = self.position()
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        return iter(order[skip:].tolist())
+
+
+def training_position(trainer: pl.Trainer | None, batch_size: int, batches_per_epoch: int) -> tuple[int, int]:
+    """(epoch, examples already trained in it) of the fit loop; a restart from a mid-epoch checkpoint has its
+    completed-batch counter restored before the loader is iterated."""
+    if trainer is None:
+        return 0, 0
+    loop = trainer.fit_loop
+    done = loop.epoch_loop.batch_progress.current.completed
+    return loop.epoch_progress.current.processed, done * batch_size if 0 < done < batches_per_epoch else 0
 
 
 class EmbeddedDataModule(pl.LightningDataModule):
     """An embedded dataset held in memory as tensors, split once by ``split_seed`` (independent of the run's
     ``seed``, so every run of a sweep validates on the same images)."""
 
-    def __init__(self, name: str, batch_size: int, val_size: int, split_seed: int = 0, num_workers: int = 0) -> None:
+    def __init__(self, name: str, batch_size: int, val_size: int, split_seed: int = 0, num_workers: int = 0,
+                 seed: int = 0) -> None:
         super().__init__()
         self.name, self.batch_size, self.val_size = name, batch_size, val_size
-        self.split_seed, self.num_workers = split_seed, num_workers
+        self.split_seed, self.num_workers, self.seed = split_seed, num_workers, seed
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
@@ -32,11 +62,19 @@ class EmbeddedDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(images[val], labels[val])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True,
+        per_epoch = len(self.train_set) // self.batch_size
+        sampler = EpochSampler(len(self.train_set), self.seed,
+                               lambda: training_position(self.trainer, self.batch_size, per_epoch))
+        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True, generator=self._generator(),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers, generator=self._generator())
+
+    def _generator(self) -> torch.Generator:
+        """Loaders draw their workers' base seed from this, not from torch's global generator, so where a run
+        creates its loaders (a restart creates one mid-epoch) does not shift the global random stream."""
+        return torch.Generator().manual_seed(self.seed)
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -77,9 +115,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 DATASETS = (*EMBEDDED, "imagefolder")
 
 
-def build_datamodule(data_cfg, batch_size: int, randaug: tuple[int, int]) -> pl.LightningDataModule:
+def build_datamodule(data_cfg, batch_size: int, randaug: tuple[int, int], seed: int) -> pl.LightningDataModule:
     """The data module a ``data`` config describes, with the per-device batch and the recipe's RandAugment."""
     if data_cfg.dataset == "imagefolder":
         return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, *randaug)
     return EmbeddedDataModule(data_cfg.dataset, batch_size, data_cfg.val_size, data_cfg.split_seed,
-                              data_cfg.num_workers)
+                              data_cfg.num_workers, seed)
