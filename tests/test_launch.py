@@ -99,3 +99,78 @@ def test_unknown_cluster_is_one_line_and_exit_2(tmp_path):
                              "--cluster", "nowhere", "--runs-dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "nowhere" in result.stderr
+
+
+def _weights(run_dir: Path) -> dict:
+    import torch
+
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def _uninterrupted(point: list[str]) -> dict:
+    """The same run trained here in one piece, with the job's single thread (float sums depend on it)."""
+    import torch
+
+    from reluvit.config import compose
+    from reluvit.train import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(compose(point))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _point(runs_dir: Path, epochs: int) -> list[str]:
+    return ["recipe=smoke", "data=animal_mnist", "model=micro4", "attention=relu", f"recipe.epochs={epochs}",
+            "recipe.augment.default.mixup=0.4", "trainer.deterministic=true", "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1", f"runs_dir={runs_dir}"]
+
+
+def _assert_same_run(resumed: dict, reference: dict) -> None:
+    import torch
+
+    assert resumed["status"] == "completed" and resumed["global_step"] == reference["global_step"]
+    assert resumed["metrics"]["val/acc"] == reference["metrics"]["val/acc"]
+    ours, theirs = _weights(Path(resumed["run_dir"])), _weights(Path(reference["run_dir"]))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
+    import time
+
+    from reluvit.launch import load_profile, submit
+    from reluvit.train import read_summary
+
+    reference = _uninterrupted(_point(tmp_path / "reference", epochs=2))
+    point = _point(tmp_path / "runs", epochs=2)
+    job = submit([point], load_profile("local"), tmp_path / "submitit", "preempt-test")[0]
+    metrics = Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs")))
+    log = metrics / "csv" / "version_0" / "metrics.csv"
+    deadline = time.time() + 300
+    while not (log.exists() and len(log.read_text().splitlines()) > 30) and time.time() < deadline:
+        time.sleep(0.5)
+    job._interrupt()  # what SLURM does before preempting: SIGTERM, then USR2
+    assert job.result() == "completed"
+    resumed = read_summary(metrics)
+    _assert_same_run(resumed, reference)
+    assert len(list((metrics / "csv").glob("version_*"))) == 2  # trained in two pieces
+    assert resumed["examples_seen"] == reference["examples_seen"]
+
+
+def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_path):
+    from dataclasses import replace
+
+    from reluvit.launch import load_profile, submit
+    from reluvit.train import read_summary
+
+    reference = _uninterrupted(_point(tmp_path / "reference", epochs=4))
+    profile = replace(load_profile("local"), timeout_min=1, signal_delay_s=25)  # USR2 25-60 s into each piece
+    job = submit([_point(tmp_path / "runs", epochs=4)], profile, tmp_path / "submitit", "timeout-test")[0]
+    assert job.result() == "completed"
+    resumed = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs"))))
+    _assert_same_run(resumed, reference)
+    pieces = len(list((Path(resumed["run_dir"]) / "csv").glob("version_*")))
+    assert pieces >= 2, f"the run fit in one {profile.timeout_min}-minute piece: make it longer"
+    assert resumed["core_hours"] > 0

@@ -39,6 +39,7 @@ class Profile:
     mem_gb_per_task: int = 4
     timeout_min: int = 60
     max_num_timeout: int = 10
+    signal_delay_s: int = 120
     array_parallelism: int = 32
     setup: list[str] = field(default_factory=list)
 
@@ -105,6 +106,7 @@ def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -
     for res, group in by_class.items():
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
                                          slurm_max_num_timeout=profile.max_num_timeout)
+        executor.update_parameters(slurm_signal_delay_s=profile.signal_delay_s)
         optional = {f"slurm_{k}": getattr(profile, k) for k in ("account", "qos", "constraint") if getattr(profile, k)}
         executor.update_parameters(
             name=name, slurm_partition=profile.partition, nodes=res.nodes, tasks_per_node=res.tasks_per_node,
