@@ -174,3 +174,26 @@ def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_pa
     pieces = len(list((Path(resumed["run_dir"]) / "csv").glob("version_*")))
     assert pieces >= 2, f"the run fit in one {profile.timeout_min}-minute piece: make it longer"
     assert resumed["core_hours"] > 0
+
+
+def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path):
+    """srun with 2 CPU tasks (gloo) and the same global batch: the result equals one process's within float
+    tolerance; core hours count both processes."""
+    import torch
+
+    from reluvit.launch import load_profile, submit
+    from reluvit.train import read_summary
+
+    point = ["recipe=smoke", "data=digits", "model=micro2", "attention=relu", "recipe.epochs=2",
+             "recipe.batch_size=64", "trainer.deterministic=true", "trainer.enable_progress_bar=false"]
+    reference = _uninterrupted([*point, f"runs_dir={tmp_path / 'single'}"])
+    ddp = [*point, f"runs_dir={tmp_path / 'ddp'}", "trainer.accelerator=cpu", "trainer.devices=2"]
+    job = submit([ddp], load_profile("local"), tmp_path / "submitit", "ddp-test")[0]
+    assert job.results() == ["completed", "completed"]  # one result per task
+    summary = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "single"), str(tmp_path / "ddp"))))
+    assert summary["world_size"] == 2 and summary["micro_batch_size"] == 32
+    assert summary["global_step"] == reference["global_step"] and summary["examples_seen"] == reference["examples_seen"]
+    ours, theirs = _weights(Path(summary["run_dir"])), _weights(Path(reference["run_dir"]))
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert abs(summary["metrics"]["val/acc"] - reference["metrics"]["val/acc"]) <= 1 / 297  # one image at most

@@ -65,18 +65,18 @@ class Resources:
     gpus_per_node: int
 
     def trainer_overrides(self) -> list[str]:
-        if not self.gpus_per_node:
-            return ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=1"]
+        """Lightning's devices and nodes must equal SLURM's tasks per node and nodes (one process per task)."""
         strategy = ["trainer.strategy=ddp"] if self.nodes * self.tasks_per_node > 1 else []
-        return ["trainer.accelerator=gpu", f"trainer.devices={self.tasks_per_node}",
-                f"trainer.num_nodes={self.nodes}", *strategy]
+        return [f"trainer.accelerator={'gpu' if self.gpus_per_node else 'cpu'}",
+                f"trainer.devices={self.tasks_per_node}", f"trainer.num_nodes={self.nodes}", *strategy]
 
 
-def resources(variant: str, profile: Profile) -> Resources:
-    """What a run of ``variant`` asks for on this cluster (one CPU task on a CPU-only cluster)."""
+def resources(variant: str, profile: Profile, cpu_tasks: tuple[int, int] = (1, 1)) -> Resources:
+    """What a run of ``variant`` asks for on this cluster; on a CPU-only cluster, ``cpu_tasks`` = (nodes, tasks per
+    node), from the run's own trainer.num_nodes and trainer.devices (CPU DDP with gloo)."""
     parse_variant(variant)
     if not profile.gpus_per_node:
-        return Resources(1, 1, 0)
+        return Resources(*cpu_tasks, 0)
     gpus = GPUS_BY_SIZE[variant.split("/")[0]]
     per_node = min(gpus, profile.gpus_per_node)
     return Resources(math.ceil(gpus / per_node), per_node, per_node)
@@ -101,7 +101,9 @@ def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -
     for point, cfg in zip(points, compose_all(points), strict=True):
         if cfg.run_name not in seen:  # two jobs must never share a run directory
             seen.add(cfg.run_name)
-            by_class.setdefault(resources(cfg.model.variant, profile), []).append(point)
+            devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+            res = resources(cfg.model.variant, profile, (cfg.trainer.num_nodes, devices))
+            by_class.setdefault(res, []).append(point)
     jobs = []
     for res, group in by_class.items():
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",

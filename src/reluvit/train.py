@@ -138,6 +138,7 @@ def run(cfg: DictConfig) -> dict:
         deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
         logger=build_loggers(cfg, run_dir), enable_model_summary=False,
+        use_distributed_sampler=False,  # the training samplers shard by rank themselves (EpochSampler)
         # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         callbacks=[chrono, CheckpointOnSignal(last), pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end

@@ -14,31 +14,44 @@ from reluvit.data.embedded import EMBEDDED, stratified_split
 
 
 class EpochSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), read from the trainer when an epoch's iteration starts, and that
-    skips the examples a restarted run already trained on in that epoch: a run resumed mid-epoch from a checkpoint
-    sees exactly the batches the uninterrupted run would have seen. ``position()`` returns (epoch, examples to skip).
+    """The training order of every rank, from one permutation that depends only on (seed, epoch): rank r of W takes
+    every W-th index, so batch i of all ranks together is batch i of a single-process run with the global batch,
+    and all ranks get the same number of batches. ``position()`` gives (epoch, batches already trained in it),
+    read when an epoch's iteration starts: a run resumed from a mid-epoch checkpoint skips exactly those.
     """
 
-    def __init__(self, size: int, seed: int, position: Callable[[], tuple[int, int]]) -> None:
-        self.size, self.seed, self.position = size, seed, position
+    def __init__(self, size: int, seed: int, batch_size: int, rank: int, world: int,
+                 position: Callable[[], tuple[int, int]]) -> None:
+        self.seed, self.batch_size, self.rank, self.world, self.position = seed, batch_size, rank, world, position
+        self.global_batch = batch_size * world
+        self.size = size // self.global_batch * self.global_batch  # drop the last, partial global batch
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.world
 
     def __iter__(self) -> Iterator[int]:
-        epoch, skip = self.position()
+        epoch, done = self.position()
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        return iter(order[skip:].tolist())
+        return iter(order[done * self.global_batch:][self.rank::self.world].tolist())
 
 
-def training_position(trainer: pl.Trainer | None, batch_size: int, batches_per_epoch: int) -> tuple[int, int]:
-    """(epoch, examples already trained in it) of the fit loop; a restart from a mid-epoch checkpoint has its
+def training_sampler(module: pl.LightningDataModule, size: int, seed: int, batch_size: int) -> EpochSampler:
+    """An :class:`EpochSampler` for ``module``'s trainer (its rank, world size and loop position)."""
+    trainer = module.trainer
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    sampler = EpochSampler(size, seed, batch_size, rank, world,
+                           lambda: training_position(trainer, len(sampler) // batch_size))
+    return sampler
+
+
+def training_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
+    """(epoch, batches already trained in it) of the fit loop; a restart from a mid-epoch checkpoint has its
     completed-batch counter restored before the loader is iterated."""
     if trainer is None:
         return 0, 0
     loop = trainer.fit_loop
     done = loop.epoch_loop.batch_progress.current.completed
-    return loop.epoch_progress.current.processed, done * batch_size if 0 < done < batches_per_epoch else 0
+    return loop.epoch_progress.current.processed, done if 0 < done < batches_per_epoch else 0
 
 
 class EmbeddedDataModule(pl.LightningDataModule):
@@ -62,9 +75,7 @@ class EmbeddedDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(images[val], labels[val])
 
     def train_dataloader(self) -> DataLoader:
-        per_epoch = len(self.train_set) // self.batch_size
-        sampler = EpochSampler(len(self.train_set), self.seed,
-                               lambda: training_position(self.trainer, self.batch_size, per_epoch))
+        sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
         return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True, generator=self._generator(),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
@@ -83,9 +94,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
     crop)."""
 
     def __init__(self, path: str, batch_size: int, img_size: int = 224, num_workers: int = 8,
-                 randaug_layers: int = 0, randaug_magnitude: int = 0) -> None:
+                 randaug_layers: int = 0, randaug_magnitude: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.path, self.batch_size, self.img_size, self.num_workers = Path(path), batch_size, img_size, num_workers
+        self.seed = seed
         self.randaug_layers, self.randaug_magnitude = randaug_layers, randaug_magnitude
 
     def setup(self, stage: str | None = None) -> None:
@@ -105,7 +117,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                                                  *to_unit_range]))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True, pin_memory=True,
+        return DataLoader(self.train_set, self.batch_size, drop_last=True, pin_memory=True,
+                          sampler=training_sampler(self, len(self.train_set), self.seed, self.batch_size),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
@@ -118,6 +131,7 @@ DATASETS = (*EMBEDDED, "imagefolder")
 def build_datamodule(data_cfg, batch_size: int, randaug: tuple[int, int], seed: int) -> pl.LightningDataModule:
     """The data module a ``data`` config describes, with the per-device batch and the recipe's RandAugment."""
     if data_cfg.dataset == "imagefolder":
-        return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, *randaug)
+        return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, *randaug,
+                                     seed=seed)
     return EmbeddedDataModule(data_cfg.dataset, batch_size, data_cfg.val_size, data_cfg.split_seed,
                               data_cfg.num_workers, seed)
