@@ -197,3 +197,24 @@ def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path)
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
     assert abs(summary["metrics"]["val/acc"] - reference["metrics"]["val/acc"]) <= 1 / 297  # one image at most
+
+
+@pytest.mark.parametrize("profile,message", [
+    ("partition: nosuch\n", "'nosuch' is not on this cluster"),
+    ("partition: debug\ngpus_per_node: 8\n", "have 0"),
+    ("partition: debug\ntimeout_min: 2\nsignal_delay_s: 90\n", "leaves no time to train"),
+])
+def test_bad_profiles_are_refused_before_submitting(slurm_cluster, tmp_path, profile, message):
+    from reluvit.launch import check_cluster
+
+    (tmp_path / "bad.yaml").write_text(profile)
+    with pytest.raises(ConfigError, match=message):
+        check_cluster(load_profile("bad", tmp_path), "bad")
+
+
+def test_no_reachable_slurm_is_one_line(tmp_path, monkeypatch):
+    from reluvit.launch import check_cluster
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo on the PATH
+    with pytest.raises(ConfigError, match="no SLURM cluster is reachable"):
+        check_cluster(load_profile("local"), "local")

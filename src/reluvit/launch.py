@@ -58,6 +58,35 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> Profile:
     return Profile(**raw)
 
 
+def check_cluster(profile: Profile, name: str) -> None:
+    """Refuse, before anything is submitted, what cannot run: no reachable SLURM, an unknown partition, more GPUs
+    per node than its nodes have, a time limit the preemption signal would eat entirely."""
+    import re
+    import shutil
+    import subprocess
+
+    if profile.timeout_min * 60 <= profile.signal_delay_s + 60:
+        raise ConfigError(f"{name}.yaml: timeout_min", f"{profile.timeout_min} min leaves no time to train: USR2 "
+                          f"comes {profile.signal_delay_s} s before the limit; allow at least one more minute")
+    info = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True) if shutil.which("sinfo") \
+        else None
+    if info is None or info.returncode:
+        raise ConfigError("LAUNCHER=slurm", "no SLURM cluster is reachable (sinfo failed); on this machine "
+                          "`sudo slurm/up.sh` starts a local one")
+    gres = {}
+    for line in info.stdout.split():
+        part, _, g = line.partition("|")
+        gres.setdefault(part.rstrip("*"), []).append(g)
+    if profile.partition not in gres:
+        raise ConfigError(f"{name}.yaml: partition", f"{profile.partition!r} is not on this cluster; it has: "
+                          f"{', '.join(sorted(gres))}")
+    gpus = max((int(m) for g in gres[profile.partition] for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", g)),
+               default=0)
+    if profile.gpus_per_node > gpus:
+        raise ConfigError(f"{name}.yaml: gpus_per_node", f"{profile.gpus_per_node} GPUs per node, but the nodes of "
+                          f"partition {profile.partition!r} have {gpus}")
+
+
 @dataclass(frozen=True)
 class Resources:
     nodes: int
@@ -138,6 +167,7 @@ def wait(jobs: list[submitit.Job]) -> dict[str, str]:
 def submit_sweep(sweep, cluster: str, gpu: bool, extra: list[str], runs_dir: Path) -> dict[str, str]:
     """``LAUNCHER=slurm``: submit the sweep's runnable points and wait for them."""
     profile = load_profile(cluster)
+    check_cluster(profile, cluster)
     points = [[*p, *extra] for b in sweep.runnable(gpu) for p in b.points()]
     # a fresh submitit folder per launch: after a cluster reset job ids restart and an old folder would hand back
     # stale results
