@@ -144,7 +144,7 @@ def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
     from reluvit.train import read_summary
 
     reference = _uninterrupted(_point(tmp_path / "reference", epochs=2))
-    point = _point(tmp_path / "runs", epochs=2)
+    point = [*_point(tmp_path / "runs", epochs=2), "logger=wandb", "logger.wandb_mode=offline"]
     job = submit([point], load_profile("local"), tmp_path / "submitit", "preempt-test")[0]
     metrics = Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs")))
     log = metrics / "csv" / "version_0" / "metrics.csv"
@@ -157,6 +157,8 @@ def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
     _assert_same_run(resumed, reference)
     assert len(list((metrics / "csv").glob("version_*"))) == 2  # trained in two pieces
     assert resumed["examples_seen"] == reference["examples_seen"]
+    wandb_runs = sorted(p.name for p in (metrics / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and len({name.rsplit("-", 1)[1] for name in wandb_runs}) == 1  # one W&B run id
 
 
 def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_path):

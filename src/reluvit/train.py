@@ -175,13 +175,24 @@ def run(cfg: DictConfig) -> dict:
                        metrics={k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
         if trainer.is_global_zero:
             write_json_atomic(run_dir / SUMMARY, summary)
-        for logger in trainer.loggers:
-            logger.finalize(summary["status"] if summary["status"] != "completed" else "success")
-        if cfg.logger.wandb:
-            import wandb
-
-            wandb.finish()  # the next run of a multirun in this process must not log into this one
+        close_loggers(trainer, summary["status"], cfg.logger.wandb)
     return summary
+
+
+def close_loggers(trainer: pl.Trainer, status: str, wandb_used: bool) -> None:
+    """Finalize the loggers without letting a logger's failure replace the run's outcome: on preemption SLURM
+    sends SIGTERM to every process of the job, W&B's service included, and the job must still requeue cleanly."""
+    closers = [lambda lg=lg: lg.finalize("success" if status == "completed" else status) for lg in trainer.loggers]
+    if wandb_used:
+        import wandb
+
+        closers.append(wandb.finish)  # the next run of a multirun in this process must not log into this one
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # the metrics are safe in the CSV log and the checkpoint
+            print(f"reluvit: closing a logger failed ({type(e).__name__}: {e}); CSV metrics are complete",
+                  file=sys.stderr)
 
 
 def _device_name(trainer: pl.Trainer) -> str:
