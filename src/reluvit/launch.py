@@ -65,9 +65,9 @@ def check_cluster(profile: Profile, name: str) -> None:
     import shutil
     import subprocess
 
-    if profile.timeout_min * 60 <= profile.signal_delay_s + 60:
+    if profile.timeout_min * 60 < profile.signal_delay_s + 30:
         raise ConfigError(f"{name}.yaml: timeout_min", f"{profile.timeout_min} min leaves no time to train: USR2 "
-                          f"comes {profile.signal_delay_s} s before the limit; allow at least one more minute")
+                          f"comes {profile.signal_delay_s} s before the limit (allow 30 s more at least)")
     info = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True) if shutil.which("sinfo") \
         else None
     if info is None or info.returncode:
