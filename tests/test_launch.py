@@ -204,7 +204,7 @@ def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path)
 @pytest.mark.parametrize("profile,message", [
     ("partition: nosuch\n", "'nosuch' is not on this cluster"),
     ("partition: debug\ngpus_per_node: 8\n", "have 0"),
-    ("partition: debug\ntimeout_min: 2\nsignal_delay_s: 90\n", "leaves no time to train"),
+    ("partition: debug\ntimeout_min: 2\nsignal_delay_s: 100\n", "leaves no time to train"),
 ])
 def test_bad_profiles_are_refused_before_submitting(slurm_cluster, tmp_path, profile, message):
     from reluvit.launch import check_cluster
