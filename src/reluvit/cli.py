@@ -88,8 +88,7 @@ def main() -> None:
     elif args.command == "status":
         from reluvit.results import collect
 
-        print(sweeps.status_table(_sweeps(args), collect(args.runs_dir), _gpu(),
-                                  [f"runs_dir={args.runs_dir}"]).to_string(index=False))
+        print(sweeps.status_table(_sweeps(args), collect(args.runs_dir), _gpu()).to_string(index=False))
     elif args.command == "plots":
         table = _rollup(args)
         for one in _sweeps(args):

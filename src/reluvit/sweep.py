@@ -86,13 +86,13 @@ def load(figure: str, scale: str, seeds: list[int] | None = None, sweeps_dir: Pa
     return Sweep(figure, scale, blocks, spec["scales"][scale]["plot"])
 
 
-def expected_runs(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[str]:
+def expected_runs(sweep: Sweep, gpu: bool) -> list[str]:
     """Run names of every runnable point, by composing each point's config (the same names the runs get)."""
     from reluvit.config import CONF_DIR, compose_all
 
     # Hydra composes in ~0.15 s: compose each combination of config-group choices once, then set the plain keys.
     groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
-    points = [[*point, *extra] for block in sweep.runnable(gpu) for point in block.points()]
+    points = [point for block in sweep.runnable(gpu) for point in block.points()]
     split = [([o for o in p if o.split("=")[0] in groups], [o for o in p if o.split("=")[0] not in groups])
              for p in points]
     bases = list(dict.fromkeys(tuple(g) for g, _ in split))
@@ -133,12 +133,12 @@ def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluste
         subprocess.run(cmd, check=True)
 
 
-def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool, extra: list[str] = ()) -> pd.DataFrame:
+def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool) -> pd.DataFrame:
     """Per figure: how many of its points are completed, running, failed, diverged or missing."""
     rows = []
     by_name = runs.set_index("run_name")["status"] if len(runs) else pd.Series(dtype=str)
     for sweep in sweeps:
-        names = expected_runs(sweep, gpu, extra)
+        names = expected_runs(sweep, gpu)
         statuses = by_name.reindex(names).fillna("missing")
         counts = statuses.value_counts()
         rows.append({"figure": sweep.figure, "scale": sweep.scale, "points": len(names),
