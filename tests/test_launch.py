@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import checkpoint_weights
 from reluvit.config import ConfigError
 from reluvit.launch import Profile, Resources, load_profile, resources
 
@@ -101,12 +102,6 @@ def test_unknown_cluster_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "nowhere" in result.stderr
 
 
-def _weights(run_dir: Path) -> dict:
-    import torch
-
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-
-
 def _uninterrupted(point: list[str]) -> dict:
     """The same run trained here in one piece, with the job's single thread (float sums depend on it)."""
     import torch
@@ -133,7 +128,7 @@ def _assert_same_run(resumed: dict, reference: dict) -> None:
 
     assert resumed["status"] == "completed" and resumed["global_step"] == reference["global_step"]
     assert resumed["metrics"]["val/acc"] == reference["metrics"]["val/acc"]
-    ours, theirs = _weights(Path(resumed["run_dir"])), _weights(Path(reference["run_dir"]))
+    ours, theirs = checkpoint_weights(Path(resumed["run_dir"])), checkpoint_weights(Path(reference["run_dir"]))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
@@ -197,7 +192,7 @@ def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path)
     summary = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "single"), str(tmp_path / "ddp"))))
     assert summary["world_size"] == 2 and summary["micro_batch_size"] == 32
     assert summary["global_step"] == reference["global_step"] and summary["examples_seen"] == reference["examples_seen"]
-    ours, theirs = _weights(Path(summary["run_dir"])), _weights(Path(reference["run_dir"]))
+    ours, theirs = checkpoint_weights(Path(summary["run_dir"])), checkpoint_weights(Path(reference["run_dir"]))
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
     assert abs(summary["metrics"]["val/acc"] - reference["metrics"]["val/acc"]) <= 1 / 297  # one image at most

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import checkpoint_weights
 from reluvit.module import ViTClassifier
 from reluvit.train import read_summary, run
 
 # 1500 training images at batch 128: 11 steps per epoch; mixup on, so the RNG state must survive the restart too
 BASE = ("recipe.epochs=2", "recipe.batch_size=128", "trainer.deterministic=true",
         "recipe.augment.default.mixup=0.4")
-
-
-def weights(run_dir: str) -> dict[str, torch.Tensor]:
-    return torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
 
 
 @pytest.mark.parametrize("signal_at_step", [4, 11, 15])  # mid-epoch 0, the first step of epoch 1, mid-epoch 1
@@ -54,6 +50,6 @@ def test_preempted_run_resumes_exactly(tiny_cfg, tmp_path, monkeypatch, signal_a
     assert resumed["examples_seen"] == reference["examples_seen"]
     assert resumed["metrics"]["val/acc"] == reference["metrics"]["val/acc"]
     assert resumed["metrics"]["train/loss"] == reference["metrics"]["train/loss"]
-    ref_w, res_w = weights(reference["run_dir"]), weights(cfg.run_dir)
+    ref_w, res_w = checkpoint_weights(reference["run_dir"]), checkpoint_weights(cfg.run_dir)
     assert ref_w.keys() == res_w.keys()
     assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)
