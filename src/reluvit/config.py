@@ -267,3 +267,24 @@ def compose_all(override_lists: list[list[str]], config_name: str = "train") -> 
         key = getattr(cause, "full_key", None) or "override"
         message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
         raise ConfigError(key, message) from None
+
+
+def compose_grid(points: list[list[str]]) -> list[DictConfig]:
+    """:func:`compose_all` for a sweep's points, fast: Hydra composes in ~0.15 s, so each combination of
+    config-group choices is composed once and the plain keys of every point are then set on a copy (the schema
+    still types and checks them)."""
+    import yaml
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    split = [([o for o in p if o.split("=")[0] in groups], [o for o in p if o.split("=")[0] not in groups])
+             for p in points]
+    bases = list(dict.fromkeys(tuple(g) for g, _ in split))
+    composed = dict(zip(bases, compose_all([list(b) for b in bases]), strict=True))
+    configs = []
+    for group_choices, keys in split:
+        cfg = composed[tuple(group_choices)].copy()
+        for override in keys:
+            key, value = override.split("=", 1)
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+        configs.append(cfg)
+    return configs

@@ -2,14 +2,17 @@
 resources derived from the model size and the cluster profile (``slurm/profiles/<name>.yaml``).
 
 Each job is a :class:`TrainJob` that trains one grid point in its stable run directory. On a time-out or a
-preemption submitit calls its ``checkpoint`` and requeues it with the same overrides; the run then resumes from
-``checkpoints/last.ckpt`` (written at every epoch end), so work since that checkpoint is redone.
+preemption the run checkpoints at the next step boundary (:mod:`reluvit.requeue`), submitit calls the job's
+``checkpoint`` and requeues it with the same overrides, and the run continues from that step.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 import submitit
 import yaml
 
-from reluvit.config import ConfigError, compose, compose_all
+from reluvit.config import ConfigError, compose, compose_grid
 from reluvit.models import parse_variant
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
@@ -61,10 +64,6 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> Profile:
 def check_cluster(profile: Profile, name: str) -> None:
     """Refuse, before anything is submitted, what cannot run: no reachable SLURM, an unknown partition, more GPUs
     per node than its nodes have, a time limit the preemption signal would eat entirely."""
-    import re
-    import shutil
-    import subprocess
-
     if profile.timeout_min * 60 < profile.signal_delay_s + 30:
         raise ConfigError(f"{name}.yaml: timeout_min", f"{profile.timeout_min} min leaves no time to train: USR2 "
                           f"comes {profile.signal_delay_s} s before the limit (allow 30 s more at least)")
@@ -127,7 +126,7 @@ def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -
     """Submit ``points`` (override lists), one array per resource class; returns the jobs."""
     by_class: dict[Resources, list[list[str]]] = {}
     seen = set()
-    for point, cfg in zip(points, compose_all(points), strict=True):
+    for point, cfg in zip(points, compose_grid(points), strict=True):
         if cfg.run_name not in seen:  # two jobs must never share a run directory
             seen.add(cfg.run_name)
             devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
@@ -137,13 +136,13 @@ def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -
     for res, group in by_class.items():
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
                                          slurm_max_num_timeout=profile.max_num_timeout)
-        executor.update_parameters(slurm_signal_delay_s=profile.signal_delay_s)
         optional = {f"slurm_{k}": getattr(profile, k) for k in ("account", "qos", "constraint") if getattr(profile, k)}
         executor.update_parameters(
             name=name, slurm_partition=profile.partition, nodes=res.nodes, tasks_per_node=res.tasks_per_node,
             gpus_per_node=res.gpus_per_node or None, cpus_per_task=profile.cpus_per_task,
             mem_gb=profile.mem_gb_per_task * res.tasks_per_node, timeout_min=profile.timeout_min,
-            slurm_array_parallelism=profile.array_parallelism, slurm_setup=list(profile.setup), **optional,
+            slurm_array_parallelism=profile.array_parallelism, slurm_setup=list(profile.setup),
+            slurm_signal_delay_s=profile.signal_delay_s, **optional,
         )
         jobs += executor.map_array(TrainJob(), [[*p, *res.trainer_overrides()] for p in group])
     return jobs

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,23 +87,10 @@ def load(figure: str, scale: str, seeds: list[int] | None = None, sweeps_dir: Pa
 
 def expected_runs(sweep: Sweep, gpu: bool) -> list[str]:
     """Run names of every runnable point, by composing each point's config (the same names the runs get)."""
-    from reluvit.config import CONF_DIR, compose_all
+    from reluvit.config import compose_grid
 
-    # Hydra composes in ~0.15 s: compose each combination of config-group choices once, then set the plain keys.
-    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     points = [point for block in sweep.runnable(gpu) for point in block.points()]
-    split = [([o for o in p if o.split("=")[0] in groups], [o for o in p if o.split("=")[0] not in groups])
-             for p in points]
-    bases = list(dict.fromkeys(tuple(g) for g, _ in split))
-    composed = dict(zip(bases, compose_all([list(b) for b in bases]), strict=True))
-    names = []
-    for group_choices, keys in split:
-        cfg = composed[tuple(group_choices)].copy()
-        for override in keys:
-            key, value = override.split("=", 1)
-            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
-        names.append(cfg.run_name)
-    return list(dict.fromkeys(names))  # a point shared by two blocks is one run
+    return list(dict.fromkeys(cfg.run_name for cfg in compose_grid(points)))  # a point shared by two blocks is one run
 
 
 def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluster: str = "local",
