@@ -4,7 +4,12 @@ Every member computes, per head, ``o_i = sum_j a_ij v_j`` from the logits ``s_ij
 
 * ``softmax``: ``a_ij = softmax_j(s_ij)`` (through ``F.scaled_dot_product_attention``, the fused path);
 * point-wise (arXiv 2309.08586 Sec. 3): ``a_ij = L^-alpha * h(s_ij)`` with no normalisation over ``j``,
-  ``h`` one of :data:`POINTWISE`, ``L`` the number of keys (or of patch tokens only, ``seq_len="patches"``).
+  ``h`` one of :data:`POINTWISE`, ``L`` the number of keys (or of patch tokens only, ``seq_len="patches"``);
+  ``learn_alpha`` makes alpha a parameter per layer or per head, ``alpha = softplus(raw_alpha) >= 0``;
+* ``sigmoid_attn`` (Ramapuram et al. 2024, arXiv 2409.04431): ``a_ij = sigmoid(s_ij + b)``, ``b = -log L`` unless
+  ``sigmoid_bias`` is given (no ``L^-alpha`` factor: not the point-wise ``L^-alpha sigmoid``).
+
+SOFT (``attention="soft"``), whose keys are its queries, is its own layer: :mod:`reluvit.soft`.
 
 Options shared by all members: ``qk_norm`` (flax ``normalize_qk``: LayerNorm over head_dim on q and k, learnable
 scale shared across heads, no bias, eps 1e-6) and ``gate`` (GAU-style: ``proj(g(W_g x) * concat_heads(o))``,
@@ -34,7 +39,9 @@ POINTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu6": F.relu6,
     "sigmoid": torch.sigmoid,
 }
-ACTIVATIONS = ("softmax", *POINTWISE)
+SIGMOID_ATTENTION = "sigmoid_attn"
+ACTIVATIONS = ("softmax", *POINTWISE, SIGMOID_ATTENTION)
+LEARN_ALPHA = ("none", "layer", "head")  # alpha fixed, one learned alpha per layer, or one per head
 GATE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda g: g,
     "silu": F.silu,
@@ -66,6 +73,8 @@ class PointwiseAttention(nn.Module):
         gate_activation: str = "none",
         gelu_approximate: str = "none",
         seq_len: str = "keys",
+        sigmoid_bias: float | None = None,
+        learn_alpha: str = "none",
         num_prefix_tokens: int = 0,
         device=None,
         dtype=None,
@@ -76,8 +85,14 @@ class PointwiseAttention(nn.Module):
         _check_choice("gate_activation", gate_activation, tuple(GATE_ACTIVATIONS))
         _check_choice("gelu_approximate", gelu_approximate, GELU_APPROXIMATIONS)
         _check_choice("seq_len", seq_len, SEQ_LEN_MODES)
+        _check_choice("learn_alpha", learn_alpha, LEARN_ALPHA)
         if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be a finite real >= 0, got {alpha!r}")
+        if learn_alpha != "none" and (activation not in POINTWISE or alpha == 0):
+            raise ValueError(f"learn_alpha={learn_alpha!r} needs a point-wise activation and an initial alpha > 0 "
+                             f"(alpha = softplus(raw), which never reaches 0), got {activation!r}, alpha {alpha!r}")
+        if sigmoid_bias is not None and not (isinstance(sigmoid_bias, int | float) and math.isfinite(sigmoid_bias)):
+            raise ValueError(f"sigmoid_bias must be a finite real or None (-log L), got {sigmoid_bias!r}")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         dd = {"device": device, "dtype": dtype}
@@ -88,7 +103,11 @@ class PointwiseAttention(nn.Module):
         self.alpha = float(alpha)
         self.gelu_approximate = gelu_approximate
         self.seq_len = seq_len
+        self.sigmoid_bias = sigmoid_bias
         self.num_prefix_tokens = num_prefix_tokens
+        # softplus keeps alpha >= 0 and moves it about as fast as a plain parameter once alpha >~ 1
+        self.raw_alpha = None if learn_alpha == "none" else nn.Parameter(torch.full(
+            (num_heads, 1, 1) if learn_alpha == "head" else (), math.log(math.expm1(alpha)), **dd))
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         # flax normalize_qk: one scale vector of size head_dim shared by all heads, no bias, eps 1e-6.
@@ -104,7 +123,10 @@ class PointwiseAttention(nn.Module):
     def extra_repr(self) -> str:
         if self.activation == "softmax":
             return "activation=softmax"
-        return f"activation={self.activation}, alpha={self.alpha}, seq_len={self.seq_len}"
+        if self.activation == SIGMOID_ATTENTION:
+            return f"activation={self.activation}, bias={self.sigmoid_bias or '-log L'}, seq_len={self.seq_len}"
+        alpha = self.alpha if self.raw_alpha is None else f"learned {tuple(self.raw_alpha.shape)} from {self.alpha}"
+        return f"activation={self.activation}, alpha={alpha}, seq_len={self.seq_len}"
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
@@ -119,6 +141,8 @@ class PointwiseAttention(nn.Module):
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                 dropout_p=self.attn_drop.p if self.training else 0.0,
             )
+        elif self.activation == SIGMOID_ATTENTION:
+            o = self._sigmoid_attention(q, k, v, attn_mask, is_causal)
         else:
             o = self._pointwise(q, k, v, attn_mask, is_causal)
 
@@ -139,10 +163,26 @@ class PointwiseAttention(nn.Module):
             a = a.masked_fill(~keep, 0.0)
         return self.attn_drop(a) @ v
 
-    def length_factor(self, num_keys: int) -> float:
-        """``L^-alpha``: L counts every key, or only the patch tokens when ``seq_len="patches"``."""
-        length = num_keys - self.num_prefix_tokens if self.seq_len == "patches" else num_keys
-        return float(length) ** -self.alpha
+    def _sigmoid_attention(self, q, k, v, attn_mask, is_causal) -> torch.Tensor:
+        bias = -math.log(self.seq_length(k.shape[-2])) if self.sigmoid_bias is None else self.sigmoid_bias
+        a = torch.sigmoid((q * self.scale) @ k.transpose(-2, -1) + bias)
+        keep = _keep_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
+        if keep is not None:
+            a = a.masked_fill(~keep, 0.0)
+        return self.attn_drop(a) @ v
+
+    def seq_length(self, num_keys: int) -> int:
+        """L: every key, or only the patch tokens when ``seq_len="patches"``."""
+        return num_keys - self.num_prefix_tokens if self.seq_len == "patches" else num_keys
+
+    def length_factor(self, num_keys: int) -> float | torch.Tensor:
+        """``L^-alpha``; a tensor (shape () or (heads, 1, 1)) when alpha is learned."""
+        if self.raw_alpha is not None:
+            return torch.exp(-self.learned_alpha() * math.log(self.seq_length(num_keys)))
+        return float(self.seq_length(num_keys)) ** -self.alpha
+
+    def learned_alpha(self) -> torch.Tensor:
+        return F.softplus(self.raw_alpha)
 
 
 def _keep_mask(attn_mask, is_causal, n_q, n_k, device) -> torch.Tensor | None:
@@ -169,15 +209,20 @@ def attention_layer(**options) -> type[PointwiseAttention]:
     ``VisionTransformer(attn_layer=...)``. The options are checked here, once, rather than in every block."""
     PointwiseAttention(8, 1, **options)  # fail fast on bad options, with the same messages as the layer
     name = "".join(part.capitalize() for part in str(options.get("activation", "relu")).split("_")) + "Attention"
-    return type(name, (PointwiseAttention,), {
-        "__init__": partialmethod(PointwiseAttention.__init__, **options),
+    return bound_layer(PointwiseAttention, name, options)
+
+
+def bound_layer(base: type[nn.Module], name: str, options: dict) -> type[nn.Module]:
+    """A subclass ``name`` of ``base`` whose ``__init__`` has ``options`` bound, picklable."""
+    return type(name, (base,), {
+        "__init__": partialmethod(base.__init__, **options),
         "options": options,
         # made by type(), the class cannot be found by name when unpickling: rebuild it from its options
-        "__reduce__": lambda self: (_unpickle_layer, (self.options, self.__dict__)),
+        "__reduce__": lambda self: (_unpickle_layer, (base, name, self.options, self.__dict__)),
     })
 
 
-def _unpickle_layer(options: dict, state: dict) -> PointwiseAttention:
-    layer = nn.Module.__new__(attention_layer(**options))
+def _unpickle_layer(base: type[nn.Module], name: str, options: dict, state: dict) -> nn.Module:
+    layer = nn.Module.__new__(bound_layer(base, name, options))
     layer.__dict__.update(state)
     return layer

@@ -17,9 +17,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from reluvit.attention import ACTIVATIONS, GATE_ACTIVATIONS, GELU_APPROXIMATIONS, SEQ_LEN_MODES
+from reluvit.attention import GATE_ACTIVATIONS, GELU_APPROXIMATIONS, LEARN_ALPHA, POINTWISE, SEQ_LEN_MODES
 from reluvit.data import DATASETS
-from reluvit.models import POOLS, parse_variant
+from reluvit.models import ATTENTIONS, POOLS, parse_variant
 from reluvit.module import LOSSES
 
 CONF_DIR = Path(os.environ.get("RELUVIT_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
@@ -34,6 +34,12 @@ class AttentionConfig:
     gate_activation: str = "none"
     gelu_approximate: str = "none"
     seq_len: str = "keys"
+    learn_alpha: str = "none"
+    sigmoid_bias: float | None = None
+    soft_sr: int = 2
+    soft_newton_iters: int = 20
+    soft_local_kernel: int = 3
+    soft_sym_norm: bool = False
 
 
 @dataclass
@@ -142,16 +148,35 @@ def run_name(*, _root_: DictConfig) -> str:
     """Stable, readable run directory name from the grid keys, e.g. ``smoke-animal_mnist/mini4/relu-a1-s0``: the
     same point of a grid always maps to the same directory, which is what makes re-runs resume or skip."""
     a = _root_.attention
-    attn = a.activation if a.activation == "softmax" else f"{a.activation}-a{_format_alpha(a.alpha)}"
+    attn = _attention_name(a)
     if a.activation == "gelu" and a.gelu_approximate != "none":
         attn += f"-{a.gelu_approximate}"
     if not a.qk_norm:
         attn += "-noqkln"
     if a.gate:
         attn += "-gate" if a.gate_activation == "none" else f"-gate_{a.gate_activation}"
-    if a.seq_len != "keys" and a.activation != "softmax":
+    if a.seq_len != "keys" and a.activation not in ("softmax", "soft"):
         attn += f"-L{a.seq_len}"
     return f"{_root_.recipe.name}-{_root_.data.name}/{_root_.model.name}/{attn}-s{_root_.seed}"
+
+
+def _attention_name(a: DictConfig) -> str:
+    """``softmax``, ``relu-a1``, ``relu-a1-learn_head``, ``sigmoid_attn-blogL``, ``soft-sr2``, ... (the keys that
+    are not at their defaults)."""
+    if a.activation == "softmax":
+        return "softmax"
+    if a.activation == "sigmoid_attn":
+        return "sigmoid_attn-b" + ("logL" if a.sigmoid_bias is None else _format_alpha(a.sigmoid_bias))
+    if a.activation == "soft":
+        default = AttentionConfig()
+        name = f"soft-sr{a.soft_sr}"
+        if a.soft_newton_iters != default.soft_newton_iters:
+            name += f"-it{a.soft_newton_iters}"
+        if a.soft_local_kernel != default.soft_local_kernel:
+            name += f"-k{a.soft_local_kernel}"
+        return name + ("-symnorm" if a.soft_sym_norm else "")
+    name = f"{a.activation}-a{_format_alpha(a.alpha)}"
+    return name if a.learn_alpha == "none" else f"{name}-learn_{a.learn_alpha}"
 
 
 def register() -> None:
@@ -199,13 +224,14 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
-    _choice(cfg, "attention.activation", ACTIVATIONS)
+    _choice(cfg, "attention.activation", ATTENTIONS)
     alpha = cfg.attention.alpha
     if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
         raise ConfigError("attention.alpha", f"{alpha!r} is not a real number >= 0")
     _choice(cfg, "attention.gate_activation", tuple(GATE_ACTIVATIONS))
     _choice(cfg, "attention.gelu_approximate", GELU_APPROXIMATIONS)
     _choice(cfg, "attention.seq_len", SEQ_LEN_MODES)
+    _validate_softmax_free(cfg)
     try:
         _, patch = parse_variant(cfg.model.variant)
     except ValueError as e:
@@ -226,6 +252,26 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, f"{OmegaConf.select(cfg, key)} is not a positive integer")
     micro_batch_size(cfg)
     augment_for(cfg)
+
+
+def _validate_softmax_free(cfg: DictConfig) -> None:
+    """The keys of learned alpha, sigmoid attention and SOFT."""
+    a = cfg.attention
+    _choice(cfg, "attention.learn_alpha", LEARN_ALPHA)
+    if a.learn_alpha != "none" and a.activation not in POINTWISE:
+        raise ConfigError("attention.learn_alpha", f"{a.learn_alpha!r} needs a point-wise activation "
+                                                   f"({', '.join(POINTWISE)}), not {a.activation!r}")
+    if a.learn_alpha != "none" and a.alpha == 0:
+        raise ConfigError("attention.alpha", "a learned alpha starts > 0 (alpha = softplus(raw) never reaches 0)")
+    if a.sigmoid_bias is not None and not math.isfinite(a.sigmoid_bias):
+        raise ConfigError("attention.sigmoid_bias", f"{a.sigmoid_bias!r} is not a finite real (or null: -log L)")
+    for key, low in (("soft_sr", 1), ("soft_newton_iters", 0), ("soft_local_kernel", 0)):
+        if a[key] < low:
+            raise ConfigError(f"attention.{key}", f"{a[key]} is not an integer >= {low}")
+    if a.soft_local_kernel % 2 == 0 and a.soft_local_kernel:
+        raise ConfigError("attention.soft_local_kernel", f"{a.soft_local_kernel} is not odd (or 0: no local term)")
+    if a.activation == "soft" and a.gate:
+        raise ConfigError("attention.gate", "SOFT attention has no gate")
 
 
 def micro_batch_size(cfg: DictConfig) -> tuple[int, int]:

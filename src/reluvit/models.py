@@ -16,7 +16,9 @@ from timm.layers import lecun_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from reluvit.attention import attention_layer
+from reluvit.attention import ACTIVATIONS, attention_layer
+
+ATTENTIONS = (*ACTIVATIONS, "soft")  # the attention family, plus SOFT (reluvit.soft), its own layer
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,21 @@ def create_model(
     gate_activation: str = "none",
     gelu_approximate: str = "none",
     seq_len: str = "keys",
+    sigmoid_bias: float | None = None,
+    learn_alpha: str = "none",
+    soft: dict | None = None,
     **timm_kwargs,
 ) -> VisionTransformer:
     """Build a big_vision-style ViT with the given attention.
 
     Args:
         variant: ``"<size>/<patch>"``, size in :data:`SIZES` (big_vision's Ti, S, M, B, L, H, plus ``mini``).
-        attention: ``softmax`` or a point-wise h (:data:`reluvit.attention.POINTWISE`).
-        alpha: exponent of the ``L^-alpha`` factor of point-wise attention (ignored by softmax).
+        attention: ``softmax``, a point-wise h (:data:`reluvit.attention.POINTWISE`), ``sigmoid_attn`` or ``soft``.
+        alpha: exponent of the ``L^-alpha`` factor of point-wise attention (ignored by the others); the initial
+            value when ``learn_alpha`` is ``layer`` or ``head``.
+        sigmoid_bias: b of ``sigmoid_attn``, ``sigmoid(s + b)``; None: -log L.
+        soft: options of :class:`reluvit.soft.SoftAttention` (``sr``, ``newton_iters``, ``local_kernel``,
+            ``sym_norm``) for ``attention="soft"``, which has no gate.
         qk_norm: LayerNorm on queries and keys (flax ``normalize_qk``).
         gate: GAU-style gate before the output projection; ``gate_activation`` none | silu | sigmoid.
         pool: ``gap`` (mean of final-LN tokens, no class token; i21k recipe) or ``tok`` (class token; i1k recipe).
@@ -97,10 +106,18 @@ def create_model(
     if img_size % patch:
         raise ValueError(f"patch size {patch} does not divide img_size {img_size}")
     num_prefix_tokens = 1 if pool == "tok" else 0
-    attn_layer = attention_layer(
-        activation=attention, alpha=alpha, gate=gate, gate_activation=gate_activation,
-        gelu_approximate=gelu_approximate, seq_len=seq_len, num_prefix_tokens=num_prefix_tokens,
-    )
+    if attention == "soft":
+        from reluvit.soft import soft_attention_layer
+
+        if gate:
+            raise ValueError("gate: SOFT attention has no gate")
+        attn_layer = soft_attention_layer(**(soft or {}), num_prefix_tokens=num_prefix_tokens)
+    else:
+        attn_layer = attention_layer(
+            activation=attention, alpha=alpha, gate=gate, gate_activation=gate_activation,
+            gelu_approximate=gelu_approximate, seq_len=seq_len, sigmoid_bias=sigmoid_bias, learn_alpha=learn_alpha,
+            num_prefix_tokens=num_prefix_tokens,
+        )
     kwargs = dict(
         img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
         embed_dim=size.width, depth=size.depth, num_heads=size.heads, mlp_ratio=size.mlp_dim / size.width,
@@ -147,11 +164,18 @@ def init_big_vision(model: VisionTransformer, head_bias: float) -> None:
 
 
 def forward_macs(variant: str, *, img_size: int, num_classes: int, pool: str = "gap", gate: bool = False,
-                 rep_size: bool = False, in_chans: int = 3) -> int:
+                 rep_size: bool = False, in_chans: int = 3, soft: dict | None = None) -> int:
     """Analytic multiply-accumulates of one forward pass (matrix products only: patch embedding, q/k/v/out
-    projections, the two L x L products, MLP, gate, pre-logits, head). Training FLOPs = 6 x this per image."""
+    projections, the two L x L products, MLP, gate, pre-logits, head; with ``soft``, the options of a SOFT
+    attention, :func:`reluvit.soft.soft_attention_macs` in place of attention). Training FLOPs = 6 x this per image."""
     size, patch = parse_variant(variant)
     d, n = size.width, (img_size // patch) ** 2 + (pool == "tok")
-    per_block = 4 * n * d * d + 2 * n * n * d + 2 * n * d * size.mlp_dim + gate * n * d * d
+    if soft is not None:
+        from reluvit.soft import soft_attention_macs
+
+        attention = soft_attention_macs(img_size // patch, d, size.heads, prefix_tokens=int(pool == "tok"), **soft)[0]
+    else:
+        attention = 4 * n * d * d + 2 * n * n * d + gate * n * d * d
+    per_block = attention + 2 * n * d * size.mlp_dim
     embed = (img_size // patch) ** 2 * patch * patch * in_chans * d
     return embed + size.depth * per_block + rep_size * d * d + d * num_classes

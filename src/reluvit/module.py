@@ -73,7 +73,24 @@ class ViTClassifier(pl.LightningModule):
             self.trainer.should_stop = True
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        if alphas := self.learned_alphas():
+            self.log_dict(alphas)
         return loss
+
+    def learned_alphas(self) -> dict[str, float]:
+        """With ``learn_alpha``: ``attn/alpha_layer{i}`` (mean over heads), ``attn/alpha_layer{i}_head{h}`` when
+        per head, and ``attn/alpha_mean`` over layers; empty otherwise."""
+        alphas = [blk.attn.learned_alpha().detach().flatten() for blk in self.model.blocks
+                  if getattr(blk.attn, "raw_alpha", None) is not None]
+        if not alphas:
+            return {}
+        out = {}
+        for i, alpha in enumerate(alphas):
+            out[f"attn/alpha_layer{i}"] = float(alpha.mean())
+            if alpha.numel() > 1:
+                out.update({f"attn/alpha_layer{i}_head{h}": float(a) for h, a in enumerate(alpha)})
+        out["attn/alpha_mean"] = float(torch.stack([a.mean() for a in alphas]).mean())
+        return out
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch

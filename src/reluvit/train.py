@@ -41,9 +41,18 @@ def model_kwargs(cfg: DictConfig) -> dict:
     return dict(
         variant=m.variant, attention=a.activation, alpha=float(a.alpha), qk_norm=a.qk_norm, gate=a.gate,
         gate_activation=a.gate_activation, gelu_approximate=a.gelu_approximate, seq_len=a.seq_len,
+        sigmoid_bias=a.sigmoid_bias, learn_alpha=a.learn_alpha, soft=soft_options(a),
         num_classes=m.num_classes, img_size=m.img_size, in_chans=m.in_chans, pool=m.pool, rep_size=m.rep_size,
         head_bias_init=float(m.head_bias_init),
     )
+
+
+def soft_options(a: DictConfig) -> dict | None:
+    """:class:`reluvit.soft.SoftAttention`'s options from ``attention.soft_*``; None unless attention is soft."""
+    if a.activation != "soft":
+        return None
+    return dict(sr=a.soft_sr, newton_iters=a.soft_newton_iters, local_kernel=a.soft_local_kernel,
+                sym_norm=a.soft_sym_norm)
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -125,7 +134,7 @@ def run(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude), cfg.seed)
     macs = forward_macs(cfg.model.variant, img_size=cfg.model.img_size, num_classes=cfg.model.num_classes,
                         pool=cfg.model.pool, gate=cfg.attention.gate, rep_size=cfg.model.rep_size,
-                        in_chans=cfg.model.in_chans)
+                        in_chans=cfg.model.in_chans, soft=soft_options(cfg.attention))
     chrono = Chrono(flops_per_example=6 * macs)
     checkpoints = run_dir / "checkpoints"
     last = checkpoints / "last.ckpt"
@@ -170,6 +179,8 @@ def run(cfg: DictConfig) -> dict:
         summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
+        if alphas := module.learned_alphas():  # their final values (also the last logged metrics)
+            summary["learned_alpha"] = alphas
         summary.update(chrono.summary(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        global_step=trainer.global_step, epoch=trainer.current_epoch,
                        metrics={k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
