@@ -34,19 +34,17 @@ RIDGE = 0.01  # SOFT's plain kernel inverts K2 + 0.01 I; the IJCV normalised ker
 # --- Newton-Raphson Moore-Penrose inverse --------------------------------------------------------------------------
 
 
-def _newton_schulz(p: torch.Tensor, iters: int, safe_init: bool) -> torch.Tensor:
+def _newton_schulz(p: torch.Tensor, iters: int) -> torch.Tensor:
     """``V_{k+1} = 2 V_k - V_k P V_k`` from ``V_0 = a P^T``. It converges to ``pinv(P)`` whenever
     ``0 < a < 2 / sigma_max(P)^2``; ``sigma_max^2 <= ||P||_1 ||P||_inf``, so ``a = 0.9 * 2 / (||P||_1 ||P||_inf)``
-    (SOFT's ``0.9 * 2 / max_rowsum^2`` for a symmetric kernel). ``safe_init`` is the IJCV code's start instead: ``a`` at
-    ``2 / (...)``, halved (at most 10 times) while ``max column-sum |I - P V_0| > 1.01``. ``a`` is per matrix, not
-    one value for the batch as in the IJCV code (which made each sample's output depend on the others)."""
+    (SOFT's ``0.9 * 2 / max_rowsum^2`` for a symmetric kernel), per matrix.
+
+    The IJCV code starts at ``2 / max_rowsum^2`` (one value for the whole batch) and halves it, up to 10 times, while
+    ``max column-sum |I - P V_0| > 1.01``. That test is no convergence criterion: for a kernel whose off-diagonal
+    mass exceeds its diagonal it fails for every ``a > 0``, the start shrinks 1024-fold and 20 steps then resolve
+    only eigenvalues above ~lambda_max / 40. Both variants use the start above instead."""
     norms = p.abs().sum(-1).amax(-1) * p.abs().sum(-2).amax(-1)
-    v = ((2.0 if safe_init else 0.9 * 2.0) / norms)[..., None, None] * p.mT
-    if safe_init:
-        eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
-        for _ in range(10):
-            too_far = (eye - p @ v).abs().sum(-2).amax(-1) > 1.01
-            v = torch.where(too_far[..., None, None], 0.5 * v, v)
+    v = (0.9 * 2.0 / norms)[..., None, None] * p.mT
     for _ in range(iters):
         v = 2 * v - v @ p @ v
     return v
@@ -57,9 +55,9 @@ class _NewtonPinv(torch.autograd.Function):
     of the inverse, ``dL/dP = -V^T (dL/dV) V^T`` (exact where ``P`` is invertible; SOFT's backward)."""
 
     @staticmethod
-    def forward(ctx, mat: torch.Tensor, iters: int, ridge: float, safe_init: bool) -> torch.Tensor:
+    def forward(ctx, mat: torch.Tensor, iters: int, ridge: float) -> torch.Tensor:
         p = mat + ridge * torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device) if ridge else mat
-        v = _newton_schulz(p, iters, safe_init)
+        v = _newton_schulz(p, iters)
         ctx.save_for_backward(v)
         return v
 
@@ -67,16 +65,15 @@ class _NewtonPinv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (v,) = ctx.saved_tensors
-        return -(v.mT @ grad @ v.mT), None, None, None
+        return -(v.mT @ grad @ v.mT), None, None
 
 
-def newton_pinv(mat: torch.Tensor, iters: int = NEWTON_ITERS, ridge: float = 0.0,
-                safe_init: bool = False) -> torch.Tensor:
+def newton_pinv(mat: torch.Tensor, iters: int = NEWTON_ITERS, ridge: float = 0.0) -> torch.Tensor:
     """Moore-Penrose inverse of ``mat + ridge I`` (batched over leading dims) by ``iters`` Newton-Raphson steps, in
     float32 at least whatever the autocast dtype: 20 products of m x m matrices lose too much in bf16."""
     with torch.autocast(mat.device.type, enabled=False):
         mat = mat if mat.dtype == torch.float64 else mat.float()
-        return _NewtonPinv.apply(mat, iters, ridge, safe_init)
+        return _NewtonPinv.apply(mat, iters, ridge)
 
 
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -199,7 +196,7 @@ class SoftAttention(nn.Module):
             q, landmarks, v32 = q.to(dtype), landmarks.to(dtype), v.to(dtype)
             k1 = gaussian_kernel(q, landmarks)
             k2 = gaussian_kernel(landmarks, landmarks)
-            inverse = newton_pinv(k2, self.newton_iters, self.ridge, safe_init=self.sym_norm)
+            inverse = newton_pinv(k2, self.newton_iters, self.ridge)
             if self.sym_norm:
                 d = k2.sum(-1, keepdim=True).rsqrt()
                 inverse = d * inverse * d.mT
@@ -384,11 +381,12 @@ def soft_attention_macs(grid: int, dim: int, heads: int, *, sr: int = 2, newton_
                         local_kernel: int = 3, sym_norm: bool = False, prefix_tokens: int = 0) -> tuple[int, int]:
     """Multiply-accumulates of one :class:`SoftAttention` forward on a grid x grid patch grid (matrix products and
     convolutions): (all of them, the part that SOFT's custom CUDA ops compute: the Gaussian-kernel distance products
-    and the Newton-Raphson iterations, which a FLOP counter does not see in SOFT's code)."""
+    and the Newton-Raphson iterations, which a FLOP counter does not see in SOFT's code). ``sym_norm`` is accepted
+    with the layer's other options; its normalisation adds no products."""
     d, n = dim // heads, grid * grid + prefix_tokens
     m = n if sr == 1 else math.ceil(grid / sr) ** 2
     kernels = heads * (n * m * d + m * m * d)
-    newton = heads * (newton_iters * 2 + 10 * sym_norm) * m**3  # 2 products per step; 10 start checks (IJCV)
+    newton = heads * newton_iters * 2 * m**3
     products = heads * (2 * n * m * d + m * m * d)  # K1^T V, pinv @ ., K1 @ .
     landmarks = 0 if sr == 1 else heads * m * d * d * sr * sr
     local = grid * grid * local_kernel**2 * dim
@@ -408,7 +406,7 @@ def profile(name: str, img_size: int = 224) -> dict[str, float]:
         if isinstance(module, SoftAttention):
             module.register_forward_hook(lambda mod, args, out: hidden.append(soft_attention_macs(
                 math.isqrt(args[0].shape[1]), args[0].shape[2], mod.num_heads, sr=mod.sr,
-                newton_iters=mod.newton_iters, local_kernel=mod.local.kernel_size[0], sym_norm=mod.sym_norm)[1]))
+                newton_iters=mod.newton_iters, local_kernel=mod.local.kernel_size[0])[1]))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, img_size, img_size))
