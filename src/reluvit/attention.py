@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partialmethod
+from functools import partial, partialmethod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from reluvit import kernels
 
 # h of the point-wise family, applied to the scaled logits.
 POINTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -75,6 +77,7 @@ class PointwiseAttention(nn.Module):
         seq_len: str = "keys",
         sigmoid_bias: float | None = None,
         learn_alpha: str = "none",
+        impl: str = "auto",
         num_prefix_tokens: int = 0,
         device=None,
         dtype=None,
@@ -86,6 +89,10 @@ class PointwiseAttention(nn.Module):
         _check_choice("gelu_approximate", gelu_approximate, GELU_APPROXIMATIONS)
         _check_choice("seq_len", seq_len, SEQ_LEN_MODES)
         _check_choice("learn_alpha", learn_alpha, LEARN_ALPHA)
+        _check_choice("impl", impl, kernels.IMPLS)
+        if impl == "fused" and activation != "softmax" and activation not in kernels.FUSED_ACTIVATIONS:
+            raise ValueError(f"impl='fused' has kernels for {', '.join(kernels.FUSED_ACTIVATIONS)} (softmax: SDPA), "
+                             f"not {activation!r}; use impl='auto' or 'reference'")
         if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
             raise ValueError(f"alpha must be a finite real >= 0, got {alpha!r}")
         if learn_alpha != "none" and (activation not in POINTWISE or alpha == 0):
@@ -105,6 +112,9 @@ class PointwiseAttention(nn.Module):
         self.seq_len = seq_len
         self.sigmoid_bias = sigmoid_bias
         self.num_prefix_tokens = num_prefix_tokens
+        self.impl = impl  # point-wise attention: auto | fused | reference (reluvit.kernels.select_impl)
+        # what the last forward ran (fused | sdpa | reference), for the run's compute accounting
+        self.last_impl = {"softmax": "sdpa", SIGMOID_ATTENTION: "reference"}.get(activation)
         # softplus keeps alpha >= 0 and moves it about as fast as a plain parameter once alpha >~ 1
         self.raw_alpha = None if learn_alpha == "none" else nn.Parameter(torch.full(
             (num_heads, 1, 1) if learn_alpha == "head" else (), math.log(math.expm1(alpha)), **dd))
@@ -152,16 +162,19 @@ class PointwiseAttention(nn.Module):
         return self.proj_drop(self.proj(o))
 
     def _pointwise(self, q, k, v, attn_mask, is_causal) -> torch.Tensor:
-        logits = (q * self.scale) @ k.transpose(-2, -1)
+        factor = self.length_factor(k.shape[-2])
+        self.last_impl = kernels.select_impl(self.impl, activation=self.activation, device=q.device,
+                                             masked=attn_mask is not None or is_causal,
+                                             dropout=self.training and self.attn_drop.p > 0)
+        if self.last_impl == "fused":
+            return kernels.fused_pointwise_attention(q, k, v, activation=self.activation, length_factor=factor,
+                                                     scale=self.scale)
+        h = POINTWISE[self.activation]
         if self.activation == "gelu":
-            a = F.gelu(logits, approximate=self.gelu_approximate)
-        else:
-            a = POINTWISE[self.activation](logits)
-        a = a * self.length_factor(k.shape[-2])
+            h = partial(F.gelu, approximate=self.gelu_approximate)
         keep = _keep_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
-        if keep is not None:
-            a = a.masked_fill(~keep, 0.0)
-        return self.attn_drop(a) @ v
+        return kernels.reference_pointwise_attention(q, k, v, h, scale=self.scale, length_factor=factor, keep=keep,
+                                                     dropout=self.attn_drop)
 
     def _sigmoid_attention(self, q, k, v, attn_mask, is_causal) -> torch.Tensor:
         bias = -math.log(self.seq_length(k.shape[-2])) if self.sigmoid_bias is None else self.sigmoid_bias

@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from reluvit.attention import GATE_ACTIVATIONS, GELU_APPROXIMATIONS, LEARN_ALPHA, POINTWISE, SEQ_LEN_MODES
 from reluvit.data import DATASETS
+from reluvit.kernels import FUSED_ACTIVATIONS, IMPLS
 from reluvit.models import ATTENTIONS, POOLS, parse_variant
 from reluvit.module import LOSSES
 
@@ -40,6 +41,7 @@ class AttentionConfig:
     soft_newton_iters: int = 20
     soft_local_kernel: int = 3
     soft_sym_norm: bool = False
+    impl: str = "auto"  # point-wise attention's implementation: auto | fused | reference (not a grid key)
 
 
 @dataclass
@@ -231,6 +233,10 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "attention.gate_activation", tuple(GATE_ACTIVATIONS))
     _choice(cfg, "attention.gelu_approximate", GELU_APPROXIMATIONS)
     _choice(cfg, "attention.seq_len", SEQ_LEN_MODES)
+    _choice(cfg, "attention.impl", IMPLS)
+    if cfg.attention.impl == "fused" and cfg.attention.activation not in ("softmax", *FUSED_ACTIVATIONS):
+        raise ConfigError("attention.impl", f"'fused' has kernels for {', '.join(FUSED_ACTIVATIONS)} (softmax: "
+                                            f"SDPA), not {cfg.attention.activation!r}; use auto or reference")
     _validate_softmax_free(cfg)
     try:
         _, patch = parse_variant(cfg.model.variant)

@@ -80,6 +80,7 @@ def create_model(
     sigmoid_bias: float | None = None,
     learn_alpha: str = "none",
     soft: dict | None = None,
+    attention_impl: str = "auto",
     **timm_kwargs,
 ) -> VisionTransformer:
     """Build a big_vision-style ViT with the given attention.
@@ -98,6 +99,8 @@ def create_model(
         rep_size: add big_vision's pre-logits Dense(width)+tanh (the i1k recipe).
         head_bias_init: constant head bias (-10 for i21k, -6.9 for i1k, big_vision); the head kernel is zero.
         seq_len: what L counts: ``keys`` (all tokens) or ``patches`` (excluding the class token).
+        attention_impl: point-wise attention's implementation, ``auto`` | ``fused`` | ``reference``
+            (:func:`reluvit.kernels.select_impl`).
         timm_kwargs: passed to ``VisionTransformer`` last, so they can override the size (``embed_dim``, ...).
     """
     size, patch = parse_variant(variant)
@@ -116,7 +119,7 @@ def create_model(
         attn_layer = attention_layer(
             activation=attention, alpha=alpha, gate=gate, gate_activation=gate_activation,
             gelu_approximate=gelu_approximate, seq_len=seq_len, sigmoid_bias=sigmoid_bias, learn_alpha=learn_alpha,
-            num_prefix_tokens=num_prefix_tokens,
+            impl=attention_impl, num_prefix_tokens=num_prefix_tokens,
         )
     kwargs = dict(
         img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,

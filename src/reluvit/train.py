@@ -41,7 +41,7 @@ def model_kwargs(cfg: DictConfig) -> dict:
     return dict(
         variant=m.variant, attention=a.activation, alpha=float(a.alpha), qk_norm=a.qk_norm, gate=a.gate,
         gate_activation=a.gate_activation, gelu_approximate=a.gelu_approximate, seq_len=a.seq_len,
-        sigmoid_bias=a.sigmoid_bias, learn_alpha=a.learn_alpha, soft=soft_options(a),
+        sigmoid_bias=a.sigmoid_bias, learn_alpha=a.learn_alpha, soft=soft_options(a), attention_impl=a.impl,
         num_classes=m.num_classes, img_size=m.img_size, in_chans=m.in_chans, pool=m.pool, rep_size=m.rep_size,
         head_bias_init=float(m.head_bias_init),
     )
@@ -181,13 +181,21 @@ def run(cfg: DictConfig) -> dict:
     finally:
         if alphas := module.learned_alphas():  # their final values (also the last logged metrics)
             summary["learned_alpha"] = alphas
-        summary.update(chrono.summary(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        summary.update(chrono.summary(), attention_impl=attention_impl(module),
+                       finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        global_step=trainer.global_step, epoch=trainer.current_epoch,
                        metrics={k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
         if trainer.is_global_zero:
             write_json_atomic(run_dir / SUMMARY, summary)
         close_loggers(trainer, summary["status"], cfg.logger.wandb)
     return summary
+
+
+def attention_impl(module: torch.nn.Module) -> str | None:
+    """What the attention layers last ran, ``fused`` | ``sdpa`` | ``reference`` (comma-joined if they differ), so
+    that core hours are compared knowing which kernels they measured; None before any forward."""
+    ran = sorted({impl for m in module.modules() if (impl := getattr(m, "last_impl", None))})
+    return ",".join(ran) or None
 
 
 def close_loggers(trainer: pl.Trainer, status: str, wandb_used: bool) -> None:
