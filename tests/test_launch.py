@@ -162,17 +162,26 @@ def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_pa
     from reluvit.launch import load_profile, submit
     from reluvit.train import read_summary
 
-    # ~30 s of training on an idle core; USR2 comes at most 30 s into each 1-minute piece, so it takes several
-    # (and many more on a loaded machine: hence the generous requeue budget)
-    reference = _uninterrupted(_point(tmp_path / "reference", epochs=6))
-    profile = replace(load_profile("local"), timeout_min=1, signal_delay_s=30, max_num_timeout=30)
-    job = submit([_point(tmp_path / "runs", epochs=6)], profile, tmp_path / "submitit", "timeout-test")[0]
+    # SLURM may send USR2 up to 60 s before the asked time (sbatch --signal): with a 2-minute limit and 20 s of
+    # warning it comes 40-100 s into each piece, after start-up. ~2 min of training on an idle core needs at
+    # least two pieces (and more on a loaded machine: hence the generous requeue budget). The reference trains
+    # here meanwhile, on the other core.
+    profile = replace(load_profile("local"), timeout_min=2, signal_delay_s=20, max_num_timeout=30)
+    job = submit([_point(tmp_path / "runs", epochs=24)], profile, tmp_path / "submitit", "timeout-test")[0]
+    reference = _uninterrupted(_point(tmp_path / "reference", epochs=24))
     assert job.result() == "completed"
     resumed = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs"))))
     _assert_same_run(resumed, reference)
     pieces = len(list((Path(resumed["run_dir"]) / "csv").glob("version_*")))
     assert pieces >= 2, f"the run fit in one {profile.timeout_min}-minute piece: make it longer"
     assert resumed["core_hours"] > 0
+
+
+def test_the_job_module_imports_no_framework():
+    """submitit installs its signal handlers after unpickling the job: that import must be quick."""
+    code = "import sys, reluvit.job; print(sorted({'torch', 'timm', 'hydra', 'pytorch_lightning'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path):

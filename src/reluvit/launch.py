@@ -1,7 +1,7 @@
 """Submit a sweep to SLURM with submitit: one job array per resource class, a cap on the jobs running at once,
 resources derived from the model size and the cluster profile (``slurm/profiles/<name>.yaml``).
 
-Each job is a :class:`TrainJob` that trains one grid point in its stable run directory. On a time-out or a
+Each job is a :class:`reluvit.job.TrainJob` that trains one grid point in its stable run directory. On a time-out or a
 preemption the run checkpoints at the next step boundary (:mod:`reluvit.requeue`), submitit calls the job's
 ``checkpoint`` and requeues it with the same overrides, and the run continues from that step.
 """
@@ -9,7 +9,6 @@ preemption the run checkpoints at the next step boundary (:mod:`reluvit.requeue`
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,8 @@ from pathlib import Path
 import submitit
 import yaml
 
-from reluvit.config import ConfigError, compose, compose_grid
+from reluvit.config import ConfigError, compose_grid
+from reluvit.job import TrainJob
 from reluvit.models import parse_variant
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
@@ -64,9 +64,10 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> Profile:
 def check_cluster(profile: Profile, name: str) -> None:
     """Refuse, before anything is submitted, what cannot run: no reachable SLURM, an unknown partition, more GPUs
     per node than its nodes have, a time limit the preemption signal would eat entirely."""
-    if profile.timeout_min * 60 < profile.signal_delay_s + 30:
+    # SLURM may send USR2 up to 60 s before it was asked to (sbatch --signal); keep 30 s to train after that
+    if profile.timeout_min * 60 < profile.signal_delay_s + 90:
         raise ConfigError(f"{name}.yaml: timeout_min", f"{profile.timeout_min} min leaves no time to train: USR2 "
-                          f"comes {profile.signal_delay_s} s before the limit (allow 30 s more at least)")
+                          f"comes up to {profile.signal_delay_s + 60} s before the limit (allow 30 s more at least)")
     info = subprocess.run(["sinfo", "-h", "-o", "%P|%G"], capture_output=True, text=True) if shutil.which("sinfo") \
         else None
     if info is None or info.returncode:
@@ -108,18 +109,6 @@ def resources(variant: str, profile: Profile, cpu_tasks: tuple[int, int] = (1, 1
     gpus = GPUS_BY_SIZE[variant.split("/")[0]]
     per_node = min(gpus, profile.gpus_per_node)
     return Resources(math.ceil(gpus / per_node), per_node, per_node)
-
-
-class TrainJob(submitit.helpers.Checkpointable):
-    """Train one grid point; ``checkpoint`` (inherited) requeues it with the same overrides."""
-
-    def __call__(self, overrides: list[str]) -> str:
-        import torch
-
-        from reluvit.train import run
-
-        torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", torch.get_num_threads())))
-        return run(compose(overrides))["status"]
 
 
 def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -> list[submitit.Job]:

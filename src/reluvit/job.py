@@ -1,0 +1,25 @@
+"""The function a SLURM job runs: train one grid point (``python -m submitit.core._submit`` unpickles it).
+
+submitit installs its USR2/SIGTERM handlers only after unpickling the job, which imports this module; until then
+a signal kills the job instead of requeueing it. So this module imports nothing heavy at import time (torch,
+timm, Lightning and Hydra load inside ``__call__``, after the handlers are in place).
+"""
+
+from __future__ import annotations
+
+import os
+
+import submitit
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """Train one grid point; ``checkpoint`` (inherited) requeues it with the same overrides."""
+
+    def __call__(self, overrides: list[str]) -> str:
+        import torch
+
+        from reluvit.config import compose
+        from reluvit.train import run
+
+        torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", torch.get_num_threads())))
+        return run(compose(overrides))["status"]
