@@ -1,4 +1,4 @@
-"""``reluvit <command>``: train, demo, sweep, status, results, plots."""
+"""``reluvit <command>``: train, demo, sweep, status, results, plots, shards."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def _sweeps(args):
     return [load(f, args.scale, args.seeds) for f in (args.figures or FIGURES)]
 
 
+def _shards(args, parser: argparse.ArgumentParser) -> None:
+    from reluvit.data.shards import write_shards
+
+    try:
+        info = write_shards(args.source, args.out, shard_mb=args.shard_mb, val_count=args.val_count,
+                            label_set=args.label_set, resize=args.resize, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"reluvit shards: {e}\n")
+    for split, part in info["splits"].items():
+        print(f"{split}: {part['num_samples']} images in {len(part['shards'])} shards")
+    print(f"{info['num_classes']} classes (label set {info['label_set']}) -> {args.out / '_info.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="reluvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +71,21 @@ def main() -> None:
                        ("results", "roll every summary.json up into results/runs.{parquet,csv}")):
         _sweep_args(sub.add_parser(name, help=text), many=True)
 
+    shards = sub.add_parser("shards", help="write webdataset shards (+ _info.json) that data=shards streams")
+    shards.add_argument("source", help="a folder of <class>/<image> (or train/ and val/ of them), a folder of "
+                                       "<wnid>.tar class archives, or embedded:<name>")
+    shards.add_argument("out", type=Path, help="the shard directory (re-running skips finished shards)")
+    shards.add_argument("--shard-mb", type=float, default=512, help="target shard size in MiB (default: 512)")
+    shards.add_argument("--val-count", type=int, default=0,
+                        help="hold out this many images as val when the source has no val/ (default: 0)")
+    shards.add_argument("--label-set", default="folder", help="folder (the source's sorted class names; winter21) "
+                        "| imagenet1k | imagenet21k_goog | imagenet21k_fall11 (default: folder)")
+    shards.add_argument("--resize", type=int, default=None, help="re-encode with this shorter side (default: keep "
+                        "the original bytes)")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the sample order and the held-out split")
+
+    sub.add_parser("soft-table", help="SOFT's models: params and FLOPs at 224 px against the paper's table")
+
     if len(sys.argv) > 1 and sys.argv[1] in ("train", "demo"):  # these parse their own arguments
         command, sys.argv = sys.argv[1], [f"reluvit {sys.argv[1]}", *sys.argv[2:]]
         if command == "train":
@@ -69,9 +97,17 @@ def main() -> None:
         return
 
     args, overrides = parser.parse_known_args()
+    if args.command == "soft-table":
+        from reluvit.soft import table
+
+        print(table())
+        return
     from reluvit.config import ConfigError
     from reluvit.train import exit_config_error
 
+    if args.command == "shards":
+        _shards(args, parser)
+        return
     if overrides and (args.command != "sweep" or any(o.startswith("-") or "=" not in o for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     from reluvit import sweep as sweeps

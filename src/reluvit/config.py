@@ -92,6 +92,8 @@ class DataConfig:
     val_size: int = 0
     split_seed: int = 0
     num_workers: int = 0
+    shuffle_buffer: int = 2000
+    max_bad_fraction: float = 0.01
 
 
 @dataclass
@@ -247,13 +249,17 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "model.pool", POOLS)
     _choice(cfg, "recipe.loss", LOSSES)
     _choice(cfg, "data.dataset", DATASETS)
-    if cfg.data.dataset == "imagefolder":
+    if cfg.data.dataset in ("imagefolder", "shards"):
         path = cfg.data.path
         if not path:
-            raise ConfigError("data.path", "a value is required for dataset=imagefolder (add data.path=...)")
-        if not all((Path(path) / split).is_dir() for split in ("train", "val")):
+            raise ConfigError("data.path", f"a value is required for dataset={cfg.data.dataset} (add data.path=...)")
+        if cfg.data.dataset == "imagefolder" and not all((Path(path) / s).is_dir() for s in ("train", "val")):
             raise ConfigError("data.path", f"{path!r} is not a folder with train/ and val/ subfolders")
-    for key in ("recipe.epochs", "recipe.batch_size", "data.num_classes", "data.img_size"):
+        if cfg.data.dataset == "shards" and not (Path(path) / "_info.json").is_file():
+            raise ConfigError("data.path", f"{path!r} holds no _info.json: write shards with `reluvit shards`")
+    if not 0 <= cfg.data.max_bad_fraction < 1:
+        raise ConfigError("data.max_bad_fraction", f"{cfg.data.max_bad_fraction} is not in [0, 1)")
+    for key in ("recipe.epochs", "recipe.batch_size", "data.num_classes", "data.img_size", "data.shuffle_buffer"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(key, f"{OmegaConf.select(cfg, key)} is not a positive integer")
     micro_batch_size(cfg)

@@ -26,6 +26,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from reluvit.compute import Chrono
 from reluvit.config import CONF_DIR, ConfigError, augment_for, compose, micro_batch_size, validate
 from reluvit.data import build_datamodule
+from reluvit.data.stream import SkippedSamples
 from reluvit.models import forward_macs
 from reluvit.module import ViTClassifier
 from reluvit.requeue import CheckpointOnSignal
@@ -147,11 +148,12 @@ def run(cfg: DictConfig) -> dict:
         deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
         logger=build_loggers(cfg, run_dir), enable_model_summary=False,
-        use_distributed_sampler=False,  # the training samplers shard by rank themselves (EpochSampler)
+        use_distributed_sampler=False,  # the loaders shard by rank themselves (EpochSampler, ShardStream)
         # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
-        callbacks=[chrono, CheckpointOnSignal(last), pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
-            dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False)],
+        callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
+                   pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
+                       dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False)],
     )
 
     summary = {
@@ -162,6 +164,7 @@ def run(cfg: DictConfig) -> dict:
         "torch": torch.__version__, "device": _device_name(trainer), "world_size": trainer.world_size,
         "params": sum(p.numel() for p in module.parameters()), "forward_macs": macs,
         "micro_batch_size": micro, "accumulate_grad_batches": accumulate,
+        "label_set": getattr(datamodule, "label_set", None),  # shards: the label set their _info.json names
     }
     if trainer.is_global_zero:
         write_json_atomic(run_dir / SUMMARY, summary)

@@ -1,5 +1,6 @@
-"""LightningDataModules. Images reach the model as float tensors with values in [-1, 1] (big_vision
-``value_range(-1, 1)``); batch sizes here are per device (the global batch is the recipe's)."""
+"""LightningDataModules: embedded arrays, an ImageFolder tree, webdataset shards. Images reach the model as float
+tensors with values in [-1, 1] (big_vision ``value_range(-1, 1)``); batch sizes here are per device (the global
+batch is the recipe's)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from reluvit.data.embedded import EMBEDDED, stratified_split
+from reluvit.data.preprocess import EvalTransform, TrainTransform
+from reluvit.data.shards import read_info
+from reluvit.data.stream import ShardStream
 
 
 class EpochSampler(Sampler[int]):
@@ -88,10 +92,14 @@ class EmbeddedDataModule(pl.LightningDataModule):
         return torch.Generator().manual_seed(self.seed)
 
 
+def read_bytes(path: str) -> bytes:
+    """ImageFolder's loader: the encoded file, decoded by the transform (which can then decode at reduced size)."""
+    return Path(path).read_bytes()
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """A torchvision ``ImageFolder`` tree with ``train/`` and ``val/`` subfolders, preprocessed as big_vision does
-    (train: Inception crop 5-100 % area, flip, RandAugment(n, m); eval: shorter side to 256/224 of the crop, centre
-    crop)."""
+    (:mod:`reluvit.data.preprocess`)."""
 
     def __init__(self, path: str, batch_size: int, img_size: int = 224, num_workers: int = 8,
                  randaug_layers: int = 0, randaug_magnitude: int = 0, seed: int = 0) -> None:
@@ -101,20 +109,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.randaug_layers, self.randaug_magnitude = randaug_layers, randaug_magnitude
 
     def setup(self, stage: str | None = None) -> None:
-        from torchvision import transforms as T
         from torchvision.datasets import ImageFolder
 
-        to_unit_range = [T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)]
-        train = [T.RandomResizedCrop(self.img_size, scale=(0.05, 1.0)), T.RandomHorizontalFlip()]
-        if self.randaug_layers:
-            from timm.data.auto_augment import rand_augment_transform
-
-            train.append(rand_augment_transform(f"rand-m{self.randaug_magnitude}-n{self.randaug_layers}",
-                                                {"img_mean": (128, 128, 128)}))
-        resize = round(self.img_size * 256 / 224)
-        self.train_set = ImageFolder(self.path / "train", T.Compose(train + to_unit_range))
-        self.val_set = ImageFolder(self.path / "val", T.Compose([T.Resize(resize), T.CenterCrop(self.img_size),
-                                                                 *to_unit_range]))
+        train = TrainTransform(self.img_size, 3, self.randaug_layers, self.randaug_magnitude)
+        self.train_set = ImageFolder(str(self.path / "train"), train, loader=read_bytes)
+        self.val_set = ImageFolder(str(self.path / "val"), EvalTransform(self.img_size), loader=read_bytes)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, self.batch_size, drop_last=True, pin_memory=True,
@@ -125,11 +124,70 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers, pin_memory=True)
 
 
-DATASETS = (*EMBEDDED, "imagefolder")
+class EpochLoader(DataLoader):
+    """A loader over a :class:`ShardStream` that tells the stream its epoch and mid-epoch position each time an
+    epoch starts; workers are started per epoch, so they receive that position."""
+
+    def __init__(self, stream: ShardStream, position: Callable[[], tuple[int, int]], num_workers: int) -> None:
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        self.position = position
+
+    def __iter__(self):
+        self.dataset.set_position(*self.position())
+        return super().__iter__()
+
+
+class ShardDataModule(pl.LightningDataModule):
+    """Webdataset shards written by ``reluvit shards`` (``<path>/{train,val}-NNNNNN.tar`` + ``_info.json``),
+    streamed by :class:`ShardStream` with big_vision's preprocessing."""
+
+    def __init__(self, path: str, batch_size: int, img_size: int, in_chans: int, num_classes: int,
+                 num_workers: int = 8, randaug_layers: int = 0, randaug_magnitude: int = 0, seed: int = 0,
+                 shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01) -> None:
+        super().__init__()
+        self.path, self.batch_size, self.img_size, self.in_chans = path, batch_size, img_size, in_chans
+        self.num_classes, self.num_workers, self.seed = num_classes, num_workers, seed
+        self.randaug = (randaug_layers, randaug_magnitude)
+        self.stream_options = {"shuffle_buffer": shuffle_buffer, "max_bad_fraction": max_bad_fraction}
+        self.info = read_info(path)  # a missing directory fails here, at start, with the path named
+        if self.info["num_classes"] != num_classes:
+            raise ValueError(f"{path}: the shards have {self.info['num_classes']} classes, the config "
+                             f"data.num_classes={num_classes}")
+        self.label_set = self.info["label_set"]
+        self.streams: list[ShardStream] = []
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far by this rank's loaders."""
+        return sum(s.skipped for s in self.streams)
+
+    def _stream(self, split: str, transform, train: bool) -> ShardStream:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        stream = ShardStream(self.path, split, transform, self.batch_size, train=train,
+                             num_classes=self.num_classes, seed=self.seed, rank=rank, world=world,
+                             **self.stream_options)
+        self.streams.append(stream)
+        return stream
+
+    def train_dataloader(self) -> DataLoader:
+        stream = self._stream("train", TrainTransform(self.img_size, self.in_chans, *self.randaug), train=True)
+        return EpochLoader(stream, lambda: training_position(self.trainer, len(stream)), self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        stream = self._stream("val", EvalTransform(self.img_size, self.in_chans), train=False)
+        return EpochLoader(stream, lambda: (0, 0), self.num_workers)
+
+
+DATASETS = (*EMBEDDED, "imagefolder", "shards")
 
 
 def build_datamodule(data_cfg, batch_size: int, randaug: tuple[int, int], seed: int) -> pl.LightningDataModule:
     """The data module a ``data`` config describes, with the per-device batch and the recipe's RandAugment."""
+    if data_cfg.dataset == "shards":
+        return ShardDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.in_chans,
+                               data_cfg.num_classes, data_cfg.num_workers, *randaug, seed=seed,
+                               shuffle_buffer=data_cfg.shuffle_buffer, max_bad_fraction=data_cfg.max_bad_fraction)
     if data_cfg.dataset == "imagefolder":
         return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, *randaug,
                                      seed=seed)
