@@ -14,11 +14,11 @@ SEEDS    ?=
 ARGS     ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 plots status results wandb-sync
+.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         run the test suite"
-	@echo "make fig1..fig4   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot"
+	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot"
 	@echo "make plots        roll up and plot what exists;  make status: points per figure and status"
 	@echo "make wandb-sync   upload offline W&B runs"
 	@echo "make lint         ruff;  make clean: remove runs/ and results (keeps the virtual environment)"
@@ -38,7 +38,7 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-fig1 fig2 fig3 fig4: venv
+fig1 fig2 fig3 fig4 fig5: venv
 	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) --launcher $(LAUNCHER) --cluster $(CLUSTER) $(ARGS)
 
 plots: venv

@@ -12,7 +12,7 @@ import pytest
 from reluvit import sweep as sweeps
 from reluvit.config import compose, compose_all, validate
 
-PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9, "fig4": 3 * 2 * 2 * 9}
+PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9, "fig4": 3 * 2 * 2 * 9, "fig5": 5}
 
 
 @pytest.mark.parametrize("figure", sweeps.FIGURES)

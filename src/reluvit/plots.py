@@ -304,3 +304,37 @@ def fig4(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list
     """Paper Fig. 4 (gating ablation): relu and squared relu with and without the gate, with qk-layernorm."""
     curves = _ablation("with gating", "gate", True)
     return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, stem, metric)
+
+
+# --- Figure 5: softmax-free attentions at one model size ----------------------------------------------------------
+FIG5_CURVES = [
+    Curve("softmax", {"activation": "softmax"}, COLORS["softmax"]),
+    Curve("relu/L", {"activation": "relu", "alpha": 1.0, "learn_alpha": "none"}, COLORS["relu"], marker="s"),
+    Curve("relu, learned alpha", {"activation": "relu", "learn_alpha": "layer"}, "C9", marker="^"),
+    Curve("sigmoid(s - log L)", {"activation": "sigmoid_attn"}, "C8", marker="D"),
+    Curve("SOFT", {"activation": "soft"}, "C7", marker="v"),
+]
+FIG5_ALPHA = {"relu/L": "alpha", "relu, learned alpha": "attn_alpha_mean"}  # x of the alpha panel, where it applies
+
+
+def fig5(df: pd.DataFrame, *, recipe: str, model: str, stem: str | Path, metric: str = "val_acc",
+         x: str = "core_hours") -> list[Path]:
+    """Softmax-free attentions at one model size: accuracy against ``x`` (log axis), one point per attention; and
+    against alpha where it applies (relu/L at its alpha, learned alpha at its final mean over layers), the
+    attentions without an alpha as dashed references. Runs rolled up before ``learn_alpha`` existed count as
+    fixed alpha."""
+    df = df.assign(learn_alpha=df["learn_alpha"].fillna("none") if "learn_alpha" in df else "none")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), layout="constrained")
+    aggs = []
+    for curve in FIG5_CURVES:
+        point = [{"recipe": recipe, "model": model, **PAPER, **curve.where}]
+        aggs.append(aggregate(df, point, metric, x=x))
+        draw_curve(left, aggs[-1], x="x", curve=curve)
+        if curve.label in FIG5_ALPHA:
+            draw_curve(right, aggregate(df, point, metric, x=FIG5_ALPHA[curve.label]), x="x", curve=curve)
+        else:
+            _reference(right, aggs[-1], curve)
+    _log_x(left, pd.concat([a["x"] for a in aggs]).to_numpy(float))
+    left.set(xlabel=AXIS_LABELS.get(x, x), ylabel=AXIS_LABELS.get(metric, metric))
+    right.set(xlabel="alpha (learned: final mean over layers)", ylabel=AXIS_LABELS.get(metric, metric))
+    return _finish(fig, aggs, stem)

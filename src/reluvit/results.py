@@ -15,7 +15,8 @@ GRID_KEYS = {
     "recipe": "recipe.name", "data": "data.name", "model": "model.name", "variant": "model.variant",
     "pool": "model.pool", "activation": "attention.activation", "alpha": "attention.alpha",
     "qk_norm": "attention.qk_norm", "gate": "attention.gate", "gate_activation": "attention.gate_activation",
-    "seq_len": "attention.seq_len", "seed": "seed",
+    "seq_len": "attention.seq_len", "learn_alpha": "attention.learn_alpha", "sigmoid_bias": "attention.sigmoid_bias",
+    "soft_sr": "attention.soft_sr", "soft_sym_norm": "attention.soft_sym_norm", "seed": "seed",
 }
 FINISHED = ("completed", "diverged")
 RESULT_KEYS = ("status", "core_hours", "train_seconds", "examples_seen", "train_flops", "global_step", "epoch",

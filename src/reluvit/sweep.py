@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS_DIR = Path(os.environ.get("RELUVIT_SWEEPS_DIR", ROOT / "sweeps"))
-FIGURES = ("fig1", "fig2", "fig3", "fig4")
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5")
 SCALES = ("smoke", "paper")
 LAUNCHERS = ("local", "slurm")
 
