@@ -7,7 +7,7 @@ SOFT keeps m = 49 landmarks at every L (stride = side / 7, as SOFT's stages), so
 softmax goes through the fused scaled_dot_product_attention of the grid (quadratic time, but on CPU a flash kernel
 that stores no L x L matrix), relu/L materialises its L x L weights. Memory is what the layer saves for its
 backward (bytes of the tensors autograd keeps; deterministic, unlike the process's RSS). Prints a table with
-ratios measured in this run and writes results/bench/soft-<device>.csv.
+ratios measured in this run and writes results/bench/soft-<device>-<threads>-threads.csv.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def main() -> None:
               f"{f['seconds'] / s['seconds']:>12.2f} | {s['saved_mb']:>10.1f} {r['saved_mb']:>10.1f} "
               f"{f['saved_mb']:>8.1f} {f['saved_mb'] / s['saved_mb']:>12.2f} {f['saved_mb'] / r['saved_mb']:>9.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"soft-{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.csv"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    path = args.out / f"soft-{slug}-{args.threads}-threads.csv"
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
