@@ -1,4 +1,4 @@
-"""``reluvit <command>``: train, demo, sweep, status, results, plots, shards."""
+"""``reluvit <command>``: train, demo, sweep, status, results, plots, shards, evaluate."""
 
 from __future__ import annotations
 
@@ -56,6 +56,22 @@ def _shards(args, parser: argparse.ArgumentParser) -> None:
     print(f"{info['num_classes']} classes (label set {info['label_set']}) -> {args.out / '_info.json'}")
 
 
+def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:
+    from reluvit.config import ConfigError
+    from reluvit.evaluate.run import evaluate_run
+    from reluvit.train import exit_config_error
+
+    try:
+        metrics = evaluate_run(args.target, overrides, args.device)
+    except ConfigError as e:
+        exit_config_error(e)
+    except FileNotFoundError as e:
+        parser.exit(2, f"reluvit evaluate: {e}\n")
+    for key, value in metrics.items():
+        if "/seed" not in key:  # per-seed values are in summary.json
+            print(f"{key}: {value:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="reluvit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +102,12 @@ def main() -> None:
 
     sub.add_parser("soft-table", help="SOFT's models: params and FLOPs at 224 px against the paper's table")
 
+    evaluate = sub.add_parser("evaluate", help="few-shot probe and i1k accuracy of a run; updates its summary.json")
+    evaluate.add_argument("target", type=Path, help="a run directory or a checkpoint in its checkpoints/")
+    evaluate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    evaluate.epilog = ("Further arguments are Hydra overrides of the eval group, e.g. eval=embedded "
+                       "eval.fewshot.shots=[10] (default: conf/eval/default.yaml).")
+
     if len(sys.argv) > 1 and sys.argv[1] in ("train", "demo"):  # these parse their own arguments
         command, sys.argv = sys.argv[1], [f"reluvit {sys.argv[1]}", *sys.argv[2:]]
         if command == "train":
@@ -107,6 +129,9 @@ def main() -> None:
 
     if args.command == "shards":
         _shards(args, parser)
+        return
+    if args.command == "evaluate":
+        _evaluate(args, overrides, parser)
         return
     if overrides and (args.command != "sweep" or any(o.startswith("-") or "=" not in o for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")

@@ -19,6 +19,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from reluvit.attention import GATE_ACTIVATIONS, GELU_APPROXIMATIONS, LEARN_ALPHA, POINTWISE, SEQ_LEN_MODES
 from reluvit.data import DATASETS
+from reluvit.data.labels import MISSING_POLICIES, TIMM_LISTS
+from reluvit.evaluate.transfer import NAMES as TRANSFER_SETS
 from reluvit.kernels import FUSED_ACTIVATIONS, IMPLS
 from reluvit.models import ATTENTIONS, POOLS, parse_variant
 from reluvit.module import LOSSES
@@ -122,6 +124,32 @@ class LoggerConfig:
 
 
 @dataclass
+class I1kEvalConfig:
+    path: str | None = None
+    label_set: str | None = None
+    missing: str = "wrong"
+
+
+@dataclass
+class FewshotConfig:
+    datasets: list[str] = field(default_factory=list)
+    paths: dict[str, str | None] = field(default_factory=dict)
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 25])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    l2: float = 1024.0
+    l2_grid: list[float] | None = None
+    every_n_steps: int = 0
+    batch_size: int = 256
+    num_workers: Any = "${data.num_workers}"
+
+
+@dataclass
+class EvalConfig:
+    i1k: I1kEvalConfig = field(default_factory=I1kEvalConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
@@ -129,6 +157,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     runs_dir: str = "runs"
     run_name: str = "${run_name:}"
@@ -264,6 +293,30 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, f"{OmegaConf.select(cfg, key)} is not a positive integer")
     micro_batch_size(cfg)
     augment_for(cfg)
+    validate_eval(cfg)
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """The ``eval`` keys: i1k accuracy of 21k runs and the few-shot probe (reluvit/evaluate)."""
+    i1k, fewshot = cfg.eval.i1k, cfg.eval.fewshot
+    if i1k.path and not Path(i1k.path).is_dir():
+        raise ConfigError("eval.i1k.path", f"{i1k.path!r} is not a directory (ImageNet-1k val: shards or folders)")
+    _choice(cfg, "eval.i1k.label_set", (None, *TIMM_LISTS))
+    _choice(cfg, "eval.i1k.missing", MISSING_POLICIES)
+    for name in fewshot.datasets:
+        if name not in TRANSFER_SETS:
+            raise ConfigError("eval.fewshot.datasets", f"{name!r} is not one of: {', '.join(TRANSFER_SETS)}")
+    if not fewshot.shots or min(fewshot.shots) < 1:
+        raise ConfigError("eval.fewshot.shots", f"{list(fewshot.shots)} is not a non-empty list of counts >= 1")
+    if not fewshot.seeds:
+        raise ConfigError("eval.fewshot.seeds", "at least one seed is required")
+    if fewshot.l2 <= 0:
+        raise ConfigError("eval.fewshot.l2", f"{fewshot.l2} is not > 0")
+    if any(v <= 0 for v in fewshot.l2_grid or []):
+        raise ConfigError("eval.fewshot.l2_grid", f"{list(fewshot.l2_grid)} has a value <= 0")
+    for key, low in (("every_n_steps", 0), ("batch_size", 1)):
+        if fewshot[key] < low:
+            raise ConfigError(f"eval.fewshot.{key}", f"{fewshot[key]} is not an integer >= {low}")
 
 
 def _validate_softmax_free(cfg: DictConfig) -> None:

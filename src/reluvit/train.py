@@ -27,6 +27,7 @@ from reluvit.compute import Chrono
 from reluvit.config import CONF_DIR, ConfigError, augment_for, compose, micro_batch_size, validate
 from reluvit.data import build_datamodule
 from reluvit.data.stream import SkippedSamples
+from reluvit.evaluate.run import FewshotProbe, evaluation_callbacks
 from reluvit.models import forward_macs
 from reluvit.module import ViTClassifier
 from reluvit.requeue import CheckpointOnSignal
@@ -119,7 +120,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     previous = read_summary(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.resume and previous and previous["status"] == "completed" and previous["config"] == config:
+    if cfg.resume and previous and previous["status"] == "completed" and trained_as(previous["config"], config):
         print(f"reluvit: {run_dir} already completed; skipping (resume=false retrains it)", file=sys.stderr)
         return previous
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +138,7 @@ def run(cfg: DictConfig) -> dict:
                         pool=cfg.model.pool, gate=cfg.attention.gate, rep_size=cfg.model.rep_size,
                         in_chans=cfg.model.in_chans, soft=soft_options(cfg.attention))
     chrono = Chrono(flops_per_example=6 * macs)
+    evaluation = evaluation_callbacks(cfg, micro)  # after chrono: a probe during training pauses its clock
     checkpoints = run_dir / "checkpoints"
     last = checkpoints / "last.ckpt"
     trainer = pl.Trainer(
@@ -153,7 +155,8 @@ def run(cfg: DictConfig) -> dict:
         plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
                    pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
-                       dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False)],
+                       dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False),
+                   *evaluation],
     )
 
     summary = {
@@ -174,6 +177,9 @@ def run(cfg: DictConfig) -> dict:
         metrics = dict(trainer.callback_metrics)
         if not module.diverged and "val/acc" not in metrics:  # stopped by max_steps mid-epoch: validate the end
             metrics.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+        if not module.diverged:  # the few-shot probe of the final weights
+            for probe in (c for c in evaluation if isinstance(c, FewshotProbe)):
+                metrics.update(probe.probe(trainer, module))
         summary["status"] = "diverged" if module.diverged else "completed"
     except SystemExit:  # submitit requeued the job (preemption or time-out): the next start continues the run
         summary["status"] = "running"
@@ -192,6 +198,12 @@ def run(cfg: DictConfig) -> dict:
             write_json_atomic(run_dir / SUMMARY, summary)
         close_loggers(trainer, summary["status"], cfg.logger.wandb)
     return summary
+
+
+def trained_as(previous: dict, config: dict) -> bool:
+    """Whether two resolved configs train the same run: ``eval`` only says how it is evaluated (``reluvit
+    evaluate`` re-evaluates a completed run)."""
+    return {k: v for k, v in previous.items() if k != "eval"} == {k: v for k, v in config.items() if k != "eval"}
 
 
 def attention_impl(module: torch.nn.Module) -> str | None:
