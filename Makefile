@@ -14,13 +14,14 @@ SEEDS    ?=
 ARGS     ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync
+.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         run the test suite"
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot"
 	@echo "make plots        roll up and plot what exists;  make status: points per figure and status"
 	@echo "make wandb-sync   upload offline W&B runs"
+	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
 	@echo "make lint         ruff;  make clean: remove runs/ and results (keeps the virtual environment)"
 
 venv: $(BIN)/.installed
@@ -53,8 +54,12 @@ results: venv
 wandb-sync: venv
 	find runs -type d -path "*/wandb/offline-run-*" -prune -print0 | xargs -0 -r $(BIN)/wandb sync
 
+bench: venv
+	$(BIN)/python bench/attention.py
+	$(BIN)/python bench/train_step.py
+
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 
 clean:
 	rm -rf runs results/figures results/*.csv results/*.parquet

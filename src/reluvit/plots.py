@@ -219,26 +219,34 @@ def _log_x(ax: plt.Axes, xs: np.ndarray) -> None:
 
 
 def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str, str], stem: str | Path,
-         x: str = "core_hours") -> list[Path]:
+         x: str | tuple[str, ...] = ("core_hours", "train_flops")) -> list[Path]:
     """Paper Fig. 1: softmax vs relu/seqlen (alpha 1) scaling with model size, one panel per ``metrics`` entry
-    (y label -> column), x = ``x`` on a log axis; points in the order of ``models``, labelled with the variant."""
+    (y label -> column), x = ``x`` on a log axis, one row of panels per column when ``x`` names several: by default
+    the measured core hours, which also measure the attention kernels that ran (``attention_impl`` in the run's
+    summary), and the analytic training FLOPs, which do not; points in the order of ``models``, labelled with the
+    variant."""
     series = [Curve("softmax", {"activation": "softmax"}, COLORS["softmax"]),
               Curve("relu/seqlen", {"activation": "relu", "alpha": 1.0}, COLORS["relu"], marker="s")]
     names = dict(zip(df["model"], df["variant"], strict=True)) if {"model", "variant"} <= set(df.columns) else {}
-    fig, axes = plt.subplots(1, max(len(metrics), 1), squeeze=False, figsize=(4 * max(len(metrics), 1), 3.2),
+    xs = [x] if isinstance(x, str) else list(x)
+    columns = max(len(metrics), 1)
+    fig, axes = plt.subplots(len(xs), columns, squeeze=False, figsize=(4 * columns, 3.2 * len(xs)),
                              layout="constrained")
     aggs = []
-    for (ylabel, metric), ax in zip(metrics.items(), axes[0], strict=False):
-        for curve in series:
-            points = [{"recipe": recipe, "model": m, **PAPER, **curve.where} for m in models]
-            agg = aggregate(df, points, metric, x=x)
-            draw_curve(ax, agg, x="x", curve=curve)
-            for row in agg[agg["status"] == "ok"].itertuples():
-                ax.annotate(names.get(row.model, row.model), (row.x, row.mean), xytext=(3, 3),
-                            textcoords="offset points", fontsize=7, color=curve.color)
-            aggs.append(agg)
-        _log_x(ax, pd.concat([a["x"] for a in aggs[-len(series):]]).to_numpy(float))
-        ax.set(xlabel=AXIS_LABELS.get(x, x), ylabel=ylabel)
+    for x_column, row in zip(xs, axes, strict=True):
+        for (ylabel, metric), ax in zip(metrics.items(), row, strict=False):
+            panel = []
+            for curve in series:
+                points = [{"recipe": recipe, "model": m, **PAPER, **curve.where} for m in models]
+                panel.append(aggregate(df, points, metric, x=x_column))
+                draw_curve(ax, panel[-1], x="x", curve=curve)
+                for point in panel[-1][panel[-1]["status"] == "ok"].itertuples():
+                    ax.annotate(names.get(point.model, point.model), (point.x, point.mean), xytext=(3, 3),
+                                textcoords="offset points", fontsize=7, color=curve.color)
+            _log_x(ax, pd.concat([a["x"] for a in panel]).to_numpy(float))
+            ax.set(xlabel=AXIS_LABELS.get(x_column, x_column), ylabel=ylabel)
+            if x_column == xs[0]:  # the footnote counts each point once, not once per row
+                aggs += panel
     return _finish(fig, aggs, stem)
 
 
