@@ -19,9 +19,11 @@ def options(group: str) -> list[str]:
 
 
 def imagefolder(tmp_path: Path, num_classes: int = 1000) -> list[str]:
-    """Overrides for a (empty) ImageFolder tree: what the 224-px models and the paper recipes train on."""
+    """Overrides for a (empty) ImageFolder tree, which also passes as a shard directory (data=imagenet21k ...):
+    what the 224-px models and the paper recipes train on."""
     for split in ("train", "val"):
         (tmp_path / split).mkdir(exist_ok=True)
+    (tmp_path / "_info.json").write_text("{}")
     return ["data=imagefolder", f"data.path={tmp_path}", f"data.num_classes={num_classes}"]
 
 
@@ -41,7 +43,11 @@ def test_every_config_file_composes(group, option, tmp_path):
 
 def test_attention_files_set_their_activation():
     for option in options("attention"):
-        assert compose([f"attention={option}"]).attention.activation == option
+        attention = compose([f"attention={option}"]).attention
+        if option == "relu_learned":
+            assert (attention.activation, attention.learn_alpha) == ("relu", "layer")
+        else:
+            assert attention.activation == option
 
 
 def test_recipes_carry_the_paper_values():
