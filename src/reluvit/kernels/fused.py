@@ -112,14 +112,15 @@ def _launch_args(q: torch.Tensor, k: torch.Tensor, activation: str, scale: float
     return dict(
         H=q.shape[1], N_Q=q.shape[2], N_K=k.shape[2], scale=scale, length_factor=length_factor,
         ACTIVATION=activation, HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        # float32 products in full precision, as torch's matmul by default (no TF32); 16-bit inputs ignore it
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        # float32 products in full precision, as torch's matmul by default (no TF32); 16-bit: the backend's default
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
     )
 
 
 def _grid(q: torch.Tensor, rows: int, block: str):
-    """One program per block of ``rows`` per (batch, head); the block size is the tuned config's."""
-    return lambda meta: ((rows + meta[block] - 1) // meta[block], q.shape[0] * q.shape[1])
+    """One program per block of ``rows`` per (batch, head), on one axis (the second is limited to 65535); the block
+    size is the tuned config's."""
+    return lambda meta: ((rows + meta[block] - 1) // meta[block] * q.shape[0] * q.shape[1],)
 
 
 def _strides(*tensors: torch.Tensor) -> list[int]:

@@ -36,9 +36,10 @@ def _forward(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One block of queries: o_i = c sum_j h(s_ij) v_j, walking over the blocks of keys."""
-    batch = (tl.program_id(1) // H).to(tl.int64)
-    head = (tl.program_id(1) % H).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    blocks = (N_Q + BLOCK_M - 1) // BLOCK_M
+    pair = tl.program_id(0) // blocks  # the blocks of one (batch, head) are consecutive programs: shared k, v in L2
+    batch, head = (pair // H).to(tl.int64), (pair % H).to(tl.int64)
+    rows = tl.program_id(0) % blocks * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
@@ -70,9 +71,10 @@ def _backward_dk_dv(
 ):
     """One block of keys: dv_j = c sum_i h(s_ij) do_i and dk_j = c scale sum_i h'(s_ij) (do_i . v_j) q_i, walking
     over the blocks of queries with the tile held transposed (keys x queries), so both sums are plain products."""
-    batch = (tl.program_id(1) // H).to(tl.int64)
-    head = (tl.program_id(1) % H).to(tl.int64)
-    keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    blocks = (N_K + BLOCK_N - 1) // BLOCK_N
+    pair = tl.program_id(0) // blocks  # the blocks of one (batch, head) are consecutive programs: shared k, v in L2
+    batch, head = (pair // H).to(tl.int64), (pair % H).to(tl.int64)
+    keys = tl.program_id(0) % blocks * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
@@ -116,9 +118,10 @@ def _backward_dq(
 ):
     """One block of queries: dq_i = c scale sum_j h'(s_ij) (do_i . v_j) k_j. A pass of its own, so that no two
     programs add into the same rows: deterministic, no atomics."""
-    batch = (tl.program_id(1) // H).to(tl.int64)
-    head = (tl.program_id(1) % H).to(tl.int64)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    blocks = (N_Q + BLOCK_M - 1) // BLOCK_M
+    pair = tl.program_id(0) // blocks  # the blocks of one (batch, head) are consecutive programs: shared k, v in L2
+    batch, head = (pair // H).to(tl.int64), (pair % H).to(tl.int64)
+    rows = tl.program_id(0) % blocks * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < HEAD_DIM
@@ -153,12 +156,16 @@ def _configs(blocks: list[tuple[int, int, int, int]]) -> list[triton.Config]:
 
 
 # GPU candidates (BLOCK_M queries, BLOCK_N keys, warps, stages), tuned per (sequence length, head dim, activation,
-# dtype) on first use. Under the interpreter a single small, non-square tile: the tests' odd lengths then span
-# several blocks of each side, and a mix-up of the two block sizes cannot cancel out.
+# dtype) on first use; the last fits the shared memory of float32 at head dim 128. Under the interpreter a single
+# non-square tile: the tests' odd lengths then span several blocks of each side, and a mix-up of the two block
+# sizes cannot cancel out.
 GPU_CONFIGS = {
-    "forward": _configs([(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 32, 4, 4), (64, 128, 4, 3)]),
-    "dk_dv": _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 4), (32, 64, 4, 4), (128, 128, 8, 2)]),
-    "dq": _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (128, 128, 8, 2)]),
+    "forward": _configs([(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 32, 4, 4), (64, 128, 4, 3),
+                         (32, 32, 4, 2)]),
+    "dk_dv": _configs([(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 4), (32, 64, 4, 4), (128, 128, 8, 2),
+                       (32, 32, 4, 2)]),
+    "dq": _configs([(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 4), (64, 32, 4, 4), (128, 128, 8, 2),
+                    (32, 32, 4, 2)]),
 }
 INTERPRETER_CONFIGS = _configs([(64, 32, 4, 1)])
 TUNING_KEY = ["N_Q", "N_K", "HEAD_DIM", "ACTIVATION", "DOT_PRECISION"]
