@@ -103,7 +103,7 @@ def extract_features(model: nn.Module, loader: DataLoader, device: torch.device)
 
 
 class FewshotEvaluator:
-    """The probe on every configured transfer set; a missing one is skipped with a warning (once per evaluator).
+    """The probe on every configured transfer set; missing ones are skipped, named in one warning per evaluator.
 
     Args:
         datasets: names of :data:`reluvit.evaluate.transfer.NAMES`.
@@ -117,23 +117,25 @@ class FewshotEvaluator:
         self.datasets, self.paths, self.img_size, self.in_chans = list(datasets), dict(paths), img_size, in_chans
         self.shots, self.seeds, self.l2, self.l2_grid = list(shots), list(seeds), l2, l2_grid
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.warned: set[str] = set()
+        self.warned = False
 
     def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        out, done = {}, []
+        out, done, skipped = {}, [], []
         for name in self.datasets:
             try:
                 train, test, num_classes = load_transfer_set(name, self.paths.get(name), self.img_size,
                                                              self.in_chans, self.batch_size, self.num_workers)
             except (FileNotFoundError, ValueError) as e:
-                if name not in self.warned:
-                    warnings.warn(f"few-shot: skipping {e}", MissingTransferSet, stacklevel=2)
-                    self.warned.add(name)
+                skipped.append(str(e))
                 continue
             results = fewshot_metrics(extract_features(model, train, device), extract_features(model, test, device),
                                       num_classes, self.shots, self.seeds, self.l2, self.l2_grid)
             out.update({f"fewshot/{name}/{key}": value for key, value in results.items()})
             done.append(name)
+        if skipped and not self.warned:
+            warnings.warn(f"few-shot: skipping {len(skipped)} of {len(self.datasets)} transfer sets: "
+                          + "; ".join(skipped), MissingTransferSet, stacklevel=2)
+            self.warned = True
         if done:
             for k in self.shots:
                 out[f"fewshot/{k}shot_mean"] = float(np.mean([out[f"fewshot/{d}/{k}shot"] for d in done]))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from reluvit.data.datamodules import read_bytes
 from reluvit.data.labels import MISSING_POLICIES, i1k_to_i21k, wordnet_ids
 from reluvit.data.preprocess import EvalTransform
 from reluvit.data.shards import INFO, list_source, read_info
 from reluvit.data.stream import ShardStream
+from reluvit.evaluate.transfer import EncodedImages
 
 
 class I1kRestriction:
@@ -63,51 +63,37 @@ def run_wnids(data_cfg, label_set: str | None = None) -> tuple[str, ...] | None:
     return None
 
 
-class _Relabelled(Dataset):
-    """ImageFolder-style items with their labels replaced by i1k class ids."""
-
-    def __init__(self, items, to_i1k: dict[int, int], transform) -> None:
-        self.items, self.to_i1k, self.transform = items, to_i1k, transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        item = self.items[i]
-        return self.transform(read_bytes(item.source)), self.to_i1k[item.label]
-
-
 def i1k_val_loader(path: str, img_size: int, in_chans: int, batch_size: int, num_workers: int = 0,
-                   rank: int = 0, world: int = 1) -> DataLoader:
-    """ImageNet-1k validation images with i1k class ids as labels (this rank's share), big_vision's eval
-    preprocessing. ``path``: a shard directory (its val split), an ImageFolder tree with ``val/``, or a folder of
-    ``<wnid>/`` class folders."""
-    index = {w: i for i, w in enumerate(wordnet_ids("imagenet1k"))}
+                   rank: int = 0, world: int = 1) -> tuple[DataLoader, torch.Tensor]:
+    """ImageNet-1k validation images (this rank's share) with big_vision's eval preprocessing, and the i1k class
+    id of each of the loader's labels. ``path``: a shard directory (its val split), an ImageFolder tree with
+    ``val/``, or a folder of ``<wnid>/`` class folders."""
     transform = EvalTransform(img_size, in_chans)
     if (Path(path) / INFO).exists():
         info = read_info(path)
-        if info["wnids"] is None or info["wnids"] != list(wordnet_ids("imagenet1k")):
-            raise ValueError(f"{path}: i1k validation shards must be written with --label-set imagenet1k")
         stream = ShardStream(path, "val", transform, batch_size, train=False, num_classes=info["num_classes"],
                              rank=rank, world=world)
-        return DataLoader(stream, batch_size=None, num_workers=num_workers)
-    items, classes, _ = list_source(path, "folder")
-    items = items.get("val", items.get("all"))
-    if items is None:
-        raise ValueError(f"{path}: no val/ folder and no class folders")
-    unknown = sorted(set(classes) - set(index))
+        loader, wnids = DataLoader(stream, batch_size=None, num_workers=num_workers), info["wnids"]
+    else:
+        items, wnids, _ = list_source(path, "folder")
+        items = items.get("val", items.get("all"))
+        if items is None:
+            raise ValueError(f"{path}: no val/ folder and no class folders")
+        loader = DataLoader(EncodedImages(items[rank::world], transform), batch_size, num_workers=num_workers)
+    index = {w: i for i, w in enumerate(wordnet_ids("imagenet1k"))}
+    unknown = sorted(set(wnids or ["(no WordNet ids)"]) - set(index))
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} class folders are not ImageNet-1k WordNet ids: {unknown[:3]}")
-    to_i1k = {i: index[c] for i, c in enumerate(classes)}
-    return DataLoader(_Relabelled(items[rank::world], to_i1k, transform), batch_size, num_workers=num_workers)
+        raise ValueError(f"{path}: {len(unknown)} classes are not ImageNet-1k WordNet ids: {unknown[:3]}")
+    return loader, torch.tensor([index[w] for w in wnids])
 
 
-def i1k_counts(model: torch.nn.Module, loader: DataLoader, restriction: I1kRestriction,
+def i1k_counts(model: torch.nn.Module, loader: DataLoader, to_i1k: torch.Tensor, restriction: I1kRestriction,
                device: torch.device) -> tuple[int, int]:
-    """(correct, counted) over ``loader`` (the caller sets eval mode, no-grad and precision)."""
+    """(correct, counted) over ``loader``, whose labels ``to_i1k`` maps to i1k class ids (the caller sets eval
+    mode, no-grad and precision)."""
     correct = counted = 0
-    for images, targets in loader:
-        c, n = restriction.score(model(images.to(device, non_blocking=True)).float(), targets.to(device))
+    for images, labels in loader:
+        c, n = restriction.score(model(images.to(device, non_blocking=True)).float(), to_i1k[labels].to(device))
         correct, counted = correct + c, counted + n
     return correct, counted
 
@@ -124,10 +110,10 @@ class I1kAccuracy(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        loader = i1k_val_loader(self.path, self.img_size, self.in_chans, self.batch_size, self.num_workers,
-                                trainer.global_rank, trainer.world_size)
+        loader, to_i1k = i1k_val_loader(self.path, self.img_size, self.in_chans, self.batch_size,
+                                        self.num_workers, trainer.global_rank, trainer.world_size)
         with trainer.precision_plugin.forward_context():  # the loop has set eval mode and inference mode
-            correct, counted = i1k_counts(pl_module, loader, self.restriction, pl_module.device)
+            correct, counted = i1k_counts(pl_module, loader, to_i1k, self.restriction, pl_module.device)
         totals = trainer.strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64,
                                                       device=pl_module.device), reduce_op="sum")
         pl_module.log("val/i1k_acc", float(totals[0] / totals[1].clamp(min=1)))  # the same on every rank

@@ -112,10 +112,10 @@ def evaluate_run(target: str | Path, overrides: list[str] = (), device: str | No
     if evaluator := fewshot_evaluator(cfg):
         metrics.update(evaluator(module.model, device))
     if restriction := i1k_restriction(cfg):
-        loader = i1k_val_loader(cfg.eval.i1k.path, cfg.model.img_size, cfg.model.in_chans,
-                                cfg.eval.fewshot.batch_size, cfg.data.num_workers)
+        loader, to_i1k = i1k_val_loader(cfg.eval.i1k.path, cfg.model.img_size, cfg.model.in_chans,
+                                        cfg.eval.fewshot.batch_size, cfg.data.num_workers)
         with evaluating(module.model), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            correct, counted = i1k_counts(module.model, loader, restriction, device)
+            correct, counted = i1k_counts(module.model, loader, to_i1k, restriction, device)
         metrics["val/i1k_acc"] = correct / max(counted, 1)
     summary.setdefault("metrics", {}).update(metrics)
     summary["evaluation"] = {"checkpoint": str(ckpt), "global_step": checkpoint.get("global_step"),

@@ -91,8 +91,10 @@ def load_transfer_set(name: str, path: str | None, size: int, in_chans: int, bat
     if name in EMBEDDED:
         return (*_embedded(name, size, in_chans, batch_size), len(EMBEDDED[name]().classes))
     spec = TRANSFER_SETS[name]
-    if not path or not Path(path).is_dir():
-        raise FileNotFoundError(f"{name}: no dataset at {path!r}")
+    if not path:
+        raise FileNotFoundError(f"{name}: no path (RELUVIT_FEWSHOT_{name.upper()} or eval.fewshot.paths.{name})")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{name}: no dataset at {path}")
     transform = FewshotTransform(size, in_chans)
     if (Path(path) / INFO).exists():
         splits, num_classes = _shards(name, path, spec, transform, batch_size)
