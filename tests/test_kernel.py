@@ -5,7 +5,8 @@ only, which is enough because :func:`reluvit.kernels.triton_pointwise.kernels` r
 it when ``triton.jit`` wraps a function; see there). The interpreter runs the kernels' own code with the tiles of
 ``INTERPRETER_CONFIGS`` (64 queries x 32 keys), so the lengths below end mid-block on both sides and all but
 L = 1 span several key blocks; it is slow (numpy per tile), so the long lengths run there once each, and in full
-on CUDA only.
+on CUDA only. What the interpreter cannot see, the GPU compilation, is checked by compiling each kernel for an
+H100 without one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from reluvit.attention import POINTWISE, PointwiseAttention
 from reluvit.kernels import fused_pointwise_attention, reference_pointwise_attention, select_impl
 from reluvit.train import attention_impl
 
+triton = pytest.importorskip("triton")  # torch's CUDA wheels bring it; CPU-only installs test the reference path
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 LENGTHS = (1, 49, 50, 97, 197)
 LONG_LENGTHS = (785, 1025)
@@ -83,6 +85,33 @@ def test_long_sequence_interpreted(interpreted, length, dtype):
 @pytest.mark.parametrize("length", LENGTHS + LONG_LENGTHS)
 def test_matches_reference_cuda(length, dtype, head_dim, activation):
     assert_matches_reference("cuda", length, dtype, head_dim, activation, batch=2, heads=3)
+
+
+@pytest.mark.parametrize(("activation", "head_dim"), [("relu", 64), ("relu2", 80)])
+def test_kernels_compile_for_hopper(activation, head_dim):
+    """What the interpreter cannot check: each kernel, at its first GPU config, compiles for an H100 (sm_90) down
+    to machine code (triton's bundled ptxas) within the shared memory; no GPU needed."""
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from reluvit.kernels import triton_pointwise
+
+    pointers, floats = {"Q", "K", "V", "O", "DO", "DK", "DV", "DQ"}, {"scale", "length_factor"}
+    for name, fn in [("forward", triton_pointwise._forward), ("dk_dv", triton_pointwise._backward_dk_dv),
+                     ("dq", triton_pointwise._backward_dq)]:
+        config = triton_pointwise.GPU_CONFIGS[name][0]
+        constants = {"ACTIVATION": activation, "HEAD_DIM": head_dim, "BLOCK_D": triton.next_power_of_2(head_dim),
+                     "DOT_PRECISION": None, **config.kwargs}
+        params = list(inspect.signature(fn).parameters)
+        signature = {p: "*bf16" if p in pointers else "fp32" if p in floats else "constexpr" if p in constants
+                     else "i32" for p in params}
+        kernel = triton.compile(ASTSource(triton.jit(fn), signature, {(params.index(k),): v
+                                                                      for k, v in constants.items()}),
+                                target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+        assert kernel.asm["cubin"] and kernel.metadata.shared <= 227 * 1024, name
 
 
 def _layers(activation: str = "relu", **options) -> tuple[PointwiseAttention, PointwiseAttention]:
