@@ -14,7 +14,7 @@ SEEDS    ?=
 ARGS     ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench
+.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         run the test suite"
@@ -22,6 +22,7 @@ help:
 	@echo "make plots        roll up and plot what exists;  make status: points per figure and status"
 	@echo "make wandb-sync   upload offline W&B runs"
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
+	@echo "make bench-data   shard pipeline vs ImageFolder loader: images/s per core"
 	@echo "make lint         ruff;  make clean: remove runs/ and results (keeps the virtual environment)"
 
 venv: $(BIN)/.installed
@@ -57,6 +58,9 @@ wandb-sync: venv
 bench: venv
 	$(BIN)/python bench/attention.py
 	$(BIN)/python bench/train_step.py
+
+bench-data: venv
+	$(BIN)/python bench/data.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -1,0 +1,97 @@
+"""Input pipeline throughput: decoded + augmented 224-px training images per second per CPU core, the shard stream
+(``data=shards``) against a plain torchvision ImageFolder loader over the same generated JPEGs.
+
+    .venv/bin/python bench/data.py [--images 600] [--randaug 2,10]
+
+Both run in this process on one thread (per core, as a data worker would), over generated JPEGs (quality 90)
+of ImageNet's typical size (500 x 375) and of twice that. The shard side is big_vision's pipeline (Inception crop
+with a reduced-size JPEG decode where equivalent, flip, RandAugment, value range); the folder side is
+torchvision's usual one (full decode, RandomResizedCrop, flip, the same RandAugment, ToTensor + Normalize).
+Goals: >= 500 img/s/core and >= 1.5x the folder.
+Writes results/bench/data-<device>.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from benchlib import device_name, show, write_csv
+from PIL import Image
+
+from reluvit.data.preprocess import TrainTransform
+from reluvit.data.shards import write_shards
+from reluvit.data.stream import ShardStream
+
+CLASSES = 10
+
+
+def generate_jpegs(root: Path, count: int, width: int) -> None:
+    """Photo-like JPEGs (smooth structure plus texture), ``width`` x 3/4 of it on average, in class folders."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        w = int(rng.integers(width * 4 // 5, width * 6 // 5))
+        h = int(w * rng.uniform(0.6, 0.9))
+        y, x = np.mgrid[0:h, 0:w] / 100.0
+        base = np.stack([np.sin(x * rng.uniform(0.5, 3) + y * rng.uniform(0.5, 3) + c) for c in range(3)], -1)
+        pixels = np.clip(base * 80 + 128 + rng.normal(0, 18, (h, w, 3)), 0, 255).astype(np.uint8)
+        folder = root / f"class{i % CLASSES}"
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+        (folder / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+
+
+def images_per_second(batches, count: int) -> float:
+    start = time.perf_counter()
+    seen = sum(len(labels) for _, labels in batches)
+    assert seen == count, (seen, count)
+    return seen / (time.perf_counter() - start)
+
+
+def folder_loader(root: Path, randaug: tuple[int, int]):
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
+    ops = [T.RandomResizedCrop(224, scale=(0.05, 1.0)), T.RandomHorizontalFlip()]
+    if randaug[0]:  # the same RandAugment ops as the shard side: the comparison is of loading and decoding
+        ops.append(TrainTransform(224, 3, *randaug).randaug)
+    ops += [T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)]
+    return torch.utils.data.DataLoader(ImageFolder(str(root), T.Compose(ops)), batch_size=50, shuffle=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=600, help="generated JPEGs (default: 600)")
+    parser.add_argument("--randaug", default="2,10", help="RandAugment layers,magnitude; 0,0 = none (default: 2,10)")
+    parser.add_argument("--width", type=int, nargs="+", default=[500, 1000],
+                        help="mean image widths to measure (default: 500 (ImageNet-like) and 1000)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    randaug = tuple(int(v) for v in args.randaug.split(","))
+    rows = []
+    for width in args.width:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            generate_jpegs(tmp / "jpegs", args.images, width)
+            write_shards(str(tmp / "jpegs"), tmp / "shards", shard_mb=16, progress=False)
+            stream = ShardStream(tmp / "shards", "train", TrainTransform(224, 3, *randaug), 50, train=True,
+                                 num_classes=CLASSES, shuffle_buffer=200)
+            shards = images_per_second(iter(stream), len(stream) * 50)
+            folder = images_per_second(iter(folder_loader(tmp / "jpegs", randaug)), args.images)
+        rows.append({"mean width": width, "shards img/s/core": shards, "ImageFolder img/s/core": folder,
+                     "shards / folder": shards / folder})
+    table = pd.DataFrame(rows)
+    device = device_name(torch.device("cpu"))
+    show(table, f"224-px training images per second on one core, RandAugment{randaug}: {device}")
+    print(f"-> {write_csv(table.assign(randaug=str(randaug), images=args.images), 'data', device)}")
+
+
+if __name__ == "__main__":
+    main()
