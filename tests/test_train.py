@@ -63,6 +63,11 @@ def test_completed_run_is_skipped(tiny_cfg):
     mtime = (Path(cfg.run_dir) / "summary.json").stat().st_mtime_ns
     assert run(cfg) == first
     assert (Path(cfg.run_dir) / "summary.json").stat().st_mtime_ns == mtime
+    recorded = read_summary(cfg.run_dir)
+    del recorded["config"]["attention"]["qk_norm"]  # as if trained before the knob existed
+    (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(recorded))
+    assert run(cfg)["finished"] == first["finished"]  # still skipped
+    assert run(tiny_cfg("trainer.max_steps=6"))["global_step"] == 6  # a changed value retrains
 
 
 def test_divergence_is_recorded(tiny_cfg):

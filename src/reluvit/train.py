@@ -201,9 +201,15 @@ def run(cfg: DictConfig) -> dict:
 
 
 def trained_as(previous: dict, config: dict) -> bool:
-    """Whether two resolved configs train the same run: ``eval`` only says how it is evaluated (``reluvit
-    evaluate`` re-evaluates a completed run)."""
-    return {k: v for k, v in previous.items() if k != "eval"} == {k: v for k, v in config.items() if k != "eval"}
+    """Whether a completed run's recorded config trains the same run as ``config``. ``eval`` only says how it is
+    evaluated (``reluvit evaluate`` re-evaluates a completed run), and a key only one side has is a knob that a
+    later version of reluvit added (or removed): the run trained as it was, so a sweep does not start over."""
+    def same(a, b) -> bool:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return all(same(a[k], b[k]) for k in a.keys() & b.keys())
+        return a == b
+
+    return same({k: v for k, v in previous.items() if k != "eval"}, {k: v for k, v in config.items() if k != "eval"})
 
 
 def attention_impl(module: torch.nn.Module) -> str | None:
