@@ -67,6 +67,7 @@ def test_completed_run_is_skipped(tiny_cfg):
     del recorded["config"]["attention"]["qk_norm"]  # as if trained before the knob existed
     (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(recorded))
     assert run(cfg)["finished"] == first["finished"]  # still skipped
+    assert run(tiny_cfg("trainer.max_steps=5", "trainer.enable_progress_bar=true"))["finished"] == first["finished"]
     assert run(tiny_cfg("trainer.max_steps=6"))["global_step"] == 6  # a changed value retrains
 
 

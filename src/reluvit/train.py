@@ -200,16 +200,23 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+# Keys that do not change what a run trains: how it is evaluated (``reluvit evaluate`` re-evaluates a completed
+# run), where it logs, whether a progress bar is drawn.
+NOT_TRAINING = ("eval", "logger", "trainer.enable_progress_bar")
+
+
 def trained_as(previous: dict, config: dict) -> bool:
-    """Whether a completed run's recorded config trains the same run as ``config``. ``eval`` only says how it is
-    evaluated (``reluvit evaluate`` re-evaluates a completed run), and a key only one side has is a knob that a
-    later version of reluvit added (or removed): the run trained as it was, so a sweep does not start over."""
-    def same(a, b) -> bool:
+    """Whether a completed run's recorded config trains the same run as ``config``, ignoring :data:`NOT_TRAINING`.
+    A key only one side has is a knob that a later version of reluvit added (or removed): the run trained as it
+    was, so a sweep does not start over."""
+    def same(a, b, path: str) -> bool:
+        if path.rstrip(".") in NOT_TRAINING:
+            return True
         if isinstance(a, dict) and isinstance(b, dict):
-            return all(same(a[k], b[k]) for k in a.keys() & b.keys())
+            return all(same(a[k], b[k], f"{path}{k}.") for k in a.keys() & b.keys())
         return a == b
 
-    return same({k: v for k, v in previous.items() if k != "eval"}, {k: v for k, v in config.items() if k != "eval"})
+    return same(previous, config, "")
 
 
 def attention_impl(module: torch.nn.Module) -> str | None:
