@@ -25,8 +25,6 @@ import numpy as np
 import triton
 import triton.language as tl
 
-ACTIVATIONS = ("relu", "relu2")
-
 
 def _forward(
     Q, K, V, O,
