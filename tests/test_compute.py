@@ -28,15 +28,17 @@ def clock(monkeypatch):
     return c
 
 
-def hooks(world_size=2):
+def hooks(world_size=2, log_every_n_steps=1):
     logged = []
-    trainer = SimpleNamespace(world_size=world_size, sanity_checking=False)
+    trainer = SimpleNamespace(world_size=world_size, sanity_checking=False, global_step=0,
+                              log_every_n_steps=log_every_n_steps)
     module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda m, **kw: logged.append(m))
     return trainer, module, logged
 
 
 def step(chrono, trainer, module, clock, seconds, batch=8):
     clock.t += seconds
+    trainer.global_step += 1  # the optimizer has stepped when the hook runs
     chrono.on_train_batch_end(trainer, module, None, (torch.zeros(batch),), 0)
 
 
@@ -56,6 +58,15 @@ def test_chrono_skips_warmup_and_evaluation(clock):
     assert chrono.examples_seen == 5 * 8 * 2
     assert chrono.summary()["train_flops"] == pytest.approx(80 * 10.0)
     assert logged[-1]["img_per_sec_per_device"] == pytest.approx(8.0)
+
+
+def test_chrono_logs_only_on_the_steps_lightning_writes(clock):
+    chrono = Chrono(skip_first=0)
+    trainer, module, logged = hooks(log_every_n_steps=3)
+    for _ in range(7):
+        step(chrono, trainer, module, clock, 1.0)
+    assert [m["examples_seen"] for m in logged] == [3 * 16.0, 6 * 16.0]  # steps 3 and 6
+    assert chrono.train_seconds == pytest.approx(6.0)  # the accounting itself runs every step
 
 
 def test_chrono_state_survives_restart(clock):

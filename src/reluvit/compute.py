@@ -58,9 +58,11 @@ class Chrono(pl.Callback):
             metrics["img_per_sec_per_device"] = per_device / interval
         self._ticks += 1
         self._last = now
-        metrics.update(core_hours=self.core_hours, examples_seen=float(self.examples_seen),
-                       train_flops=self.examples_seen * self.flops_per_example)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        # only on the steps Lightning writes: log_dict costs milliseconds per call, a lot for a small model's step
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            metrics.update(core_hours=self.core_hours, examples_seen=float(self.examples_seen),
+                           train_flops=self.examples_seen * self.flops_per_example)
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         """Pause: the time since the last step end was training (epoch-end hooks); evaluation is not."""

@@ -20,7 +20,7 @@ GRID_KEYS = {
 }
 FINISHED = ("completed", "diverged")
 RESULT_KEYS = ("status", "core_hours", "train_seconds", "examples_seen", "train_flops", "global_step", "epoch",
-               "params", "world_size", "device", "started", "finished", "git_revision")
+               "params", "world_size", "device", "attention_impl", "label_set", "started", "finished", "git_revision")
 
 
 def lookup(tree: dict, dotted: str):
