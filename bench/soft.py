@@ -7,20 +7,16 @@ SOFT keeps m = 49 landmarks at every L (stride = side / 7, as SOFT's stages), so
 softmax goes through the fused scaled_dot_product_attention of the grid (quadratic time, but on CPU a flash kernel
 that stores no L x L matrix), relu/L materialises its L x L weights. Memory is what the layer saves for its
 backward (bytes of the tensors autograd keeps; deterministic, unlike the process's RSS). Prints a table with
-ratios measured in this run and writes results/bench/soft-<device>-<threads>-threads.csv.
+ratios measured in this run and writes results/bench/soft-<device>.csv.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
-import re
-import statistics
-import time
-from pathlib import Path
 
+import pandas as pd
 import torch
+from benchlib import device_name, median_seconds, write_csv
 
 from reluvit.attention import attention_layer
 from reluvit.soft import SoftAttention
@@ -28,14 +24,6 @@ from reluvit.soft import SoftAttention
 SIDES = (7, 14, 28, 56)  # L = 49, 196, 784, 3136
 DIM, HEADS = 384, 6
 LANDMARK_SIDE = 7
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    match = re.search(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else None
-    return match.group(1).strip() if match else platform.processor() or "cpu"
 
 
 def layers(side: int) -> dict[str, torch.nn.Module]:
@@ -61,27 +49,12 @@ def saved_bytes(layer: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def seconds(layer: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median wall time of forward + backward."""
-    times = []
-    for _ in range(repeats + 1):  # the first is warm-up
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        layer(x).sum().backward()
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: steadier on a busy machine)")
-    parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -92,8 +65,12 @@ def main() -> None:
         x = torch.randn(args.batch, side * side, DIM, device=device, requires_grad=True)
         for kind, layer in layers(side).items():
             layer = layer.to(device)
+            def fwd_bwd(layer=layer, x=x):
+                layer(x).sum().backward()
+
             rows.append({"device": name, "L": side * side, "attention": kind, "batch": args.batch,
-                         "seconds": seconds(layer, x, args.repeats), "saved_mb": saved_bytes(layer, x) / 2**20})
+                         "seconds": median_seconds(fwd_bwd, device, warmup=1, repeats=args.repeats),
+                         "saved_mb": saved_bytes(layer, x) / 2**20})
     by = {(r["L"], r["attention"]): r for r in rows}
     print(f"{name}, batch {args.batch}, width {DIM}, {HEADS} heads, forward + backward, {args.threads} thread(s); "
           f"SOFT with m = {LANDMARK_SIDE**2} landmarks")
@@ -105,15 +82,7 @@ def main() -> None:
         print(f"{n:>5} | {s['seconds']:>9.4f} {r['seconds']:>9.4f} {f['seconds']:>8.4f} "
               f"{f['seconds'] / s['seconds']:>12.2f} | {s['saved_mb']:>10.1f} {r['saved_mb']:>10.1f} "
               f"{f['saved_mb']:>8.1f} {f['saved_mb'] / s['saved_mb']:>12.2f} {f['saved_mb'] / r['saved_mb']:>9.2f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    path = args.out / f"soft-{slug}-{args.threads}-threads.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"written: {path}")
-
+    print(f"written: {write_csv(pd.DataFrame(rows), 'soft', name)}")
 
 if __name__ == "__main__":
     main()
