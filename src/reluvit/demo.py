@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     table = write_table(df, args.results_dir / "demo")
     figure = accuracy_bars(df, args.results_dir / "figures" / "demo",
                            title=f"{df['model'].iloc[0]} on {df['data'].iloc[0]}, {df['epoch'].max()} epochs")
-    columns = ["run_name", "status", "val_acc", "val_loss", "core_hours", "epoch"]
+    columns = [c for c in ("run_name", "status", "val_acc", "fewshot_10shot_mean", "val_loss", "core_hours", "epoch")
+               if c in df]
     print(f"\n{df[columns].to_string(index=False)}\n\ndemo finished in {minutes:.1f} min")
     print(f"table:  {table[1]}  ({table[0].name})\nfigure: {figure[0]}  ({figure[1].name})")
 
