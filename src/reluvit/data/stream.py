@@ -68,16 +68,16 @@ class ShardStream(IterableDataset):
     def __len__(self) -> int:
         if self.train:
             return self.total // (self.batch_size * self.world)
-        return sum(math.ceil(n / self.batch_size) for n in self._eval_counts(*self._workers()))
+        return sum(math.ceil(n / self.batch_size) for n in self._eval_counts(self._workers()[1]))
 
     def _workers(self) -> tuple[int, int]:
         worker = get_worker_info()
         return (worker.id, worker.num_workers) if worker else (0, 1)
 
-    def _eval_counts(self, _: int, workers: int) -> list[int]:
+    def _eval_counts(self, workers: int) -> list[int]:
         """Samples of each of this rank's workers: ranks and workers split the split as evenly as possible."""
         lo, hi = _split(self.total, self.world, self.rank)
-        return [_split(hi - lo, workers, w)[1] - _split(hi - lo, workers, w)[0] for w in range(workers)]
+        return [b - a for a, b in (_split(hi - lo, workers, w) for w in range(workers))]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker, workers = self._workers()
@@ -85,8 +85,8 @@ class ShardStream(IterableDataset):
             yield from self._train_batches(worker, workers)
         else:
             lo, _ = _split(self.total, self.world, self.rank)
-            start = lo + sum(self._eval_counts(worker, workers)[:worker])
-            count = self._eval_counts(worker, workers)[worker]
+            counts = self._eval_counts(workers)
+            start, count = lo + sum(counts[:worker]), counts[worker]
             samples = self._decoded(self._raw(list(range(len(self.shards))), start, count),
                                     budget=self.max_bad_fraction * count)
             batch = []
@@ -102,8 +102,9 @@ class ShardStream(IterableDataset):
         # the loader takes its first batch from worker 0: after `done` batches that is the turn of slot done % workers
         worker = (worker + self.done) % workers
         per_rank = len(self)
-        mine = per_rank // workers + (worker < per_rank % workers)  # the loader takes batch i from worker i % workers
-        start = (self.rank * per_rank + sum(per_rank // workers + (w < per_rank % workers) for w in range(worker)))
+        # the loader takes batch i from worker i % workers
+        shares = [per_rank // workers + (w < per_rank % workers) for w in range(workers)]
+        mine, start = shares[worker], self.rank * per_rank + sum(shares[:worker])
         slot = (self.seed, self.epoch, self.rank, worker)
         if get_worker_info() is not None:  # a worker process: its own augmentation streams for this epoch and slot
             torch.manual_seed(hash(slot) % 2**62)
