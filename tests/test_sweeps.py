@@ -50,6 +50,16 @@ def test_expected_runs_match_full_composition(figure):
     assert sweeps.expected_runs(sweep, gpu=True) == full
 
 
+def test_fig2_smoke_grid_has_three_seeds_at_the_short_length():
+    sweep = sweeps.load("fig2", "smoke")
+    per_model = 2 * (7 * 3 + 1)  # two heads x (7 h x 3 alphas + softmax)
+    assert sweep.size(gpu=False) == 3 * per_model + per_model
+    names = sweeps.expected_runs(sweep, gpu=False)
+    assert len(names) == 4 * per_model
+    assert sum("/micro4/" in n for n in names) == 3 * per_model
+    assert {n[-2:] for n in names if "/micro2/" in n} == {"s0"}
+
+
 def test_gpu_only_blocks_are_left_out_without_a_gpu():
     sweep = sweeps.load("fig2", "smoke")
     assert sweep.size(gpu=True) - sweep.size(gpu=False) == 2 * (7 * 3 + 1)
