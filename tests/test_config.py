@@ -93,6 +93,8 @@ INVALID = [
     (["trainer.accelerator=cpu", "trainer.devices=3"], "recipe.batch_size", "divisible"),
     (["attention.alpah=1"], "attention.alpah", ""),
     (["recipe.loss=hinge"], "recipe.loss", "sigmoid"),
+    (["trainer.strategy=dpp"], "trainer.strategy", "ddp"),
+    (["trainer.accelerator=gpus"], "trainer.accelerator", "cuda"),
 ]
 
 

@@ -3,6 +3,7 @@ runs end to end through the real CLI into a table and a figure."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -78,23 +79,28 @@ def test_unknown_figure_or_scale_is_a_clear_error():
         sweeps.load("fig1", "huge")
 
 
-def test_two_point_smoke_sweep_end_to_end(tmp_path):
-    """`reluvit sweep` with a 2-point sweep file: both runs, the roll-up table with those 2 rows, the figure."""
+def _sweep_file(tmp_path, blocks: str) -> dict:
+    """A fig3 sweep file of ``blocks`` in tmp_path/sweeps; returns the environment that makes reluvit read it."""
     sweep_dir = tmp_path / "sweeps"
     sweep_dir.mkdir()
     (sweep_dir / "fig3.yaml").write_text(
-        "figure: fig3\nscales:\n  smoke:\n    blocks:\n"
-        "      - {recipe: smoke, data: digits, model: micro2, attention: relu, attention.qk_norm: [true, false],"
-        " attention.alpha: 1.0}\n"
-        "    plot: {recipe: smoke, columns: {'L=16': micro2}, alphas: [1.0], metric: val_acc}\n"
-    )
-    env = {**__import__("os").environ, "RELUVIT_SWEEPS_DIR": str(sweep_dir)}
-    result = subprocess.run(
-        [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--scale", "smoke",
-         "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
-         "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
+        f"figure: fig3\nscales:\n  smoke:\n    blocks:\n{blocks}"
+        "    plot: {recipe: smoke, columns: {'L=16': micro2}, alphas: [1.0], metric: val_acc}\n")
+    return {**os.environ, "RELUVIT_SWEEPS_DIR": str(sweep_dir)}
+
+
+def _run_sweep(tmp_path, env, *overrides) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
+         "--results-dir", str(tmp_path / "results"), *overrides], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_two_point_smoke_sweep_end_to_end(tmp_path):
+    """`reluvit sweep` with a 2-point sweep file: both runs, the roll-up table with those 2 rows, the figure."""
+    env = _sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu,"
+                                " attention.qk_norm: [true, false], attention.alpha: 1.0}\n")
+    result = _run_sweep(tmp_path, env, "trainer.max_steps=3", "trainer.enable_progress_bar=false",
+                        "trainer.accelerator=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
     assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0", "smoke-digits/micro2/relu-a1-s0"]
@@ -102,6 +108,30 @@ def test_two_point_smoke_sweep_end_to_end(tmp_path):
     assert (tmp_path / "results" / "runs.csv").exists()
     for suffix in (".png", ".pdf"):
         assert (tmp_path / "results" / "smoke" / f"fig3{suffix}").stat().st_size > 0
+
+
+def test_a_bad_point_anywhere_fails_the_sweep_before_anything_runs(tmp_path):
+    env = _sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu}\n"
+                                "      - {recipe: smoke, data: digits, model: micro2, attention: relu,"
+                                " attention.alpha: [1.0, -1.0]}\n")
+    result = _run_sweep(tmp_path, env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "attention.alpha" in result.stderr and "relu-a-1-s0" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_block_does_not_stop_the_sweep(tmp_path):
+    """Block 1 fails at run time (no TPU here): block 2 still runs, the figure is drawn, the exit status says it."""
+    env = _sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu2,"
+                                " trainer.accelerator: tpu}\n"
+                                "      - {recipe: smoke, data: digits, model: micro2, attention: relu}\n")
+    result = _run_sweep(tmp_path, env, "trainer.max_steps=2", "trainer.enable_progress_bar=false")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "failed: block 1" in result.stderr
+    status = pd.read_parquet(tmp_path / "results" / "runs.parquet").set_index("run_name")["status"]
+    assert status.to_dict() == {"smoke-digits/micro2/relu-a1-s0": "completed",
+                                "smoke-digits/micro2/relu2-a1-s0": "failed"}  # recorded, not missing
+    assert (tmp_path / "results" / "smoke" / "fig3.png").stat().st_size > 0
 
 
 def test_status_counts_points(tmp_path):

@@ -141,11 +141,15 @@ def main() -> None:
         one = sweeps.load(args.figure, args.scale, args.seeds)
         extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
         try:
-            sweeps.launch(one, args.launcher, _gpu(), extra, args.cluster, args.runs_dir)
+            failed = sweeps.launch(one, args.launcher, _gpu(), extra, args.cluster, args.runs_dir)
         except ConfigError as e:
             exit_config_error(e)
         for path in sweeps.plot(one, _rollup(args), args.results_dir):
             print(f"figure: {path}")
+        for line in failed:
+            print(f"reluvit: failed: {line}", file=sys.stderr)
+        if failed:  # the figure shows what finished; failed runs are in the roll-up with status failed
+            raise SystemExit(1)
     elif args.command == "status":
         from reluvit.results import collect
 

@@ -170,7 +170,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.message = key, message
 
 
 def _format_alpha(alpha: float) -> str:
@@ -291,9 +291,19 @@ def validate(cfg: DictConfig) -> None:
     for key in ("recipe.epochs", "recipe.batch_size", "data.num_classes", "data.img_size", "data.shuffle_buffer"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(key, f"{OmegaConf.select(cfg, key)} is not a positive integer")
+    _validate_trainer(cfg)
     micro_batch_size(cfg)
     augment_for(cfg)
     validate_eval(cfg)
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    """Accelerator and strategy names against Lightning's registries ("gpu" and "auto" are Lightning's aliases)."""
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    _choice(cfg, "trainer.accelerator", ("auto", "gpu", *AcceleratorRegistry.available_accelerators()))
+    _choice(cfg, "trainer.strategy", ("auto", *StrategyRegistry.available_strategies()))
 
 
 def validate_eval(cfg: DictConfig) -> None:

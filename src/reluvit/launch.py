@@ -152,11 +152,10 @@ def wait(jobs: list[submitit.Job]) -> dict[str, str]:
     return outcomes
 
 
-def submit_sweep(sweep, cluster: str, gpu: bool, extra: list[str], runs_dir: Path) -> dict[str, str]:
-    """``LAUNCHER=slurm``: submit the sweep's runnable points and wait for them."""
+def submit_sweep(sweep, points: list[list[str]], cluster: str, runs_dir: Path) -> dict[str, str]:
+    """``LAUNCHER=slurm``: submit a sweep's points (override lists) and wait for them."""
     profile = load_profile(cluster)
     check_cluster(profile, cluster)
-    points = [[*p, *extra] for b in sweep.runnable(gpu) for p in b.points()]
     # a fresh submitit folder per launch: after a cluster reset job ids restart and an old folder would hand back
     # stale results
     folder = runs_dir.resolve() / ".submitit" / f"{sweep.figure}-{sweep.scale}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -93,30 +93,49 @@ def expected_runs(sweep: Sweep, gpu: bool) -> list[str]:
     return list(dict.fromkeys(cfg.run_name for cfg in compose_grid(points)))  # a point shared by two blocks is one run
 
 
+def preflight(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[list[str]]:
+    """Every runnable point with ``extra``, composed and validated: a bad value anywhere in the grid (a typo, a
+    missing dataset) fails here with the key and the run named, before the first run starts or a job is submitted.
+    Returns the points' override lists."""
+    from reluvit.config import ConfigError, compose_grid, validate
+
+    points = [[*p, *extra] for block in sweep.runnable(gpu) for p in block.points()]
+    for cfg in compose_grid([[o for o in p if not o.startswith("hydra.")] for p in points]):
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(e.key, f"{e.message} (in run {cfg.run_name})") from None
+    return points
+
+
 def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluster: str = "local",
-           runs_dir: Path = Path("runs")) -> None:
-    """``local``: run every runnable block as one ``python -m reluvit.train -m`` call, here. ``slurm``: submit
-    every point through submitit to the cluster of profile ``cluster`` and wait. Completed points are skipped by
-    the runs themselves, so re-launching a sweep resumes it."""
+           runs_dir: Path = Path("runs")) -> list[str]:
+    """Check every point (:func:`preflight`), then ``local``: run every runnable block as one ``python -m
+    reluvit.train -m`` call, here; ``slurm``: submit every point through submitit to the cluster of profile
+    ``cluster`` and wait. A failed run does not stop the others. Completed points are skipped by the runs
+    themselves, so re-launching a sweep resumes it. Returns what failed, one line each (empty: all finished)."""
     if launcher not in LAUNCHERS:
         raise SystemExit(f"reluvit: launcher {launcher!r} is not one of: {', '.join(LAUNCHERS)}")
     extra = [f"logger.group={sweep.figure}-{sweep.scale}", *extra]
+    points = preflight(sweep, gpu, extra)
     if launcher == "slurm":
         from reluvit.launch import submit_sweep
 
-        outcomes = submit_sweep(sweep, cluster, gpu, extra, runs_dir)
-        failed = {job: out for job, out in outcomes.items() if out not in ("completed", "diverged")}
-        for job, out in failed.items():
-            print(f"reluvit: job {job}: {out}", file=sys.stderr)
-        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs finished", flush=True)
-        return
-    skipped = [b for b in sweep.blocks if b not in sweep.runnable(gpu)]
-    for block in skipped:
-        print(f"reluvit: skipping a block of {block.size} runs that requires a {block.requires}", file=sys.stderr)
-    for i, block in enumerate(sweep.runnable(gpu), 1):
-        print(f"=== {sweep.figure}-{sweep.scale}: block {i}/{len(sweep.runnable(gpu))}, {block.size} runs", flush=True)
+        outcomes = submit_sweep(sweep, points, cluster, runs_dir)
+        print(f"{sum(o in ('completed', 'diverged') for o in outcomes.values())} of {len(outcomes)} jobs finished",
+              flush=True)
+        return [f"job {job}: {out}" for job, out in outcomes.items() if out not in ("completed", "diverged")]
+    for block in sweep.blocks:
+        if block not in sweep.runnable(gpu):
+            print(f"reluvit: skipping a block of {block.size} runs that requires a {block.requires}", file=sys.stderr)
+    failed = []
+    blocks = sweep.runnable(gpu)
+    for i, block in enumerate(blocks, 1):
+        print(f"=== {sweep.figure}-{sweep.scale}: block {i}/{len(blocks)}, {block.size} runs", flush=True)
         cmd = [sys.executable, "-m", "reluvit.train", "-m", *block.multirun_overrides(), *extra]
-        subprocess.run(cmd, check=True)
+        if code := subprocess.run(cmd).returncode:  # Hydra runs every point of the block before it fails
+            failed.append(f"block {i} ({' '.join(block.multirun_overrides())}): exit status {code}")
+    return failed
 
 
 def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool) -> pd.DataFrame:

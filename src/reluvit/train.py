@@ -34,7 +34,11 @@ from reluvit.requeue import CheckpointOnSignal
 from reluvit.results import grid_point
 
 SUMMARY = "summary.json"
-STATUSES = ("running", "completed", "diverged", "failed")
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """Where a run keeps the checkpoint it resumes from (rewritten every epoch and on a requeue signal)."""
+    return run_dir / "checkpoints" / "last.ckpt"
 
 
 def model_kwargs(cfg: DictConfig) -> dict:
@@ -124,51 +128,21 @@ def run(cfg: DictConfig) -> dict:
         print(f"reluvit: {run_dir} already completed; skipping (resume=false retrains it)", file=sys.stderr)
         return previous
     run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    micro, accumulate = micro_batch_size(cfg)
-    augment = augment_for(cfg)
-    recipe = cfg.recipe
-    module = ViTClassifier(
-        model_kwargs(cfg), lr=recipe.lr, betas=tuple(recipe.betas), eps=recipe.eps,
-        weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps, loss=recipe.loss, mixup=augment.mixup,
-    )
-    datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude), cfg.seed)
-    macs = forward_macs(cfg.model.variant, img_size=cfg.model.img_size, num_classes=cfg.model.num_classes,
-                        pool=cfg.model.pool, gate=cfg.attention.gate, rep_size=cfg.model.rep_size,
-                        in_chans=cfg.model.in_chans, soft=soft_options(cfg.attention))
-    chrono = Chrono(flops_per_example=6 * macs)
-    evaluation = evaluation_callbacks(cfg, micro)  # after chrono: a probe during training pauses its clock
-    checkpoints = run_dir / "checkpoints"
-    last = checkpoints / "last.ckpt"
-    trainer = pl.Trainer(
-        default_root_dir=str(run_dir),
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
-        strategy=cfg.trainer.strategy, precision=resolve_precision(cfg),
-        max_epochs=recipe.epochs, max_steps=cfg.trainer.max_steps, accumulate_grad_batches=accumulate,
-        gradient_clip_val=recipe.grad_clip_norm, gradient_clip_algorithm="norm",
-        deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
-        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
-        logger=build_loggers(cfg, run_dir), enable_model_summary=False,
-        use_distributed_sampler=False,  # the loaders shard by rank themselves (EpochSampler, ShardStream)
-        # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
-        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
-        callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
-                   pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
-                       dirpath=checkpoints, filename="last", save_top_k=1, enable_version_counter=False),
-                   *evaluation],
-    )
-
     summary = {
-        "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running",
-        "config": config,
+        "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running", "config": config,
         "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "git_revision": git_revision(), "host": socket.gethostname(), "python": platform.python_version(),
-        "torch": torch.__version__, "device": _device_name(trainer), "world_size": trainer.world_size,
-        "params": sum(p.numel() for p in module.parameters()), "forward_macs": macs,
-        "micro_batch_size": micro, "accumulate_grad_batches": accumulate,
-        "label_set": getattr(datamodule, "label_set", None),  # shards: the label set their _info.json names
+        "torch": torch.__version__,
     }
+    try:
+        module, datamodule, trainer, chrono, evaluation, facts = setup(cfg, run_dir)
+    except Exception as e:  # recorded, so the roll-up and `make status` count the run as failed, not missing
+        write_json_atomic(run_dir / SUMMARY, {**summary, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+        raise
+    summary.update(device=_device_name(trainer), world_size=trainer.world_size,
+                   params=sum(p.numel() for p in module.parameters()), **facts,
+                   label_set=getattr(datamodule, "label_set", None))  # shards: the label set _info.json names
+    last = last_checkpoint(run_dir)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / SUMMARY, summary)
     metrics = trainer.callback_metrics
@@ -198,6 +172,45 @@ def run(cfg: DictConfig) -> dict:
             write_json_atomic(run_dir / SUMMARY, summary)
         close_loggers(trainer, summary["status"], cfg.logger.wandb)
     return summary
+
+
+def setup(cfg: DictConfig, run_dir: Path) -> tuple:
+    """The run's module, data module, trainer with its callbacks (Chrono, checkpoints, evaluation), the Chrono and
+    evaluation callbacks, and the facts the summary records about them."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    micro, accumulate = micro_batch_size(cfg)
+    augment = augment_for(cfg)
+    recipe = cfg.recipe
+    module = ViTClassifier(
+        model_kwargs(cfg), lr=recipe.lr, betas=tuple(recipe.betas), eps=recipe.eps,
+        weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps, loss=recipe.loss, mixup=augment.mixup,
+    )
+    datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude), cfg.seed)
+    macs = forward_macs(cfg.model.variant, img_size=cfg.model.img_size, num_classes=cfg.model.num_classes,
+                        pool=cfg.model.pool, gate=cfg.attention.gate, rep_size=cfg.model.rep_size,
+                        in_chans=cfg.model.in_chans, soft=soft_options(cfg.attention))
+    chrono = Chrono(flops_per_example=6 * macs)
+    evaluation = evaluation_callbacks(cfg, micro)  # after chrono: a probe during training pauses its clock
+    last = last_checkpoint(run_dir)
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=resolve_precision(cfg),
+        max_epochs=recipe.epochs, max_steps=cfg.trainer.max_steps, accumulate_grad_batches=accumulate,
+        gradient_clip_val=recipe.grad_clip_norm, gradient_clip_algorithm="norm",
+        deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=cfg.trainer.enable_progress_bar,
+        logger=build_loggers(cfg, run_dir), enable_model_summary=False,
+        use_distributed_sampler=False,  # the loaders shard by rank themselves (EpochSampler, ShardStream)
+        # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
+        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
+        callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
+                   pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
+                       dirpath=last.parent, filename=last.stem, save_top_k=1, enable_version_counter=False),
+                   *evaluation],
+    )
+    facts = {"forward_macs": macs, "micro_batch_size": micro, "accumulate_grad_batches": accumulate}
+    return module, datamodule, trainer, chrono, evaluation, facts
 
 
 # Keys that do not change what a run trains: how it is evaluated (``reluvit evaluate`` re-evaluates a completed

@@ -76,12 +76,14 @@ def evaluation_callbacks(cfg: DictConfig, batch_size: int) -> list[pl.Callback]:
 
 def locate(target: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint) of a run directory or of a checkpoint inside ``<run>/checkpoints/``."""
+    from reluvit.train import SUMMARY, last_checkpoint  # (train imports this module)
+
     target = Path(target)
     if target.is_file():
         run_dir, ckpt = target.parent.parent, target
     else:
-        run_dir, ckpt = target, target / "checkpoints" / "last.ckpt"
-    if not (run_dir / "summary.json").is_file():
+        run_dir, ckpt = target, last_checkpoint(target)
+    if not (run_dir / SUMMARY).is_file():
         raise FileNotFoundError(f"{run_dir} holds no summary.json: give a run directory or its checkpoint")
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt} does not exist")
