@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from reluvit.config import compose
+from reluvit.train import last_checkpoint
 
 # A seconds-scale run: the digits dataset (8x8, patch 2 -> L = 16), the mini ViT, a handful of steps.
 TINY = [
@@ -39,4 +41,20 @@ def one_thread():
 
 def checkpoint_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """The model weights in a run's ``checkpoints/last.ckpt``."""
-    return torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return torch.load(last_checkpoint(Path(run_dir)), weights_only=False)["state_dict"]
+
+
+# A sweep block of two points (relu/L with and without qk-LayerNorm) on the digits dataset.
+TWO_POINTS = ("      - {recipe: smoke, data: digits, model: micro2, attention: relu, attention.qk_norm: [true, false],"
+              " attention.alpha: 1.0}\n")
+
+
+def sweep_file(tmp_path: Path, blocks: str) -> dict:
+    """A fig3 sweep file of ``blocks`` (YAML list items) in tmp_path/sweeps; returns the environment that makes
+    reluvit read it."""
+    sweep_dir = tmp_path / "sweeps"
+    sweep_dir.mkdir()
+    (sweep_dir / "fig3.yaml").write_text(
+        f"figure: fig3\nscales:\n  smoke:\n    blocks:\n{blocks}"
+        "    plot: {recipe: smoke, columns: {'L=16': micro2}, alphas: [1.0], metric: val_acc}\n")
+    return {**os.environ, "RELUVIT_SWEEPS_DIR": str(sweep_dir)}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import checkpoint_weights
+from conftest import TWO_POINTS, checkpoint_weights, sweep_file
 from reluvit.config import ConfigError
 from reluvit.launch import Profile, Resources, load_profile, resources
 
@@ -70,19 +70,12 @@ def slurm_cluster():
 
 
 def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):
-    sweeps = tmp_path / "sweeps"
-    sweeps.mkdir()
-    (sweeps / "fig3.yaml").write_text(
-        "figure: fig3\nscales:\n  smoke:\n    blocks:\n"
-        "      - {recipe: smoke, data: digits, model: micro2, attention: relu, attention.qk_norm: [true, false],"
-        " attention.alpha: 1.0}\n"
-        "    plot: {recipe: smoke, columns: {'L=16': micro2}, alphas: [1.0], metric: val_acc}\n")
+    env = sweep_file(tmp_path, TWO_POINTS)
     result = subprocess.run(
         [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--launcher", "slurm", "--cluster", "local",
          "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"),
          "trainer.max_steps=4", "trainer.enable_progress_bar=false"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**os.environ, "RELUVIT_SWEEPS_DIR": str(sweeps)},
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 of 2 jobs finished" in result.stdout

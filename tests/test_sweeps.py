@@ -3,13 +3,13 @@ runs end to end through the real CLI into a table and a figure."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from conftest import TWO_POINTS, sweep_file
 from reluvit import sweep as sweeps
 from reluvit.config import compose, compose_all, validate
 
@@ -79,16 +79,6 @@ def test_unknown_figure_or_scale_is_a_clear_error():
         sweeps.load("fig1", "huge")
 
 
-def _sweep_file(tmp_path, blocks: str) -> dict:
-    """A fig3 sweep file of ``blocks`` in tmp_path/sweeps; returns the environment that makes reluvit read it."""
-    sweep_dir = tmp_path / "sweeps"
-    sweep_dir.mkdir()
-    (sweep_dir / "fig3.yaml").write_text(
-        f"figure: fig3\nscales:\n  smoke:\n    blocks:\n{blocks}"
-        "    plot: {recipe: smoke, columns: {'L=16': micro2}, alphas: [1.0], metric: val_acc}\n")
-    return {**os.environ, "RELUVIT_SWEEPS_DIR": str(sweep_dir)}
-
-
 def _run_sweep(tmp_path, env, *overrides) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
@@ -97,8 +87,7 @@ def _run_sweep(tmp_path, env, *overrides) -> subprocess.CompletedProcess:
 
 def test_two_point_smoke_sweep_end_to_end(tmp_path):
     """`reluvit sweep` with a 2-point sweep file: both runs, the roll-up table with those 2 rows, the figure."""
-    env = _sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu,"
-                                " attention.qk_norm: [true, false], attention.alpha: 1.0}\n")
+    env = sweep_file(tmp_path, TWO_POINTS)
     result = _run_sweep(tmp_path, env, "trainer.max_steps=3", "trainer.enable_progress_bar=false",
                         "trainer.accelerator=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -111,7 +100,7 @@ def test_two_point_smoke_sweep_end_to_end(tmp_path):
 
 
 def test_a_bad_point_anywhere_fails_the_sweep_before_anything_runs(tmp_path):
-    env = _sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu}\n"
+    env = sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu}\n"
                                 "      - {recipe: smoke, data: digits, model: micro2, attention: relu,"
                                 " attention.alpha: [1.0, -1.0]}\n")
     result = _run_sweep(tmp_path, env)
@@ -122,7 +111,7 @@ def test_a_bad_point_anywhere_fails_the_sweep_before_anything_runs(tmp_path):
 
 def test_a_failed_block_does_not_stop_the_sweep(tmp_path):
     """Block 1 fails at run time (no TPU here): block 2 still runs, the figure is drawn, the exit status says it."""
-    env = _sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu2,"
+    env = sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu2,"
                                 " trainer.accelerator: tpu}\n"
                                 "      - {recipe: smoke, data: digits, model: micro2, attention: relu}\n")
     result = _run_sweep(tmp_path, env, "trainer.max_steps=2", "trainer.enable_progress_bar=false")

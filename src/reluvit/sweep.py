@@ -122,14 +122,14 @@ def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluste
         from reluvit.launch import submit_sweep
 
         outcomes = submit_sweep(sweep, points, cluster, runs_dir)
-        print(f"{sum(o in ('completed', 'diverged') for o in outcomes.values())} of {len(outcomes)} jobs finished",
-              flush=True)
-        return [f"job {job}: {out}" for job, out in outcomes.items() if out not in ("completed", "diverged")]
+        failed = [f"job {job}: {out}" for job, out in outcomes.items() if out not in ("completed", "diverged")]
+        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} jobs finished", flush=True)
+        return failed
+    blocks = sweep.runnable(gpu)
     for block in sweep.blocks:
-        if block not in sweep.runnable(gpu):
+        if block not in blocks:
             print(f"reluvit: skipping a block of {block.size} runs that requires a {block.requires}", file=sys.stderr)
     failed = []
-    blocks = sweep.runnable(gpu)
     for i, block in enumerate(blocks, 1):
         print(f"=== {sweep.figure}-{sweep.scale}: block {i}/{len(blocks)}, {block.size} runs", flush=True)
         cmd = [sys.executable, "-m", "reluvit.train", "-m", *block.multirun_overrides(), *extra]
