@@ -1,5 +1,5 @@
 """Training throughput: softmax vs relu attention per model, and the harness (``ViTClassifier`` in a Lightning
-``Trainer``, as ``reluvit.train`` runs it) vs a bare PyTorch loop doing the same step on the same model and data.
+``Trainer``, as ``reluvit.run.train`` runs it) vs a bare PyTorch loop doing the same step on the same model and data.
 
     python bench/train_step.py [--batch 64] [--steps 12] [--harness-steps 40] [--rounds 3]
 
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from benchlib import device_name, show, synchronize, write_csv
 from torch.utils.data import DataLoader, TensorDataset
 
-from reluvit.compute import Chrono
-from reluvit.module import ViTClassifier
+from reluvit.run.compute import Chrono
+from reluvit.run.module import ViTClassifier
 
 GPU_MODELS = {"S/32": 224, "S/16": 224, "S/8": 224, "B/16": 224, "L/16": 224}  # variant -> image size
 CPU_MODELS = {"micro/4": 28, "micro/2": 28, "mini/4": 28, "mini/2": 28}
@@ -91,7 +91,7 @@ def bare_loop(module: ViTClassifier, loader: DataLoader, device: torch.device) -
 
 
 def harness_loop(module: ViTClassifier, loader: DataLoader, device: torch.device) -> float:
-    """Images/s of the Trainer configured as ``reluvit.train`` configures it (CSV logger, Chrono, clipping)."""
+    """Images/s of the Trainer configured as ``reluvit.run.train`` configures it (CSV logger, Chrono, clipping)."""
     chrono = Chrono(skip_first=SKIP_FIRST)
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from reluvit import compute
-from reluvit.compute import Chrono
-from reluvit.module import mixup, warmup_cosine
+from reluvit.run.compute import Chrono
+from reluvit.run.module import mixup, warmup_cosine
 
 
 class Clock:

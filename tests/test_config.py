@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reluvit import train
-from reluvit.config import CONF_DIR, ConfigError, compose, micro_batch_size, validate
+from reluvit.run import train
+from reluvit.run.config import CONF_DIR, ConfigError, compose, micro_batch_size, validate
 
 GROUPS = ["model", "attention", "recipe", "data", "trainer", "logger"]
 
@@ -100,7 +100,7 @@ INVALID = [
 
 @pytest.mark.parametrize("overrides,key,hint", INVALID)
 def test_invalid_config_exits_2_naming_the_key(overrides, key, hint, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["reluvit.train", *overrides])
+    monkeypatch.setattr(sys, "argv", ["reluvit.run.train", *overrides])
     with pytest.raises(SystemExit) as exit_info:
         train.main()
     assert exit_info.value.code == 2
@@ -116,7 +116,7 @@ def test_config_error_names_key():
 
 def test_cli_exit_status_is_2(tmp_path):
     """The real console entry, in a fresh process, before any run directory is made."""
-    result = subprocess.run([sys.executable, "-m", "reluvit.train", "attention.activation=tanh",
+    result = subprocess.run([sys.executable, "-m", "reluvit.run.train", "attention.activation=tanh",
                              f"runs_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "attention.activation" in result.stderr

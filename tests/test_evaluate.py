@@ -31,9 +31,9 @@ from reluvit.evaluate.i1k import I1kRestriction
 from reluvit.evaluate.ridge import BIAS, probe_accuracies, ridge_weights, standardise
 from reluvit.evaluate.run import evaluate_run
 from reluvit.models import create_model
-from reluvit.plots import aggregate
-from reluvit.results import rollup
-from reluvit.train import run
+from reluvit.report.plots import aggregate
+from reluvit.report.rollup import rollup
+from reluvit.run.train import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -304,7 +304,7 @@ def test_run_with_the_probe_writes_summary_and_rollup(tiny_cfg, tmp_path):
     ("eval.i1k.path=/no/such/dir", "eval.i1k.path"),
 ])
 def test_invalid_eval_config_names_the_key(tiny_cfg, override, key):
-    from reluvit.config import ConfigError, validate
+    from reluvit.run.config import ConfigError, validate
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(tiny_cfg(override))

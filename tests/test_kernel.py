@@ -16,7 +16,7 @@ import torch
 
 from reluvit.attention import POINTWISE, PointwiseAttention
 from reluvit.kernels import fused_pointwise_attention, reference_pointwise_attention, select_impl
-from reluvit.train import attention_impl
+from reluvit.run.train import attention_impl
 
 triton = pytest.importorskip("triton")  # torch's CUDA wheels bring it; CPU-only installs test the reference path
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -187,7 +187,7 @@ def test_forced_fused_says_why_it_cannot_run(kwargs, match):
 
 
 def test_impl_is_checked_where_it_is_set(tiny_cfg):
-    from reluvit.config import ConfigError, validate
+    from reluvit.run.config import ConfigError, validate
 
     with pytest.raises(ValueError, match="impl='fused' has kernels for relu, relu2"):
         PointwiseAttention(64, num_heads=2, activation="gelu", impl="fused")
@@ -203,7 +203,7 @@ def test_fig1_shows_measured_core_hours_and_analytic_flops(tmp_path, monkeypatch
     """Fair compute accounting: core hours measure the kernels that ran, FLOPs do not; fig1 draws both rows."""
     import pandas as pd
 
-    from reluvit import plots
+    from reluvit.report import plots
 
     runs = pd.DataFrame([{"recipe": "smoke", "model": model, "variant": variant, "activation": activation,
                           "alpha": 1.0, "qk_norm": True, "gate": False, "status": "completed", "val_acc": acc,

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import TWO_POINTS, checkpoint_weights, sweep_file
-from reluvit.config import ConfigError
-from reluvit.launch import Profile, Resources, load_profile, resources
+from reluvit.run.config import ConfigError
+from reluvit.sweep.slurm import Profile, Resources, load_profile, resources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,8 +99,8 @@ def _uninterrupted(point: list[str]) -> dict:
     """The same run trained here in one piece, with the job's single thread (float sums depend on it)."""
     import torch
 
-    from reluvit.config import compose
-    from reluvit.train import run
+    from reluvit.run.config import compose
+    from reluvit.run.train import run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -128,8 +128,8 @@ def _assert_same_run(resumed: dict, reference: dict) -> None:
 def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
     import time
 
-    from reluvit.launch import load_profile, submit
-    from reluvit.train import read_summary
+    from reluvit.sweep.slurm import load_profile, submit
+    from reluvit.run.train import read_summary
 
     reference = _uninterrupted(_point(tmp_path / "reference", epochs=2))
     point = [*_point(tmp_path / "runs", epochs=2), "logger=wandb", "logger.wandb_mode=offline"]
@@ -152,8 +152,8 @@ def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
 def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_path):
     from dataclasses import replace
 
-    from reluvit.launch import load_profile, submit
-    from reluvit.train import read_summary
+    from reluvit.sweep.slurm import load_profile, submit
+    from reluvit.run.train import read_summary
 
     # SLURM may send USR2 up to 60 s before the asked time (sbatch --signal): with a 2-minute limit and 20 s of
     # warning it comes 40-100 s into each piece, after start-up. ~2 min of training on an idle core needs at
@@ -172,7 +172,7 @@ def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_pa
 
 def test_the_job_module_imports_no_framework():
     """submitit installs its signal handlers after unpickling the job: that import must be quick."""
-    code = "import sys, reluvit.job; print(sorted({'torch', 'timm', 'hydra', 'pytorch_lightning'} & set(sys.modules)))"
+    code = "import sys, reluvit.sweep.job; print(sorted({'torch', 'timm', 'hydra', 'pytorch_lightning'} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 
@@ -182,8 +182,8 @@ def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path)
     tolerance; core hours count both processes."""
     import torch
 
-    from reluvit.launch import load_profile, submit
-    from reluvit.train import read_summary
+    from reluvit.sweep.slurm import load_profile, submit
+    from reluvit.run.train import read_summary
 
     point = ["recipe=smoke", "data=digits", "model=micro2", "attention=relu", "recipe.epochs=2",
              "recipe.batch_size=64", "trainer.deterministic=true", "trainer.enable_progress_bar=false"]
@@ -206,7 +206,7 @@ def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path)
     ("partition: debug\ntimeout_min: 2\nsignal_delay_s: 100\n", "leaves no time to train"),
 ])
 def test_bad_profiles_are_refused_before_submitting(slurm_cluster, tmp_path, profile, message):
-    from reluvit.launch import check_cluster
+    from reluvit.sweep.slurm import check_cluster
 
     (tmp_path / "bad.yaml").write_text(profile)
     with pytest.raises(ConfigError, match=message):
@@ -214,7 +214,7 @@ def test_bad_profiles_are_refused_before_submitting(slurm_cluster, tmp_path, pro
 
 
 def test_no_reachable_slurm_is_one_line(tmp_path, monkeypatch):
-    from reluvit.launch import check_cluster
+    from reluvit.sweep.slurm import check_cluster
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo on the PATH
     with pytest.raises(ConfigError, match="no SLURM cluster is reachable"):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reluvit import plots
+from reluvit.report import plots
 
 ROWS = {"gap": "smoke", "tok": "smoke_tok"}  # no smoke_tok run at all: a whole row of panels is missing
 COLUMNS = {"L=49": "mini4", "L=196": "mini2"}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reluvit.config import compose
-from reluvit.results import collect, rollup
+from reluvit.run.config import compose
+from reluvit.report.rollup import collect, rollup
 
 
 def fake_run(runs_dir: Path, status: str, *overrides: str, val_acc: float | None = 0.5) -> str:

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from reluvit import sweep as sweeps
+from reluvit.sweep import spec as sweeps
 from reluvit.attention import PointwiseAttention
-from reluvit.train import run as train_run
+from reluvit.run.train import run as train_run
 from test_attention import HEADS, N, make_input, make_layer, reference, rel_err, run
 from test_train import train_losses
 
@@ -93,7 +93,7 @@ def test_bad_options(options, key):
     (["attention.learn_alpha=sometimes"], "attention.learn_alpha"),
 ])
 def test_config_errors_name_the_key(tiny_cfg, overrides, message):
-    from reluvit.config import ConfigError, validate
+    from reluvit.run.config import ConfigError, validate
 
     with pytest.raises(ConfigError, match=message):
         validate(tiny_cfg(*overrides))

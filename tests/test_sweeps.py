@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from conftest import TWO_POINTS, sweep_file
-from reluvit import sweep as sweeps
-from reluvit.config import compose, compose_all, validate
+from reluvit.sweep import spec as sweeps
+from reluvit.run.config import compose, compose_all, validate
 
 PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9, "fig4": 3 * 2 * 2 * 9, "fig5": 5}
 

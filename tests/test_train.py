@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from reluvit.attention import ACTIVATIONS
-from reluvit.train import read_summary, run
+from reluvit.run.train import read_summary, run
 
 
 def train_losses(run_dir: Path) -> pd.Series:
@@ -102,7 +102,7 @@ def test_hydra_multirun_writes_one_directory_per_point(tiny_overrides, tmp_path)
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "reluvit.train", "-m", *tiny_overrides, "trainer.max_steps=3",
+        [sys.executable, "-m", "reluvit.run.train", "-m", *tiny_overrides, "trainer.max_steps=3",
          "attention=softmax,relu", "attention.alpha=0.5"],
         capture_output=True, text=True, timeout=300,
     )
@@ -114,7 +114,7 @@ def test_hydra_multirun_writes_one_directory_per_point(tiny_overrides, tmp_path)
 
 def test_crash_is_recorded_and_the_rerun_resumes_from_the_last_epoch(tiny_cfg, monkeypatch):
     """A run killed in its third epoch is `failed`; running it again continues from the end of epoch 2."""
-    from reluvit.module import ViTClassifier
+    from reluvit.run.module import ViTClassifier
 
     def crash(self):
         if self.current_epoch == 2:

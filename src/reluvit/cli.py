@@ -10,7 +10,7 @@ RESULTS = Path("results")
 
 
 def _sweep_args(parser: argparse.ArgumentParser, many: bool) -> None:
-    from reluvit.sweep import FIGURES, SCALES
+    from reluvit.sweep.spec import FIGURES, SCALES
 
     if many:  # (argparse rejects an empty list against choices, so sweep.load checks the names)
         parser.add_argument("figures", nargs="*", metavar="FIGURE", help=f"any of {', '.join(FIGURES)} (default: all)")
@@ -30,7 +30,7 @@ def _gpu() -> bool:
 
 
 def _rollup(args):
-    from reluvit.results import rollup
+    from reluvit.report.rollup import rollup
 
     table = rollup(args.runs_dir, args.results_dir / "runs")
     print(f"roll-up: {len(table)} runs -> {args.results_dir / 'runs'}.parquet / .csv")
@@ -38,7 +38,7 @@ def _rollup(args):
 
 
 def _sweeps(args):
-    from reluvit.sweep import FIGURES, load
+    from reluvit.sweep.spec import FIGURES, load
 
     return [load(f, args.scale, args.seeds) for f in (args.figures or FIGURES)]
 
@@ -57,9 +57,9 @@ def _shards(args, parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:
-    from reluvit.config import ConfigError
+    from reluvit.run.config import ConfigError
     from reluvit.evaluate.run import evaluate_run
-    from reluvit.train import exit_config_error
+    from reluvit.run.train import exit_config_error
 
     try:
         metrics = evaluate_run(args.target, overrides, args.device)
@@ -111,7 +111,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("train", "demo"):  # these parse their own arguments
         command, sys.argv = sys.argv[1], [f"reluvit {sys.argv[1]}", *sys.argv[2:]]
         if command == "train":
-            from reluvit.train import main as train
+            from reluvit.run.train import main as train
             train()
         else:
             from reluvit.demo import main as demo
@@ -124,8 +124,8 @@ def main() -> None:
 
         print(table())
         return
-    from reluvit.config import ConfigError
-    from reluvit.train import exit_config_error
+    from reluvit.run.config import ConfigError
+    from reluvit.run.train import exit_config_error
 
     if args.command == "shards":
         _shards(args, parser)
@@ -135,7 +135,7 @@ def main() -> None:
         return
     if overrides and (args.command != "sweep" or any(o.startswith("-") or "=" not in o for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    from reluvit import sweep as sweeps
+    from reluvit.sweep import spec as sweeps
 
     if args.command == "sweep":
         one = sweeps.load(args.figure, args.scale, args.seeds)
@@ -151,7 +151,7 @@ def main() -> None:
         if failed:  # the figure shows what finished; failed runs are in the roll-up with status failed
             raise SystemExit(1)
     elif args.command == "status":
-        from reluvit.results import collect
+        from reluvit.report.rollup import collect
 
         print(sweeps.status_table(_sweeps(args), collect(args.runs_dir), _gpu()).to_string(index=False))
     elif args.command == "plots":

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import yaml
 
-from reluvit.config import compose
-from reluvit.plots import accuracy_bars
-from reluvit.results import collect, write_table
-from reluvit.train import run
+from reluvit import ROOT
+from reluvit.run.config import compose
+from reluvit.report.plots import accuracy_bars
+from reluvit.report.rollup import collect, write_table
+from reluvit.run.train import run
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation of a run: the callbacks ``reluvit.train`` registers (``val/i1k_acc`` at every validation, the few-shot
+"""Evaluation of a run: the callbacks ``reluvit.run.train`` registers (``val/i1k_acc`` at every validation, the few-shot
 probe every ``eval.fewshot.every_n_steps`` and at the end) and ``reluvit evaluate`` for a finished run, which adds
 the metrics to its ``summary.json``."""
 
@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from reluvit.compute import Chrono
+from reluvit.run.compute import Chrono
 from reluvit.evaluate.fewshot import FewshotEvaluator, evaluating
 from reluvit.evaluate.i1k import I1kAccuracy, I1kRestriction, i1k_counts, i1k_val_loader, is_21k_label_set, run_wnids
 
@@ -76,7 +76,7 @@ def evaluation_callbacks(cfg: DictConfig, batch_size: int) -> list[pl.Callback]:
 
 def locate(target: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint) of a run directory or of a checkpoint inside ``<run>/checkpoints/``."""
-    from reluvit.train import SUMMARY, last_checkpoint  # (train imports this module)
+    from reluvit.run.train import SUMMARY, last_checkpoint  # (train imports this module)
 
     target = Path(target)
     if target.is_file():
@@ -94,9 +94,9 @@ def evaluate_run(target: str | Path, overrides: list[str] = (), device: str | No
     """Evaluate a run's checkpoint as ``eval`` (the current defaults with ``overrides``, e.g. ``eval=embedded``)
     describes, add the metrics to its ``summary.json`` (with what was evaluated under ``evaluation``) and return
     them. The run's ``config`` is left as trained."""
-    from reluvit.config import ConfigError, compose, validate_eval
-    from reluvit.module import ViTClassifier
-    from reluvit.train import SUMMARY, read_summary, write_json_atomic
+    from reluvit.run.config import ConfigError, compose, validate_eval
+    from reluvit.run.module import ViTClassifier
+    from reluvit.run.train import SUMMARY, read_summary, write_json_atomic
 
     bad = [o for o in overrides if not o.split("=")[0].lstrip("+~").startswith("eval")]
     if bad:

@@ -133,7 +133,7 @@ def _embedded(name: str, size: int, in_chans: int, batch_size: int) -> tuple[Dat
     dataset is probed on images it never saw."""
     import yaml
 
-    from reluvit.config import CONF_DIR
+    from reluvit.run.config import CONF_DIR
 
     split = yaml.safe_load((CONF_DIR / "data" / f"{name}.yaml").read_text())
     data = EMBEDDED[name]()

@@ -17,15 +17,17 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from reluvit import ROOT
+
 from reluvit.attention import GATE_ACTIVATIONS, GELU_APPROXIMATIONS, LEARN_ALPHA, POINTWISE, SEQ_LEN_MODES
 from reluvit.data import DATASETS
 from reluvit.data.labels import MISSING_POLICIES, TIMM_LISTS
 from reluvit.evaluate.transfer import NAMES as TRANSFER_SETS
 from reluvit.kernels import FUSED_ACTIVATIONS, IMPLS
 from reluvit.models import ATTENTIONS, POOLS, parse_variant
-from reluvit.module import LOSSES
+from reluvit.run.module import LOSSES
 
-CONF_DIR = Path(os.environ.get("RELUVIT_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+CONF_DIR = Path(os.environ.get("RELUVIT_CONF_DIR", ROOT / "conf"))
 
 
 @dataclass

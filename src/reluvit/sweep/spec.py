@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[2]
+from reluvit import ROOT
+
 SWEEPS_DIR = Path(os.environ.get("RELUVIT_SWEEPS_DIR", ROOT / "sweeps"))
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5")
 SCALES = ("smoke", "paper")
@@ -87,7 +88,7 @@ def load(figure: str, scale: str, seeds: list[int] | None = None, sweeps_dir: Pa
 
 def expected_runs(sweep: Sweep, gpu: bool) -> list[str]:
     """Run names of every runnable point, by composing each point's config (the same names the runs get)."""
-    from reluvit.config import compose_grid
+    from reluvit.run.config import compose_grid
 
     points = [point for block in sweep.runnable(gpu) for point in block.points()]
     return list(dict.fromkeys(cfg.run_name for cfg in compose_grid(points)))  # a point shared by two blocks is one run
@@ -97,7 +98,7 @@ def preflight(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[list[str]]
     """Every runnable point with ``extra``, composed and validated: a bad value anywhere in the grid (a typo, a
     missing dataset) fails here with the key and the run named, before the first run starts or a job is submitted.
     Returns the points' override lists."""
-    from reluvit.config import ConfigError, compose_grid, validate
+    from reluvit.run.config import ConfigError, compose_grid, validate
 
     points = [[*p, *extra] for block in sweep.runnable(gpu) for p in block.points()]
     for cfg in compose_grid([[o for o in p if not o.startswith("hydra.")] for p in points]):
@@ -111,7 +112,7 @@ def preflight(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[list[str]]
 def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluster: str = "local",
            runs_dir: Path = Path("runs")) -> list[str]:
     """Check every point (:func:`preflight`), then ``local``: run every runnable block as one ``python -m
-    reluvit.train -m`` call, here; ``slurm``: submit every point through submitit to the cluster of profile
+    reluvit.run.train -m`` call, here; ``slurm``: submit every point through submitit to the cluster of profile
     ``cluster`` and wait. A failed run does not stop the others. Completed points are skipped by the runs
     themselves, so re-launching a sweep resumes it. Returns what failed, one line each (empty: all finished)."""
     if launcher not in LAUNCHERS:
@@ -119,7 +120,7 @@ def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluste
     extra = [f"logger.group={sweep.figure}-{sweep.scale}", *extra]
     points = preflight(sweep, gpu, extra)
     if launcher == "slurm":
-        from reluvit.launch import submit_sweep
+        from reluvit.sweep.slurm import submit_sweep
 
         outcomes = submit_sweep(sweep, points, cluster, runs_dir)
         failed = [f"job {job}: {out}" for job, out in outcomes.items() if out not in ("completed", "diverged")]
@@ -132,7 +133,7 @@ def launch(sweep: Sweep, launcher: str, gpu: bool, extra: list[str] = (), cluste
     failed = []
     for i, block in enumerate(blocks, 1):
         print(f"=== {sweep.figure}-{sweep.scale}: block {i}/{len(blocks)}, {block.size} runs", flush=True)
-        cmd = [sys.executable, "-m", "reluvit.train", "-m", *block.multirun_overrides(), *extra]
+        cmd = [sys.executable, "-m", "reluvit.run.train", "-m", *block.multirun_overrides(), *extra]
         if code := subprocess.run(cmd).returncode:  # Hydra runs every point of the block before it fails
             failed.append(f"block {i} ({' '.join(block.multirun_overrides())}): exit status {code}")
     return failed
@@ -153,6 +154,6 @@ def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool) -> pd.DataF
 
 def plot(sweep: Sweep, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Draw the sweep's figure from the roll-up with the layout of its sweep file."""
-    from reluvit import plots
+    from reluvit.report import plots
 
     return getattr(plots, sweep.figure)(runs, stem=out_dir / sweep.scale / sweep.figure, **sweep.plot)

@@ -1,8 +1,8 @@
 """Submit a sweep to SLURM with submitit: one job array per resource class, a cap on the jobs running at once,
 resources derived from the model size and the cluster profile (``slurm/profiles/<name>.yaml``).
 
-Each job is a :class:`reluvit.job.TrainJob` that trains one grid point in its stable run directory. On a time-out or a
-preemption the run checkpoints at the next step boundary (:mod:`reluvit.requeue`), submitit calls the job's
+Each job is a :class:`reluvit.sweep.job.TrainJob` that trains one grid point in its stable run directory. On a time-out or a
+preemption the run checkpoints at the next step boundary (:mod:`reluvit.run.requeue`), submitit calls the job's
 ``checkpoint`` and requeues it with the same overrides, and the run continues from that step.
 """
 
@@ -19,11 +19,12 @@ from pathlib import Path
 import submitit
 import yaml
 
-from reluvit.config import ConfigError, compose_grid
-from reluvit.job import TrainJob
+from reluvit import ROOT
+from reluvit.run.config import ConfigError, compose_grid
+from reluvit.sweep.job import TrainJob
 from reluvit.models import parse_variant
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
+PROFILES_DIR = ROOT / "slurm" / "profiles"
 # GPUs one run asks for, by model size: enough memory and speed for the recipe's global batch of 4096 with
 # gradient accumulation; jobs needing more GPUs than a node has span several nodes.
 GPUS_BY_SIZE = {"micro": 1, "mini": 1, "Ti": 1, "S": 1, "M": 1, "B": 4, "L": 8, "H": 16}

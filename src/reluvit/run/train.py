@@ -1,4 +1,4 @@
-"""Hydra entry point: ``python -m reluvit.train [group=option ...] [key=value ...]`` trains one run;
+"""Hydra entry point: ``python -m reluvit.run.train [group=option ...] [key=value ...]`` trains one run;
 ``-m`` sweeps. A config the code cannot run with exits with status 2 and one line naming the key, before training.
 
 Every run lives in ``<runs_dir>/<run_name>`` (stable per grid point) and ends with ``summary.json``; re-running the
@@ -23,15 +23,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-from reluvit.compute import Chrono
-from reluvit.config import CONF_DIR, ConfigError, augment_for, compose, micro_batch_size, validate
+from reluvit.run.compute import Chrono
+from reluvit.run.config import CONF_DIR, ConfigError, augment_for, compose, micro_batch_size, validate
 from reluvit.data import build_datamodule
 from reluvit.data.stream import SkippedSamples
 from reluvit.evaluate.run import FewshotProbe, evaluation_callbacks
 from reluvit.models import forward_macs
-from reluvit.module import ViTClassifier
-from reluvit.requeue import CheckpointOnSignal
-from reluvit.results import grid_point
+from reluvit.run.module import ViTClassifier
+from reluvit.run.requeue import CheckpointOnSignal
+from reluvit.report.rollup import grid_point
 
 SUMMARY = "summary.json"
 

@@ -18,8 +18,8 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self, overrides: list[str]) -> str:
         import torch
 
-        from reluvit.config import compose
-        from reluvit.train import run
+        from reluvit.run.config import compose
+        from reluvit.run.train import run
 
         torch.set_num_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", torch.get_num_threads())))
         return run(compose(overrides))["status"]
