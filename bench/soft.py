@@ -19,7 +19,6 @@ import torch
 from benchlib import device_name, median_seconds, write_csv
 
 from reluvit.attention import attention_layer
-from reluvit.soft import SoftAttention
 
 SIDES = (7, 14, 28, 56)  # L = 49, 196, 784, 3136
 DIM, HEADS = 384, 6
@@ -30,7 +29,8 @@ def layers(side: int) -> dict[str, torch.nn.Module]:
     return {
         "softmax": attention_layer(activation="softmax")(DIM, num_heads=HEADS, qkv_bias=True, qk_norm=True),
         "relu/L": attention_layer(activation="relu")(DIM, num_heads=HEADS, qkv_bias=True, qk_norm=True),
-        "soft": SoftAttention(DIM, num_heads=HEADS, qkv_bias=True, qk_norm=True, sr=side // LANDMARK_SIDE),
+        "soft": attention_layer(activation="soft", soft=dict(sr=side // LANDMARK_SIDE))(
+            DIM, num_heads=HEADS, qkv_bias=True, qk_norm=True),
     }
 
 

@@ -40,17 +40,17 @@ HARNESS_GOAL = 0.97
 
 def attentions(cuda: bool) -> dict[str, dict]:
     """label -> attention options of the model; relu with the paper's L^-1."""
-    choices = {"softmax (sdpa)": {"attention": "softmax"},
-               "relu (auto)": {"attention": "relu", "alpha": 1.0, "attention_impl": "auto"}}
+    choices = {"softmax (sdpa)": {"activation": "softmax"},
+               "relu (auto)": {"activation": "relu", "alpha": 1.0, "impl": "auto"}}
     if cuda:
-        choices["relu (unfused)"] = {"attention": "relu", "alpha": 1.0, "attention_impl": "reference"}
+        choices["relu (unfused)"] = {"activation": "relu", "alpha": 1.0, "impl": "reference"}
     return choices
 
 
-def make_module(variant: str, img: int, in_chans: int, num_classes: int, options: dict) -> ViTClassifier:
+def make_module(variant: str, img: int, in_chans: int, num_classes: int, attention: dict) -> ViTClassifier:
     torch.manual_seed(0)  # the same weights for every loop that trains this model
-    return ViTClassifier(dict(variant=variant, img_size=img, in_chans=in_chans, num_classes=num_classes, **options),
-                         warmup_steps=5)
+    return ViTClassifier(dict(variant=variant, attention=attention, img_size=img, in_chans=in_chans,
+                              num_classes=num_classes), warmup_steps=5)
 
 
 def make_loader(img: int, in_chans: int, num_classes: int, batch: int, steps: int) -> DataLoader:

@@ -20,6 +20,7 @@ from timm.layers import Attention as TimmAttention
 from timm.models.vision_transformer import VisionTransformer
 
 from reluvit.attention import PointwiseAttention, attention_layer
+from reluvit.errors import ArgumentError
 
 POINTWISE_NAMES = ["relu", "relu2", "gelu", "softplus", "identity", "relu6", "sigmoid"]
 # (activation, gelu_approximate): every point-wise h, the tanh form of gelu, and softmax.
@@ -322,6 +323,7 @@ def test_gradients_finite(activation, gelu_approximate, qk_norm, gate):
         ({"alpha": -0.5}, "alpha"),
         ({"alpha": float("nan")}, "alpha"),
         ({"alpha": float("inf")}, "alpha"),
+        ({"alpha": True}, "alpha"),
         ({"gate": True, "gate_activation": "tanh"}, "gate_activation"),
         ({"gate_activation": "gelu"}, "gate_activation"),
         ({"gelu_approximate": "erf"}, "gelu_approximate"),
@@ -330,11 +332,11 @@ def test_gradients_finite(activation, gelu_approximate, qk_norm, gate):
     ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v),
 )
 def test_bad_options_raise_value_error_naming_the_key(options, key):
-    pattern = rf"(^|[^_a-z]){key}\b"  # 'activation' must not be satisfied by 'gate_activation'
-    with pytest.raises(ValueError, match=pattern):
-        attention_layer(**options)
-    with pytest.raises(ValueError, match=pattern):
-        PointwiseAttention(DIM, HEADS, **options)
+    pattern = rf"^{key}: "  # 'activation' must not be satisfied by 'gate_activation'
+    for build in (attention_layer, functools.partial(PointwiseAttention, DIM, HEADS)):
+        with pytest.raises(ArgumentError, match=pattern) as error:
+            build(**options)
+        assert error.value.name == key and isinstance(error.value, ValueError)
 
 
 def test_dim_not_divisible_by_heads_raises():
@@ -438,7 +440,8 @@ def test_model_with_attention_layers_pickles():
 
     from reluvit import create_model
 
-    model = create_model("mini/4", attention="relu2", alpha=0.5, gate=True, img_size=28, in_chans=1, num_classes=10)
+    model = create_model("mini/4", attention=dict(activation="relu2", alpha=0.5, gate=True), img_size=28, in_chans=1,
+                         num_classes=10)
     clone = pickle.loads(pickle.dumps(model))
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)

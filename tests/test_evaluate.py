@@ -118,7 +118,7 @@ def test_l2_grid_chooses_by_cross_validation_inside_the_fewshot_set():
 
 def test_evaluator_on_vit_features_skips_missing_sets_with_a_warning():
     torch.manual_seed(0)
-    model = create_model("mini/2", attention="relu", num_classes=10, img_size=8, in_chans=1)
+    model = create_model("mini/2", attention=dict(activation="relu"), num_classes=10, img_size=8, in_chans=1)
     evaluator = FewshotEvaluator(["digits", "birds"], {"birds": None}, img_size=8, in_chans=1, shots=[1, 10],
                                  seeds=[0, 1])
     with pytest.warns(MissingTransferSet, match="birds"):

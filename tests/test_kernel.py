@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from reluvit.attention import POINTWISE, PointwiseAttention
+from reluvit.errors import ArgumentError
 from reluvit.kernels import fused_pointwise_attention, reference_pointwise_attention, select_impl
+from reluvit.models import create_model
 from reluvit.run.train import attention_impl
 
 triton = pytest.importorskip("triton")  # torch's CUDA wheels bring it; CPU-only installs test the reference path
@@ -186,17 +188,25 @@ def test_forced_fused_says_why_it_cannot_run(kwargs, match):
         select_impl("fused", **kwargs)
 
 
-def test_impl_is_checked_where_it_is_set(tiny_cfg):
-    from reluvit.run.config import ConfigError, validate
-
-    with pytest.raises(ValueError, match="impl='fused' has kernels for relu, relu2"):
+def test_impl_is_checked_where_it_is_set():
+    with pytest.raises(ArgumentError, match="^impl: 'fused' has kernels for relu, relu2 .* not 'gelu'") as error:
         PointwiseAttention(64, num_heads=2, activation="gelu", impl="fused")
-    with pytest.raises(ValueError, match="impl='flash' is not one of"):
+    assert error.value.name == "impl"
+    with pytest.raises(ArgumentError, match="^impl: 'flash' is not one of: auto, ") as error:
         PointwiseAttention(64, num_heads=2, impl="flash")
-    with pytest.raises(ConfigError, match="attention.impl: 'fused' has kernels for relu, relu2"):
-        validate(tiny_cfg("attention=gelu", "attention.impl=fused"))
+    assert error.value.name == "impl"
+    with pytest.raises(ArgumentError, match="^attention.impl: 'fused' has kernels for relu, relu2") as error:
+        create_model("mini/4", img_size=28, attention=dict(activation="gelu", impl="fused"))
+    assert error.value.name == "attention.impl"
     softmax = PointwiseAttention(64, num_heads=2, activation="softmax", impl="fused")  # softmax runs SDPA anyway
     assert attention_impl(softmax) == "sdpa"
+
+
+def test_impl_is_checked_in_the_config(tiny_cfg):
+    from reluvit.run.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="attention.impl: 'fused' has kernels for relu, relu2"):
+        validate(tiny_cfg("attention=gelu", "attention.impl=fused"))
 
 
 def test_fig1_shows_measured_core_hours_and_analytic_flops(tmp_path, monkeypatch):

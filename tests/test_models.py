@@ -7,6 +7,8 @@ Paper-scale models are built on the meta device (shapes only, no memory, no init
 from __future__ import annotations
 
 import math
+import re
+from functools import partial
 
 import pytest
 import timm
@@ -15,6 +17,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from reluvit import SIZES, PointwiseAttention, create_model
+from reluvit.attention import ATTENTIONS
+from reluvit.errors import ArgumentError
 from reluvit.models import Size, forward_macs, parse_variant
 
 BIG_VISION = {  # width, depth, mlp_dim, heads: spec Sec. 3 ("Table 2 of arXiv 2106.04560")
@@ -83,7 +87,8 @@ def test_sizes_are_big_vision():
 @pytest.mark.parametrize("size", list(BIG_VISION))
 def test_every_size_builds(size, patch):
     width, depth, mlp, heads = BIG_VISION[size]
-    model = create_model(f"{size}/{patch}", attention="relu", qk_norm=True, num_classes=21843, device="meta")
+    model = create_model(f"{size}/{patch}", attention=dict(activation="relu", qk_norm=True), num_classes=21843,
+                         device="meta")
     assert model.embed_dim == width and len(model.blocks) == depth
     assert model.patch_embed.proj.kernel_size == (patch, patch) and model.patch_embed.proj.stride == (patch, patch)
     assert model.patch_embed.num_patches == (224 // patch) ** 2
@@ -101,7 +106,7 @@ def test_every_size_builds(size, patch):
 @pytest.mark.parametrize("variant", ["Ti/16", "Ti/32"])
 def test_small_real_model_forward(variant):
     torch.manual_seed(0)
-    model = create_model(variant, attention="relu", num_classes=7, pool="tok", rep_size=True).eval()
+    model = create_model(variant, attention=dict(activation="relu"), num_classes=7, pool="tok", rep_size=True).eval()
     with torch.no_grad():
         y = model(torch.randn(1, 3, 224, 224))
     assert y.shape == (1, 7) and torch.isfinite(y).all()
@@ -119,8 +124,8 @@ def test_mlp_uses_tanh_gelu():
 @pytest.mark.parametrize("variant", list(SPEC_TABLE))
 def test_param_counts_match_spec_table(variant):
     i21k, i1k, _ = SPEC_TABLE[variant]
-    m21 = create_model(variant, attention="relu", qk_norm=False, device="meta", **I21K)
-    m1 = create_model(variant, attention="relu", qk_norm=False, device="meta", **I1K)
+    m21 = create_model(variant, attention=dict(activation="relu", qk_norm=False), device="meta", **I21K)
+    m1 = create_model(variant, attention=dict(activation="relu", qk_norm=False), device="meta", **I1K)
     assert abs(n_params(m21) / 1e6 - i21k) <= 0.05
     assert abs(n_params(m1) / 1e6 - i1k) <= 0.05
 
@@ -131,7 +136,8 @@ def test_param_count_matches_timm_vit(variant, timm_name):
     """Same architecture as timm's ViT, except for one thing: big_vision adds the posemb before prepending the class
     token, so there is no posemb row for it (timm: ``no_embed_class=True``). With that flag the two models have the
     same parameters name for name; the stock timm model has exactly one extra posemb row (``width`` parameters)."""
-    ours = create_model(variant, attention="softmax", qk_norm=False, pool="tok", num_classes=1000, device="meta")
+    ours = create_model(variant, attention=dict(activation="softmax", qk_norm=False), pool="tok", num_classes=1000,
+                        device="meta")
     same = timm.create_model(timm_name, pretrained=False, no_embed_class=True, device="meta")
     stock = timm.create_model(timm_name, pretrained=False, device="meta")
     assert n_params(ours) == n_params(same)
@@ -141,9 +147,9 @@ def test_param_count_matches_timm_vit(variant, timm_name):
 
 
 def test_qk_norm_and_gate_parameters():
-    base = create_model("S/16", qk_norm=False, device="meta", **I21K)
-    qk = create_model("S/16", qk_norm=True, device="meta", **I21K)
-    gated = create_model("S/16", qk_norm=False, gate=True, device="meta", **I21K)
+    base = create_model("S/16", attention=dict(qk_norm=False), device="meta", **I21K)
+    qk = create_model("S/16", attention=dict(qk_norm=True), device="meta", **I21K)
+    gated = create_model("S/16", attention=dict(qk_norm=False, gate=True), device="meta", **I21K)
     assert n_params(qk) - n_params(base) == 12 * 2 * 64  # one head_dim scale for q and one for k per block
     assert n_params(gated) - n_params(base) == 12 * (384 * 384 + 384)
 
@@ -163,7 +169,7 @@ def test_forward_macs_match_spec_table(variant):
                                              ("L/16", 8.1)])
 def test_gate_mac_overhead_matches_spec(variant, percent):
     base = forward_macs(variant, img_size=224, num_classes=21843)
-    gated = forward_macs(variant, img_size=224, num_classes=21843, gate=True)
+    gated = forward_macs(variant, img_size=224, num_classes=21843, attention=dict(gate=True))
     assert abs(100 * (gated / base - 1) - percent) <= 0.06
 
 
@@ -173,23 +179,25 @@ def test_gate_mac_overhead_matches_spec(variant, percent):
         ("mini/4", {}),
         ("mini/4", {"pool": "tok"}),
         ("mini/4", {"pool": "tok", "rep_size": True}),
-        ("mini/4", {"gate": True}),
-        ("mini/7", {"pool": "tok", "rep_size": True, "gate": True}),
+        ("mini/4", {"attention": {"gate": True}}),
+        ("mini/7", {"pool": "tok", "rep_size": True, "attention": {"gate": True}}),
         ("mini/2", {}),
     ],
     ids=str,
 )
-@pytest.mark.parametrize("attention", ["relu", "relu2"])
-def test_forward_macs_match_flop_counter(variant, options, attention):
+@pytest.mark.parametrize("activation", ["relu", "relu2"])
+def test_forward_macs_match_flop_counter(variant, options, activation):
     """An independent count: torch's FlopCounterMode over a real forward (the point-wise path is explicit matmuls,
-    which the counter sees; FLOPs = 2 x MACs)."""
+    which the counter sees; FLOPs = 2 x MACs). forward_macs takes create_model's arguments."""
     torch.manual_seed(0)
-    model = create_model(variant, attention=attention, img_size=28, in_chans=1, num_classes=10, **options).eval()
+    options = {**options, "attention": {"activation": activation, **options.get("attention", {})},
+               "img_size": 28, "in_chans": 1, "num_classes": 10}
+    model = create_model(variant, **options).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.randn(1, 1, 28, 28))
     counted = counter.get_total_flops() / 2
-    macs = forward_macs(variant, img_size=28, num_classes=10, in_chans=1, **options)
+    macs = forward_macs(variant, **options)
     assert counted > 0
     assert abs(macs - counted) / counted <= 0.01
     assert macs == counted  # both count exactly the matrix products (conv, linear, the two L x L products)
@@ -216,30 +224,49 @@ def test_create_model_accepts_small_patches():
 
 @pytest.mark.parametrize("variant", ["X/16", "S16", "S/0", "S/", "/16", "s/16", "S/16/2", "S/-4", " S/16", ""])
 def test_bad_variant_raises(variant):
-    with pytest.raises(ValueError, match="variant"):
-        parse_variant(variant)
-    with pytest.raises(ValueError, match="variant"):
-        create_model(variant, device="meta")
-    with pytest.raises(ValueError, match="variant"):
-        forward_macs(variant, img_size=224, num_classes=10)
+    message = rf"^variant: {re.escape(repr(variant))} is not '<size>/<patch>'"
+    for build in (parse_variant, partial(create_model, device="meta"),
+                  partial(forward_macs, img_size=224, num_classes=10)):
+        with pytest.raises(ArgumentError, match=message) as error:
+            build(variant)
+        assert error.value.name == "variant"
 
 
 @pytest.mark.parametrize("variant,img_size", [("S/16", 100), ("S/32", 200), ("mini/3", 28)])
 def test_patch_must_divide_img_size(variant, img_size):
-    with pytest.raises(ValueError, match="divide"):
+    patch = variant.split("/")[1]
+    with pytest.raises(ArgumentError, match=f"^variant: patch size {patch} does not divide img_size {img_size}$") as e:
         create_model(variant, img_size=img_size, device="meta")
+    assert e.value.name == "variant"
 
 
 def test_bad_pool_raises():
-    with pytest.raises(ValueError, match="pool"):
+    with pytest.raises(ArgumentError, match="^pool: 'cls' is not one of: gap, tok$") as e:
         create_model("mini/4", img_size=28, pool="cls")
+    assert e.value.name == "pool" and isinstance(e.value, ValueError)
 
 
-def test_bad_attention_options_raise_through_create_model():
-    with pytest.raises(ValueError, match="activation"):
-        create_model("mini/4", img_size=28, attention="tanh")
-    with pytest.raises(ValueError, match="alpha"):
-        create_model("mini/4", img_size=28, alpha=-1.0)
+@pytest.mark.parametrize(
+    "attention,name,message",
+    [
+        ({"activation": "tanh"}, "attention.activation", f"'tanh' is not one of: {', '.join(ATTENTIONS)}"),
+        ({"alpha": -1.0}, "attention.alpha", "-1.0 is not a finite real >= 0"),
+        ({"activation": "softmax", "alpha": float("nan")}, "attention.alpha", "nan is not a finite real >= 0"),
+        ({"gate": True, "gate_activation": "tanh"}, "attention.gate_activation", "'tanh' is not one of: none, "),
+        ({"seq_len": "tokens"}, "attention.seq_len", "'tokens' is not one of: keys, patches"),
+        ({"learn_alpha": "layer", "alpha": 0}, "attention.alpha", "a learned alpha starts > 0"),
+        ({"activation": "soft", "gate": True}, "attention.gate", "SOFT attention has no gate"),
+        ({"activation": "soft", "impl": "fused"}, "attention.impl", "SOFT has no fused kernel"),
+        ({"activation": "soft", "soft": {"sr": 0}}, "attention.soft.sr", "0 is not an integer >= 1"),
+        ({"activation": "soft", "soft": {"local_kernel": 4}}, "attention.soft.local_kernel", "4 is not odd"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "." in v else None,
+)
+def test_bad_attention_options_raise_through_create_model(attention, name, message):
+    """create_model names the refused option by its place in its arguments: ``attention.<key>``."""
+    with pytest.raises(ArgumentError, match=f"^{re.escape(name)}: {re.escape(message)}") as error:
+        create_model("mini/4", img_size=28, attention=attention)
+    assert error.value.name == name and isinstance(error.value, ValueError)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,8 +289,8 @@ def test_gap_has_no_class_token_tok_has_one():
 def s16():
     """A real S/16 (i1k recipe: class token, pre-logits, head bias -6.9) with the gate on."""
     torch.manual_seed(0)
-    return create_model("S/16", attention="relu", pool="tok", rep_size=True, num_classes=1000, head_bias_init=-6.9,
-                        gate=True)
+    return create_model("S/16", attention=dict(activation="relu", gate=True), pool="tok", rep_size=True,
+                        num_classes=1000, head_bias_init=-6.9)
 
 
 def test_head_zero_kernel_and_constant_bias(s16):
@@ -383,7 +410,9 @@ def test_rep_size_respects_device_and_dtype():
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_every_block_uses_the_requested_attention(attention, alpha, extra):
-    model = create_model("S/16", attention=attention, alpha=alpha, device="meta", **extra)
+    pool = {"pool": extra["pool"]} if "pool" in extra else {}  # a create_model argument, the rest attention's
+    options = {key: value for key, value in extra.items() if key != "pool"}
+    model = create_model("S/16", attention=dict(activation=attention, alpha=alpha, **options), device="meta", **pool)
     num_prefix = 1 if extra.get("pool") == "tok" else 0
     for block in model.blocks:
         attn = block.attn
@@ -402,9 +431,10 @@ def test_every_block_uses_the_requested_attention(attention, alpha, extra):
 
 def test_seq_len_patches_in_a_real_model():
     """With the class token and seq_len='patches', L is the number of patches (49 here), not of keys (50)."""
-    model = create_model("mini/4", img_size=28, in_chans=1, num_classes=10, attention="relu", alpha=1.0,
-                         pool="tok", seq_len="patches")
+    model = create_model("mini/4", img_size=28, in_chans=1, num_classes=10, pool="tok",
+                         attention=dict(activation="relu", alpha=1.0, seq_len="patches"))
     attn = model.blocks[0].attn
     assert attn.length_factor(50) == pytest.approx(1 / 49)
-    keys = create_model("mini/4", img_size=28, in_chans=1, num_classes=10, attention="relu", alpha=1.0, pool="tok")
+    keys = create_model("mini/4", img_size=28, in_chans=1, num_classes=10, attention=dict(activation="relu", alpha=1.0),
+                        pool="tok")
     assert keys.blocks[0].attn.length_factor(50) == pytest.approx(1 / 50)

@@ -5,6 +5,7 @@ gradcheck for the analytic backward, and the paper's table for SOFT-Tiny."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import timm
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from reluvit import soft
+from reluvit.attention import attention_layer
+from reluvit.errors import ArgumentError
 from reluvit.models import create_model, forward_macs
 from reluvit.soft import SoftAttention, newton_pinv
 
@@ -179,12 +182,34 @@ def test_bf16_autocast_forward_and_backward():
     assert torch.isfinite(x.grad).all() and torch.isfinite(layer.landmarks.conv.weight.grad).all()
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"sr": 0}, "sr"), ({"newton_iters": -1}, "newton_iters"), ({"local_kernel": 4}, "local_kernel"),
+@pytest.mark.parametrize("options,name,message", [
+    ({"sr": 0}, "sr", "0 is not an integer >= 1"),
+    ({"sr": 1.5}, "sr", "1.5 is not an integer >= 1"),
+    ({"newton_iters": -1}, "newton_iters", "-1 is not an integer >= 0"),
+    ({"local_kernel": 4}, "local_kernel", "4 is not odd"),
+    ({"gate": True}, "gate", "SOFT attention has no gate"),
+    ({"impl": "fused"}, "impl", "SOFT has no fused kernel"),
 ])
-def test_bad_options(options, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_options(options, name, message):
+    with pytest.raises(ArgumentError, match=f"^{name}: {re.escape(message)}") as error:
         SoftAttention(64, 2, **options)
+    assert error.value.name == name and isinstance(error.value, ValueError)
+
+
+def test_attention_layer_builds_soft_with_its_options():
+    """attention_layer(activation="soft", soft=...) binds SOFT's options (and the grid's shared ones) to a
+    SoftAttention subclass; refused options are named by their place in its arguments (``soft.<key>``)."""
+    cls = attention_layer(activation="soft", soft=dict(sr=4, newton_iters=5, local_kernel=0, sym_norm=True),
+                          num_prefix_tokens=1)
+    assert isinstance(cls, type) and issubclass(cls, SoftAttention) and cls is not SoftAttention
+    layer = cls(64, num_heads=2, qkv_bias=True)
+    assert (layer.sr, layer.newton_iters, layer.local, layer.sym_norm) == (4, 5, None, True)
+    assert layer.num_prefix_tokens == 1
+    for options, name in [({"soft": {"sr": 0}}, "soft.sr"), ({"soft": {"local_kernel": 2}}, "soft.local_kernel"),
+                          ({"gate": True}, "gate"), ({"impl": "fused"}, "impl")]:
+        with pytest.raises(ArgumentError, match=f"^{re.escape(name)}: ") as error:
+            attention_layer(activation="soft", **options)
+        assert error.value.name == name
 
 
 def test_masks_and_non_square_grids_are_refused():
@@ -199,16 +224,17 @@ def test_masks_and_non_square_grids_are_refused():
 
 
 def test_vit_with_soft_attention_and_its_macs():
-    """create_model(attention="soft") has SOFT in every block, and forward_macs counts what FlopCounterMode counts."""
+    """create_model(attention={"activation": "soft", ...}) has SOFT in every block, and forward_macs (same arguments)
+    counts what FlopCounterMode counts."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    options = dict(sr=2, newton_iters=20, local_kernel=3, sym_norm=False)
-    model = create_model("micro/2", attention="soft", soft=options, img_size=28, in_chans=1, num_classes=10).eval()
+    attention = dict(activation="soft", soft=dict(sr=2, newton_iters=20, local_kernel=3, sym_norm=False))
+    model = create_model("micro/2", attention=attention, img_size=28, in_chans=1, num_classes=10).eval()
     assert sum(isinstance(m, SoftAttention) for m in model.modules()) == 2
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.randn(1, 1, 28, 28))
-    macs = forward_macs("micro/2", img_size=28, num_classes=10, in_chans=1, soft=options)
+    macs = forward_macs("micro/2", attention=attention, img_size=28, num_classes=10, in_chans=1)
     assert counter.get_total_flops() / 2 == pytest.approx(macs, rel=0.01)
 
 

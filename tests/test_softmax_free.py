@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 
 from reluvit.sweep import spec as sweeps
 from reluvit.attention import PointwiseAttention
+from reluvit.errors import ArgumentError
 from reluvit.run.train import run as train_run
 from test_attention import HEADS, N, make_input, make_layer, reference, rel_err, run
 from test_train import train_losses
@@ -73,15 +75,18 @@ def test_learned_alpha_per_head_gets_per_head_gradients():
     assert len(set(layer.raw_alpha.grad.flatten().tolist())) == HEADS
 
 
-@pytest.mark.parametrize("options,key", [
-    ({"activation": "softmax", "learn_alpha": "layer"}, "learn_alpha"),
-    ({"activation": "relu", "learn_alpha": "layer", "alpha": 0.0}, "learn_alpha"),
-    ({"learn_alpha": "always"}, "learn_alpha"),
-    ({"activation": "sigmoid_attn", "sigmoid_bias": float("nan")}, "sigmoid_bias"),
+@pytest.mark.parametrize("options,key,message", [
+    ({"activation": "softmax", "learn_alpha": "layer"}, "learn_alpha", "'layer' needs a point-wise activation"),
+    ({"activation": "sigmoid_attn", "learn_alpha": "head"}, "learn_alpha", "'head' needs a point-wise activation"),
+    ({"activation": "relu", "learn_alpha": "layer", "alpha": 0.0}, "alpha", "a learned alpha starts > 0"),
+    ({"learn_alpha": "always"}, "learn_alpha", "'always' is not one of: none, layer, head"),
+    ({"activation": "sigmoid_attn", "sigmoid_bias": float("nan")}, "sigmoid_bias", "nan is not a finite real"),
+    ({"activation": "sigmoid_attn", "sigmoid_bias": "-2"}, "sigmoid_bias", "'-2' is not a finite real"),
 ])
-def test_bad_options(options, key):
-    with pytest.raises(ValueError, match=key):
+def test_bad_options(options, key, message):
+    with pytest.raises(ArgumentError, match=f"^{key}: {re.escape(message)}") as error:
         PointwiseAttention(96, 3, **options)
+    assert error.value.name == key and isinstance(error.value, ValueError)
 
 
 @pytest.mark.parametrize("overrides,message", [

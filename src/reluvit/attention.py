@@ -9,7 +9,8 @@ Every member computes, per head, ``o_i = sum_j a_ij v_j`` from the logits ``s_ij
 * ``sigmoid_attn`` (Ramapuram et al. 2024, arXiv 2409.04431): ``a_ij = sigmoid(s_ij + b)``, ``b = -log L`` unless
   ``sigmoid_bias`` is given (no ``L^-alpha`` factor: not the point-wise ``L^-alpha sigmoid``).
 
-SOFT (``attention="soft"``), whose keys are its queries, is its own layer: :mod:`reluvit.soft`.
+SOFT (``activation="soft"``), whose keys are its queries, is its own layer (:mod:`reluvit.soft`);
+:func:`attention_layer` builds either from the ``attention`` config.
 
 Options shared by all members: ``qk_norm`` (flax ``normalize_qk``: LayerNorm over head_dim on q and k, learnable
 scale shared across heads, no bias, eps 1e-6) and ``gate`` (GAU-style: ``proj(g(W_g x) * concat_heads(o))``,
@@ -22,7 +23,7 @@ timm builds its attention with ``attn_layer(dim, num_heads=..., qkv_bias=..., ..
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial, partialmethod
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reluvit import kernels
+from reluvit.errors import ArgumentError, check_choice
 
 # h of the point-wise family, applied to the scaled logits.
 POINTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -42,7 +44,9 @@ POINTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
 }
 SIGMOID_ATTENTION = "sigmoid_attn"
-ACTIVATIONS = ("softmax", *POINTWISE, SIGMOID_ATTENTION)
+SOFT = "soft"  # reluvit.soft.SoftAttention
+ACTIVATIONS = ("softmax", *POINTWISE, SIGMOID_ATTENTION)  # the members of PointwiseAttention
+ATTENTIONS = (*ACTIVATIONS, SOFT)  # what attention_layer builds
 LEARN_ALPHA = ("none", "layer", "head")  # alpha fixed, one learned alpha per layer, or one per head
 GATE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda g: g,
@@ -84,22 +88,24 @@ class PointwiseAttention(nn.Module):
         **_: object,  # timm passes keys only some layers use (e.g. ``depth``); ignore the rest
     ) -> None:
         super().__init__()
-        _check_choice("activation", activation, ACTIVATIONS)
-        _check_choice("gate_activation", gate_activation, tuple(GATE_ACTIVATIONS))
-        _check_choice("gelu_approximate", gelu_approximate, GELU_APPROXIMATIONS)
-        _check_choice("seq_len", seq_len, SEQ_LEN_MODES)
-        _check_choice("learn_alpha", learn_alpha, LEARN_ALPHA)
-        _check_choice("impl", impl, kernels.IMPLS)
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("gate_activation", gate_activation, tuple(GATE_ACTIVATIONS))
+        check_choice("gelu_approximate", gelu_approximate, GELU_APPROXIMATIONS)
+        check_choice("seq_len", seq_len, SEQ_LEN_MODES)
+        check_choice("learn_alpha", learn_alpha, LEARN_ALPHA)
+        check_choice("impl", impl, kernels.IMPLS)
         if impl == "fused" and activation != "softmax" and activation not in kernels.FUSED_ACTIVATIONS:
-            raise ValueError(f"impl='fused' has kernels for {', '.join(kernels.FUSED_ACTIVATIONS)} (softmax: SDPA), "
-                             f"not {activation!r}; use impl='auto' or 'reference'")
-        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite real >= 0, got {alpha!r}")
-        if learn_alpha != "none" and (activation not in POINTWISE or alpha == 0):
-            raise ValueError(f"learn_alpha={learn_alpha!r} needs a point-wise activation and an initial alpha > 0 "
-                             f"(alpha = softplus(raw), which never reaches 0), got {activation!r}, alpha {alpha!r}")
+            raise ArgumentError("impl", f"'fused' has kernels for {', '.join(kernels.FUSED_ACTIVATIONS)} (softmax: "
+                                        f"SDPA), not {activation!r}; use auto or reference")
+        if isinstance(alpha, bool) or not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+            raise ArgumentError("alpha", f"{alpha!r} is not a finite real >= 0")
+        if learn_alpha != "none" and activation not in POINTWISE:
+            raise ArgumentError("learn_alpha", f"{learn_alpha!r} needs a point-wise activation "
+                                               f"({', '.join(POINTWISE)}), not {activation!r}")
+        if learn_alpha != "none" and alpha == 0:
+            raise ArgumentError("alpha", "a learned alpha starts > 0 (alpha = softplus(raw) never reaches 0)")
         if sigmoid_bias is not None and not (isinstance(sigmoid_bias, int | float) and math.isfinite(sigmoid_bias)):
-            raise ValueError(f"sigmoid_bias must be a finite real or None (-log L), got {sigmoid_bias!r}")
+            raise ArgumentError("sigmoid_bias", f"{sigmoid_bias!r} is not a finite real (or None: -log L)")
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         dd = {"device": device, "dtype": dtype}
@@ -212,16 +218,25 @@ def _keep_mask(attn_mask, is_causal, n_q, n_k, device) -> torch.Tensor | None:
     return keep
 
 
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+def attention_layer(activation: str = "relu", *, soft: Mapping | None = None, **options) -> type[nn.Module]:
+    """The ``attn_layer`` class of timm's ``VisionTransformer`` for an ``attention`` config: SOFT for
+    ``activation="soft"`` (its options under ``soft``), else :class:`PointwiseAttention` with ``options`` bound
+    (``alpha``, ``gate``, ...: the options that do not apply to the chosen member are ignored, as softmax ignores
+    alpha). The options are checked here, once, rather than in every block; errors name the option."""
+    check_choice("activation", activation, ATTENTIONS)
+    if activation == SOFT:
+        from reluvit.soft import SoftAttention
 
-
-def attention_layer(**options) -> type[PointwiseAttention]:
-    """A ``PointwiseAttention`` subclass with ``options`` (``activation``, ``alpha``, ``gate``, ...) bound, for
-    ``VisionTransformer(attn_layer=...)``. The options are checked here, once, rather than in every block."""
+        shared = {k: options[k] for k in ("gate", "impl", "num_prefix_tokens") if k in options}
+        try:
+            SoftAttention(8, 1, **(soft or {}))  # fail fast on bad options
+        except ArgumentError as e:
+            raise e.within("soft") from None
+        SoftAttention(8, 1, **shared)
+        return bound_layer(SoftAttention, "SoftAttention", {**(soft or {}), **shared})
+    options = {"activation": activation, **options}
     PointwiseAttention(8, 1, **options)  # fail fast on bad options, with the same messages as the layer
-    name = "".join(part.capitalize() for part in str(options.get("activation", "relu")).split("_")) + "Attention"
+    name = "".join(part.capitalize() for part in activation.split("_")) + "Attention"
     return bound_layer(PointwiseAttention, name, options)
 
 

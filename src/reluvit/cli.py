@@ -1,26 +1,30 @@
-"""``reluvit <command>``: train, demo, sweep, status, results, plots, shards, evaluate."""
+"""``reluvit <command>``: train, sweep, status, results, plots, evaluate, shards, soft-table.
+
+Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status`` never load torch or Lightning.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
+log = logging.getLogger("reluvit")
 RESULTS = Path("results")
+RUNS = Path("runs")
 
 
-def _sweep_args(parser: argparse.ArgumentParser, many: bool) -> None:
-    from reluvit.sweep.spec import FIGURES, SCALES
+def _reference_dir() -> Path:
+    from reluvit import ROOT
 
-    if many:  # (argparse rejects an empty list against choices, so sweep.load checks the names)
-        parser.add_argument("figures", nargs="*", metavar="FIGURE", help=f"any of {', '.join(FIGURES)} (default: all)")
-    else:
-        parser.add_argument("figure", choices=FIGURES, metavar="FIGURE", help=f"one of {', '.join(FIGURES)}")
-    parser.add_argument("--scale", default="smoke", choices=SCALES, help="grid scale (default: smoke)")
-    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                        help="comma-separated seeds replacing the sweep file's (e.g. 0,1,2)")
-    parser.add_argument("--runs-dir", default=Path("runs"), type=Path, help="where runs live (default: runs)")
-    parser.add_argument("--results-dir", default=RESULTS, type=Path, help="tables and figures (default: results)")
+    return ROOT / "results" / "reference"
+
+
+def exit_config_error(error: Exception) -> None:
+    print(f"reluvit: config error: {error}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _gpu() -> bool:
@@ -29,63 +33,60 @@ def _gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def _rollup(args):
-    from reluvit.report.rollup import rollup
-
-    table = rollup(args.runs_dir, args.results_dir / "runs")
-    print(f"roll-up: {len(table)} runs -> {args.results_dir / 'runs'}.parquet / .csv")
-    return table
-
-
-def _sweeps(args):
-    from reluvit.sweep.spec import FIGURES, load
-
-    return [load(f, args.scale, args.seeds) for f in (args.figures or FIGURES)]
+def _results_dir(path: Path) -> Path:
+    """Where tables and figures go; the committed reference results are never written by ordinary commands."""
+    reference = _reference_dir().resolve()
+    if path.resolve().is_relative_to(reference) and not os.environ.get("RELUVIT_WRITE_REFERENCE"):
+        raise SystemExit(f"reluvit: {path} holds the committed reference results; write elsewhere (set "
+                         "RELUVIT_WRITE_REFERENCE=1 to regenerate them from a clean commit)")
+    return path
 
 
-def _shards(args, parser: argparse.ArgumentParser) -> None:
-    from reluvit.data.shards import write_shards
-
-    try:
-        info = write_shards(args.source, args.out, shard_mb=args.shard_mb, val_count=args.val_count,
-                            label_set=args.label_set, resize=args.resize, seed=args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"reluvit shards: {e}\n")
-    for split, part in info["splits"].items():
-        print(f"{split}: {part['num_samples']} images in {len(part['shards'])} shards")
-    print(f"{info['num_classes']} classes (label set {info['label_set']}) -> {args.out / '_info.json'}")
+def _launch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--launcher", default="local", help="local (here, one run after another) | slurm")
+    parser.add_argument("--cluster", default="local", help="SLURM profile: slurm/profiles/<name>.yaml")
 
 
-def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:
-    from reluvit.run.config import ConfigError
-    from reluvit.evaluate.run import evaluate_run
-    from reluvit.run.train import exit_config_error
+def _sweep_args(parser: argparse.ArgumentParser, many: bool) -> None:
+    from reluvit.sweep.spec import SCALES, names
 
-    try:
-        metrics = evaluate_run(args.target, overrides, args.device)
-    except ConfigError as e:
-        exit_config_error(e)
-    except FileNotFoundError as e:
-        parser.exit(2, f"reluvit evaluate: {e}\n")
-    for key, value in metrics.items():
-        if "/seed" not in key:  # per-seed values are in summary.json
-            print(f"{key}: {value:.4f}")
+    known = ", ".join(names())
+    if many:
+        parser.add_argument("sweeps", nargs="*", metavar="SWEEP", help=f"any of {known} (default: all)")
+    else:
+        parser.add_argument("sweep", metavar="SWEEP", help=f"one of {known}")
+    parser.add_argument("--scale", default="smoke", choices=SCALES, help="grid scale (default: smoke)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="comma-separated seeds replacing the sweep file's (e.g. 0,1,2)")
+    _dirs(parser)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="reluvit", description=__doc__)
+def _dirs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default=RUNS, type=Path, help="where runs live (default: runs)")
+    parser.add_argument("--results-dir", default=RESULTS, type=Path,
+                        help="roll-up table and figures (default: results)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reluvit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="one run or a Hydra sweep (-m); Hydra overrides follow", add_help=False)
-    sub.add_parser("demo", help="the demo reproduction on the embedded dataset", add_help=False)
-    run = sub.add_parser("sweep", help="run a figure's sweep, wait, roll up and plot it")
-    _sweep_args(run, many=False)
-    run.add_argument("--launcher", default="local", help="local | slurm (default: local)")
-    run.add_argument("--cluster", default="local", help="SLURM profile: slurm/profiles/<name>.yaml (default: local)")
-    run.epilog = "Any further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
-    for name, text in (("status", "points done / running / failed / diverged / missing per figure"),
-                       ("plots", "roll up and plot what exists"),
-                       ("results", "roll every summary.json up into results/runs.{parquet,csv}")):
+    train = sub.add_parser("train", help="train runs from Hydra overrides (sweep syntax a=1,2 trains every point)")
+    _launch_args(train)
+    train.epilog = "Further arguments are Hydra overrides, e.g. model=s16 attention=relu attention.alpha=0.5,1."
+    sweep = sub.add_parser("sweep", help="train a sweep (a figure, the demo), roll it up, plot it")
+    _sweep_args(sweep, many=False)
+    _launch_args(sweep)
+    sweep.epilog = "Further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
+    for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
+                       ("plots", "roll up and plot what exists")):
         _sweep_args(sub.add_parser(name, help=text), many=True)
+    _dirs(sub.add_parser("results", help="roll every summary.json up into <results-dir>/runs.{parquet,csv}"))
+
+    evaluate = sub.add_parser("evaluate", help="few-shot probe and i1k accuracy of a run; updates its summary.json")
+    evaluate.add_argument("target", type=Path, help="a run directory or a checkpoint in its checkpoints/")
+    evaluate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    evaluate.epilog = ("Further arguments are Hydra overrides of the eval group, e.g. eval=embedded "
+                       "eval.fewshot.shots=[10] (default: conf/eval/default.yaml).")
 
     shards = sub.add_parser("shards", help="write webdataset shards (+ _info.json) that data=shards streams")
     shards.add_argument("source", help="a folder of <class>/<image> (or train/ and val/ of them), a folder of "
@@ -101,66 +102,155 @@ def main() -> None:
     shards.add_argument("--seed", type=int, default=0, help="seed of the sample order and the held-out split")
 
     sub.add_parser("soft-table", help="SOFT's models: params and FLOPs at 224 px against the paper's table")
+    return parser
 
-    evaluate = sub.add_parser("evaluate", help="few-shot probe and i1k accuracy of a run; updates its summary.json")
-    evaluate.add_argument("target", type=Path, help="a run directory or a checkpoint in its checkpoints/")
-    evaluate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    evaluate.epilog = ("Further arguments are Hydra overrides of the eval group, e.g. eval=embedded "
-                       "eval.fewshot.shots=[10] (default: conf/eval/default.yaml).")
 
-    if len(sys.argv) > 1 and sys.argv[1] in ("train", "demo"):  # these parse their own arguments
-        command, sys.argv = sys.argv[1], [f"reluvit {sys.argv[1]}", *sys.argv[2:]]
-        if command == "train":
-            from reluvit.run.train import main as train
-            train()
-        else:
-            from reluvit.demo import main as demo
-            demo()
-        return
+def _train(args, overrides: list[str]) -> None:
+    from reluvit.run.compose import expand
+    from reluvit.sweep.execute import execute, prepare
 
-    args, overrides = parser.parse_known_args()
-    if args.command == "soft-table":
-        from reluvit.soft import table
-
-        print(table())
-        return
-    from reluvit.run.config import ConfigError
-    from reluvit.run.train import exit_config_error
-
-    if args.command == "shards":
-        _shards(args, parser)
-        return
-    if args.command == "evaluate":
-        _evaluate(args, overrides, parser)
-        return
-    if overrides and (args.command != "sweep" or any(o.startswith("-") or "=" not in o for o in overrides)):
-        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    from reluvit.sweep import spec as sweeps
-
-    if args.command == "sweep":
-        one = sweeps.load(args.figure, args.scale, args.seeds)
-        extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
-        try:
-            failed = sweeps.launch(one, args.launcher, _gpu(), extra, args.cluster, args.runs_dir)
-        except ConfigError as e:
-            exit_config_error(e)
-        for path in sweeps.plot(one, _rollup(args), args.results_dir):
-            print(f"figure: {path}")
+    points = prepare(expand(overrides))
+    if failed := execute(points, args.launcher, args.cluster, label="train"):
         for line in failed:
-            print(f"reluvit: failed: {line}", file=sys.stderr)
-        if failed:  # the figure shows what finished; failed runs are in the roll-up with status failed
-            raise SystemExit(1)
-    elif args.command == "status":
-        from reluvit.report.rollup import collect
+            log.error("failed: %s", line)
+        raise SystemExit(1)
 
-        print(sweeps.status_table(_sweeps(args), collect(args.runs_dir), _gpu()).to_string(index=False))
-    elif args.command == "plots":
-        table = _rollup(args)
-        for one in _sweeps(args):
-            for path in sweeps.plot(one, table, args.results_dir):
-                print(f"figure: {path}")
-    else:
-        _rollup(args)
+
+def _sweep(args, overrides: list[str]) -> None:
+    from reluvit.sweep import spec
+    from reluvit.sweep.execute import execute, membership, prepare, tag_figures
+
+    results_dir = _results_dir(args.results_dir)
+    sweep = spec.load(args.sweep, args.scale, args.seeds)
+    extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
+    gpu = _gpu()
+    skipped = [b for b in sweep.blocks if b not in sweep.runnable(gpu)]
+    for block in skipped:
+        log.warning("skipping a block of %d runs that requires a %s", len(block.points()), block.requires)
+    points = prepare(sweep.points(gpu, extra))
+    if any(p.cfg.logger.wandb for p in points):
+        tag_figures(points, membership(args.scale, gpu, extra))
+    log.info("%s-%s: %d runs", sweep.name, sweep.scale, len(points))
+    failed = execute(points, args.launcher, args.cluster, label=f"{sweep.name}-{sweep.scale}")
+    table = _rollup(args.runs_dir, results_dir)
+    runs = table[table["run_dir"].isin([p.cfg.run_dir for p in points])] if len(table) else table
+    _plot(sweep, runs, results_dir)
+    _show(runs)
+    for line in failed:
+        log.error("failed: %s", line)
+    if failed:  # the figure shows what finished; failed runs are in the roll-up with status failed
+        raise SystemExit(1)
+
+
+def _rollup(runs_dir: Path, results_dir: Path):
+    from reluvit.report.rollup import rollup
+
+    table = rollup(runs_dir, results_dir / "runs")
+    log.info("roll-up: %d runs -> %s.parquet / .csv", len(table), results_dir / "runs")
+    return table
+
+
+def _plot(sweep, runs, results_dir: Path) -> None:
+    from reluvit.report import plots
+
+    figure = getattr(plots, sweep.name)(runs, **sweep.plot)
+    for path in plots.save(figure, results_dir / sweep.scale / sweep.name):
+        log.info("figure: %s", path)
+
+
+def _show(runs) -> None:
+    """The sweep's runs, one line each (a count per status when there are many)."""
+    if len(runs) > 40:
+        print(runs["status"].value_counts().to_string())
+        return
+    columns = [c for c in ("run_name", "status", "val_acc", "fewshot_10shot_mean", "val_i1k_acc", "core_hours",
+                           "global_step") if c in runs]
+    print(runs[columns].to_string(index=False) if len(runs) else "no runs")
+
+
+def _sweeps(args) -> list:
+    from reluvit.sweep import spec
+
+    return [spec.load(name, args.scale, args.seeds) for name in args.sweeps or spec.names()
+            if args.sweeps or spec.has_scale(name, args.scale)]
+
+
+def _status(args) -> None:
+    from reluvit.report.rollup import collect
+    from reluvit.report.status import status_table
+
+    extra = [f"runs_dir={args.runs_dir.resolve()}"]
+    print(status_table(_sweeps(args), collect(args.runs_dir), gpu=True, extra=extra).to_string(index=False))
+
+
+def _plots(args) -> None:
+    from reluvit.run.compose import compose_points
+
+    results_dir = _results_dir(args.results_dir)
+    table = _rollup(args.runs_dir, results_dir)
+    extra = [f"runs_dir={args.runs_dir.resolve()}"]
+    for sweep in _sweeps(args):
+        run_dirs = {cfg.run_dir for cfg in compose_points(sweep.points(True, extra))}
+        _plot(sweep, table[table["run_dir"].isin(run_dirs)] if len(table) else table, results_dir)
+
+
+def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:
+    from reluvit.evaluate.run import evaluate_run
+    from reluvit.run.compose import eval_config
+
+    try:
+        metrics = evaluate_run(args.target, eval_config(overrides), args.device)
+    except FileNotFoundError as e:
+        parser.exit(2, f"reluvit evaluate: {e}\n")
+    for key, value in metrics.items():
+        if "/seed" not in key:  # per-seed values are in summary.json
+            print(f"{key}: {value:.4f}")
+
+
+def _shards(args, parser: argparse.ArgumentParser) -> None:
+    from reluvit.data.shards import write_shards
+
+    try:
+        info = write_shards(args.source, args.out, shard_mb=args.shard_mb, val_count=args.val_count,
+                            label_set=args.label_set, resize=args.resize, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"reluvit shards: {e}\n")
+    for split, part in info["splits"].items():
+        print(f"{split}: {part['num_samples']} images in {len(part['shards'])} shards")
+    print(f"{info['num_classes']} classes (label set {info['label_set']}) -> {args.out / '_info.json'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args, overrides = parser.parse_known_args(argv)
+    takes_overrides = ("train", "sweep", "evaluate")
+    if overrides and (args.command not in takes_overrides or any(o.startswith("-") for o in overrides)):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.captureWarnings(True)  # warnings reach train.log too
+    from reluvit.run.schema import ConfigError
+
+    try:
+        if args.command == "train":
+            _train(args, overrides)
+        elif args.command == "sweep":
+            _sweep(args, overrides)
+        elif args.command == "status":
+            _status(args)
+        elif args.command == "plots":
+            _plots(args)
+        elif args.command == "results":
+            _rollup(args.runs_dir, _results_dir(args.results_dir))
+        elif args.command == "evaluate":
+            _evaluate(args, overrides, parser)
+        elif args.command == "shards":
+            _shards(args, parser)
+        else:
+            from reluvit.soft import table
+
+            print(table())
+    except ConfigError as e:
+        exit_config_error(e)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The ViT grid on timm: big_vision's model sizes, pooling heads and initialisers, with the attention family.
 
-``create_model("S/16", attention="relu", alpha=1.0)`` returns a plain ``timm`` ``VisionTransformer`` whose blocks
+``create_model("S/16", attention={"activation": "relu", "alpha": 1.0})`` returns a plain ``timm`` ``VisionTransformer`` whose blocks
 use :class:`reluvit.attention.PointwiseAttention`; everything else (patch embedding, pre-LN blocks, MLP, pooling)
 is timm's own, configured to match big_vision ``models/vit.py``.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from reluvit.attention import ACTIVATIONS, attention_layer
+from reluvit.errors import ArgumentError, check_choice
 
 ATTENTIONS = (*ACTIVATIONS, "soft")  # the attention family, plus SOFT (reluvit.soft), its own layer
 
@@ -49,7 +51,7 @@ def parse_variant(variant: str) -> tuple[Size, int]:
     """``"S/16"`` -> (the S size, patch 16). Any positive patch size is accepted."""
     match = _VARIANT.match(variant)
     if not match or match.group(1) not in SIZES or int(match.group(2)) < 1:
-        raise ValueError(f"variant={variant!r} is not '<size>/<patch>' with size one of: {', '.join(SIZES)}")
+        raise ArgumentError("variant", f"{variant!r} is not '<size>/<patch>' with size one of: {', '.join(SIZES)}")
     return SIZES[match.group(1)], int(match.group(2))
 
 
@@ -64,63 +66,40 @@ class PreLogits(nn.Sequential):
 def create_model(
     variant: str = "S/16",
     *,
-    attention: str = "relu",
-    alpha: float = 1.0,
-    qk_norm: bool = True,
-    gate: bool = False,
+    attention: Mapping | None = None,
     num_classes: int = 1000,
     img_size: int = 224,
     in_chans: int = 3,
     pool: str = "gap",
     rep_size: bool = False,
     head_bias_init: float = 0.0,
-    gate_activation: str = "none",
-    gelu_approximate: str = "none",
-    seq_len: str = "keys",
-    sigmoid_bias: float | None = None,
-    learn_alpha: str = "none",
-    soft: dict | None = None,
-    attention_impl: str = "auto",
     **timm_kwargs,
 ) -> VisionTransformer:
     """Build a big_vision-style ViT with the given attention.
 
     Args:
         variant: ``"<size>/<patch>"``, size in :data:`SIZES` (big_vision's Ti, S, M, B, L, H, plus ``mini``).
-        attention: ``softmax``, a point-wise h (:data:`reluvit.attention.POINTWISE`), ``sigmoid_attn`` or ``soft``.
-        alpha: exponent of the ``L^-alpha`` factor of point-wise attention (ignored by the others); the initial
-            value when ``learn_alpha`` is ``layer`` or ``head``.
-        sigmoid_bias: b of ``sigmoid_attn``, ``sigmoid(s + b)``; None: -log L.
-        soft: options of :class:`reluvit.soft.SoftAttention` (``sr``, ``newton_iters``, ``local_kernel``,
-            ``sym_norm``) for ``attention="soft"``, which has no gate.
-        qk_norm: LayerNorm on queries and keys (flax ``normalize_qk``).
-        gate: GAU-style gate before the output projection; ``gate_activation`` none | silu | sigmoid.
+        attention: the keyword arguments of :func:`reluvit.attention.attention_layer` (the ``attention`` config:
+            ``activation``, ``alpha``, ``qk_norm``, ``gate``, ..., ``soft``); missing keys take their defaults,
+            ``qk_norm`` True (the paper's). ``None``: relu/L with qk-LayerNorm.
         pool: ``gap`` (mean of final-LN tokens, no class token; i21k recipe) or ``tok`` (class token; i1k recipe).
         rep_size: add big_vision's pre-logits Dense(width)+tanh (the i1k recipe).
         head_bias_init: constant head bias (-10 for i21k, -6.9 for i1k, big_vision); the head kernel is zero.
-        seq_len: what L counts: ``keys`` (all tokens) or ``patches`` (excluding the class token).
-        attention_impl: point-wise attention's implementation, ``auto`` | ``fused`` | ``reference``
-            (:func:`reluvit.kernels.select_impl`).
         timm_kwargs: passed to ``VisionTransformer`` last, so they can override the size (``embed_dim``, ...).
+
+    Raises:
+        reluvit.errors.ArgumentError: naming the refused argument (``attention.alpha``, ``pool``, ...).
     """
     size, patch = parse_variant(variant)
-    if pool not in POOLS:
-        raise ValueError(f"pool={pool!r} is not one of: {', '.join(POOLS)}")
+    check_choice("pool", pool, POOLS)
     if img_size % patch:
-        raise ValueError(f"patch size {patch} does not divide img_size {img_size}")
-    num_prefix_tokens = 1 if pool == "tok" else 0
-    if attention == "soft":
-        from reluvit.soft import soft_attention_layer
-
-        if gate:
-            raise ValueError("gate: SOFT attention has no gate")
-        attn_layer = soft_attention_layer(**(soft or {}), num_prefix_tokens=num_prefix_tokens)
-    else:
-        attn_layer = attention_layer(
-            activation=attention, alpha=alpha, gate=gate, gate_activation=gate_activation,
-            gelu_approximate=gelu_approximate, seq_len=seq_len, sigmoid_bias=sigmoid_bias, learn_alpha=learn_alpha,
-            impl=attention_impl, num_prefix_tokens=num_prefix_tokens,
-        )
+        raise ArgumentError("variant", f"patch size {patch} does not divide img_size {img_size}")
+    attention = dict(attention or {})
+    qk_norm = attention.pop("qk_norm", True)  # timm passes it to every attention layer it builds
+    try:
+        attn_layer = attention_layer(**attention, num_prefix_tokens=prefix_tokens(pool))
+    except ArgumentError as e:
+        raise e.within("attention") from None
     kwargs = dict(
         img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
         embed_dim=size.width, depth=size.depth, num_heads=size.heads, mlp_ratio=size.mlp_dim / size.width,
@@ -137,6 +116,11 @@ def create_model(
         model.fc_norm = PreLogits(model.embed_dim, device=model.head.weight.device, dtype=model.head.weight.dtype)
     init_big_vision(model, head_bias_init)
     return model
+
+
+def prefix_tokens(pool: str) -> int:
+    """Tokens in front of the patches: the class token of ``tok`` pooling."""
+    return int(pool == "tok")
 
 
 @torch.no_grad()
@@ -166,19 +150,22 @@ def init_big_vision(model: VisionTransformer, head_bias: float) -> None:
             nn.init.zeros_(model.cls_token)
 
 
-def forward_macs(variant: str, *, img_size: int, num_classes: int, pool: str = "gap", gate: bool = False,
-                 rep_size: bool = False, in_chans: int = 3, soft: dict | None = None) -> int:
-    """Analytic multiply-accumulates of one forward pass (matrix products only: patch embedding, q/k/v/out
-    projections, the two L x L products, MLP, gate, pre-logits, head; with ``soft``, the options of a SOFT
-    attention, :func:`reluvit.soft.soft_attention_macs` in place of attention). Training FLOPs = 6 x this per image."""
+def forward_macs(variant: str, *, attention: Mapping | None = None, img_size: int = 224, num_classes: int = 1000,
+                 pool: str = "gap", rep_size: bool = False, in_chans: int = 3, **_: object) -> int:
+    """Analytic multiply-accumulates of one forward pass of ``create_model`` with the same arguments (matrix products
+    only: patch embedding, q/k/v/out projections, the two L x L products, MLP, gate, pre-logits, head; SOFT's
+    attention by :func:`reluvit.soft.soft_attention_macs`). Training FLOPs = 6 x this per image."""
     size, patch = parse_variant(variant)
-    d, n = size.width, (img_size // patch) ** 2 + (pool == "tok")
-    if soft is not None:
+    attention = attention or {}
+    d, grid = size.width, img_size // patch
+    n = grid**2 + prefix_tokens(pool)
+    if attention.get("activation") == "soft":
         from reluvit.soft import soft_attention_macs
 
-        attention = soft_attention_macs(img_size // patch, d, size.heads, prefix_tokens=int(pool == "tok"), **soft)[0]
+        mixing = soft_attention_macs(grid, d, size.heads, prefix_tokens=prefix_tokens(pool),
+                                     **attention.get("soft", {}))[0]
     else:
-        attention = 4 * n * d * d + 2 * n * n * d + gate * n * d * d
-    per_block = attention + 2 * n * d * size.mlp_dim
-    embed = (img_size // patch) ** 2 * patch * patch * in_chans * d
+        mixing = 4 * n * d * d + 2 * n * n * d + attention.get("gate", False) * n * d * d
+    per_block = mixing + 2 * n * d * size.mlp_dim
+    embed = grid**2 * patch * patch * in_chans * d
     return embed + size.depth * per_block + rep_size * d * d + d * num_classes

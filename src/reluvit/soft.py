@@ -27,6 +27,8 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from reluvit.errors import ArgumentError
+
 NEWTON_ITERS = 20  # all 15 of SOFT's configs
 RIDGE = 0.01  # SOFT's plain kernel inverts K2 + 0.01 I; the IJCV normalised kernel adds nothing
 
@@ -117,6 +119,8 @@ class SoftAttention(nn.Module):
             SOFT's ``Conv2d(heads, heads, k, groups=heads)``); 0 drops the local term.
         sym_norm: the IJCV symmetric normalisation, ``D^-1/2 pinv(K2) D^-1/2`` with ``D = diag(rowsum K2)``.
         ridge: added to K2's diagonal before inverting; ``None``: SOFT's (0.01, or 0 with ``sym_norm``).
+        gate, impl: the grid's attention options that SOFT does not have: only ``False`` and ``auto`` (or
+            ``reference``) are accepted.
         qk_norm: LayerNorm on the (tied) queries, as the grid's other attentions.
         num_prefix_tokens: class/register tokens in front of the patches. They are queries and keys of the kernel
             term like any token (rows of K1) but are neither pooled into landmarks nor part of the local term (which
@@ -141,6 +145,8 @@ class SoftAttention(nn.Module):
         sym_norm: bool = False,
         ridge: float | None = None,
         num_prefix_tokens: int = 0,
+        gate: bool = False,
+        impl: str = "auto",
         device=None,
         dtype=None,
         **_: object,  # timm passes keys only some layers use (norm_layer, scale_norm, depth, ...)
@@ -149,10 +155,14 @@ class SoftAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         for key, value, low in (("sr", sr, 1), ("newton_iters", newton_iters, 0), ("local_kernel", local_kernel, 0)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{key}={value!r} is not an integer >= {low}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ArgumentError(key, f"{value!r} is not an integer >= {low}")
         if local_kernel and local_kernel % 2 == 0:
-            raise ValueError(f"local_kernel={local_kernel} must be odd (a centred 'same' convolution)")
+            raise ArgumentError("local_kernel", f"{local_kernel} is not odd (a centred 'same' convolution; 0: none)")
+        if gate:
+            raise ArgumentError("gate", "SOFT attention has no gate")
+        if impl == "fused":
+            raise ArgumentError("impl", "SOFT has no fused kernel; use auto or reference")
         dd = {"device": device, "dtype": dtype}
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -209,15 +219,6 @@ class SoftAttention(nn.Module):
         patches = v[:, :, self.num_prefix_tokens:].reshape(b, heads, h, w, d).permute(0, 4, 1, 2, 3)
         out = self.local(patches.reshape(b * d, heads, h, w)).reshape(b, d, heads, h * w).permute(0, 2, 3, 1)
         return F.pad(out, (0, 0, self.num_prefix_tokens, 0))
-
-
-def soft_attention_layer(**options) -> type[SoftAttention]:
-    """A :class:`SoftAttention` subclass with ``options`` bound, for ``VisionTransformer(attn_layer=...)`` (the
-    counterpart of :func:`reluvit.attention.attention_layer`, picklable the same way)."""
-    from reluvit.attention import bound_layer
-
-    SoftAttention(8, 1, **options)  # fail fast on bad options
-    return bound_layer(SoftAttention, "SoftAttention", options)
 
 
 # --- SOFT's own models ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from reluvit.data.embedded import EMBEDDED, stratified_split
+from reluvit.data.embedded import EMBEDDED, validation_split
 from reluvit.data.preprocess import EvalTransform, TrainTransform
 from reluvit.data.shards import read_info
 from reluvit.data.stream import ShardStream
@@ -62,7 +62,7 @@ class EmbeddedDataModule(pl.LightningDataModule):
     """An embedded dataset held in memory as tensors, split once by ``split_seed`` (independent of the run's
     ``seed``, so every run of a sweep validates on the same images)."""
 
-    def __init__(self, name: str, batch_size: int, val_size: int, split_seed: int = 0, num_workers: int = 0,
+    def __init__(self, name: str, batch_size: int, val_size: int | None = None, split_seed: int = 0, num_workers: int = 0,
                  seed: int = 0) -> None:
         super().__init__()
         self.name, self.batch_size, self.val_size = name, batch_size, val_size
@@ -74,7 +74,7 @@ class EmbeddedDataModule(pl.LightningDataModule):
         data = EMBEDDED[self.name]()
         images = torch.from_numpy(data.images).unsqueeze(1) * 2 - 1
         labels = torch.from_numpy(data.labels)
-        train, val = stratified_split(data.labels, self.val_size, self.split_seed)
+        train, val = validation_split(self.name, data.labels, self.val_size, self.split_seed)
         self.train_set = TensorDataset(images[train], labels[train])
         self.val_set = TensorDataset(images[val], labels[val])
 

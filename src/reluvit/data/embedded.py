@@ -45,6 +45,14 @@ def digits() -> ArrayDataset:
 
 
 EMBEDDED = {"animal_mnist": animal_mnist, "digits": digits}
+# Each dataset's fixed validation split (the runs' validation set, the few-shot stand-ins' test set)
+VAL_SIZES = {"animal_mnist": 1000, "digits": 297}  # digits: 1500 images remain for training
+
+
+def validation_split(name: str, labels: np.ndarray, val_size: int | None = None,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices of embedded dataset ``name``: :data:`VAL_SIZES` images unless ``val_size`` says."""
+    return stratified_split(labels, VAL_SIZES[name] if val_size is None else val_size, seed)
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from reluvit.data.datamodules import read_bytes
-from reluvit.data.embedded import EMBEDDED, stratified_split
+from reluvit.data.embedded import EMBEDDED, validation_split
 from reluvit.data.preprocess import MODES, open_image
 from reluvit.data.shards import INFO, Item, hold_out, list_source, read_info
 from reluvit.data.stream import ShardStream
@@ -129,16 +129,11 @@ def _shards(name: str, path: str, spec: TransferSet, transform: FewshotTransform
 
 
 def _embedded(name: str, size: int, in_chans: int, batch_size: int) -> tuple[DataLoader, DataLoader]:
-    """Train and test = the train and validation splits of ``conf/data/<name>.yaml``, so a model trained on the
-    dataset is probed on images it never saw."""
-    import yaml
-
-    from reluvit.run.config import CONF_DIR
-
-    split = yaml.safe_load((CONF_DIR / "data" / f"{name}.yaml").read_text())
+    """Train and test = the dataset's own train and validation splits, so a model trained on the dataset is probed
+    on images it never saw."""
     data = EMBEDDED[name]()
     pixels = torch.from_numpy(data.images).unsqueeze(1) * 255.0
     images = resize_crop(pixels, size).expand(-1, in_chans, -1, -1)
     labels = torch.from_numpy(data.labels)
-    train, test = stratified_split(data.labels, split["val_size"], split["split_seed"])
+    train, test = validation_split(name, data.labels)
     return tuple(DataLoader(TensorDataset(images[i], labels[i]), batch_size) for i in (train, test))

@@ -1,4 +1,5 @@
-"""Figures from the roll-up table (matplotlib; PNG and PDF side by side)."""
+"""Figures from the roll-up table. Every figure function returns its matplotlib Figure, to restyle or display;
+:func:`save` writes one as PNG and PDF side by side."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ from numbers import Real
 from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 
 def attention_label(row: pd.Series) -> str:
@@ -26,30 +27,51 @@ def attention_label(row: pd.Series) -> str:
     return f"{row['activation']}/L" if alpha == 1 else f"{row['activation']} L^-{alpha:g}"
 
 
-def save(fig: plt.Figure, stem: str | Path) -> list[Path]:
+def new_figure(**kwargs) -> Figure:
+    """A Figure outside pyplot's registry, so nothing is left open or shown twice in a notebook (``Figure``'s
+    keyword arguments). Its canvas is Agg, which draws without a display."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.pdf`` (creating the folder), close the figure and return both paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     for path in paths:
         fig.savefig(path, bbox_inches="tight", dpi=150)
-    plt.close(fig)
+    plt.close(fig)  # a figure made with pyplot would stay open otherwise
     return paths
 
 
-def accuracy_bars(df: pd.DataFrame, stem: str | Path, title: str) -> list[Path]:
-    """Validation accuracy per attention variant (mean over seeds, with the spread when there are several)."""
+def accuracy_bars(df: pd.DataFrame, title: str, *, metric: str = "val_acc") -> Figure:
+    """``metric`` per attention variant (mean over seeds, with the spread when there are several)."""
     df = df.assign(label=df.apply(attention_label, axis=1))
-    stats = df.groupby("label", sort=False)["val_acc"].agg(["mean", "min", "max"])
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    stats = df.groupby("label", sort=False)[metric].agg(["mean", "min", "max"])
+    fig = new_figure(figsize=(4.5, 3.2))
+    ax = fig.subplots()
     spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]] if len(df) > len(stats) else None
     ax.bar(stats.index, stats["mean"], color=[f"C{i}" for i in range(len(stats))], yerr=spread, capsize=4)
     for x, y in enumerate(stats["mean"]):
         ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
     low = max(0.0, stats["min"].min() - 0.1)
     ax.set_ylim(low, min(1.0, stats["max"].max() + 0.05))
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel(AXIS_LABELS.get(metric, metric))
     ax.set_title(title, fontsize=9)
-    return save(fig, stem)
+    return fig
+
+
+def demo(df: pd.DataFrame, *, metric: str = "val_acc") -> Figure:
+    """The demo sweep's figure: :func:`accuracy_bars` titled from the table, e.g. "mini4 on animal_mnist, 8 epochs"
+    (each part only where its column has a value)."""
+    names = [", ".join(map(str, df[column].dropna().unique())) if column in df else "" for column in ("model", "data")]
+    title = " on ".join(name for name in names if name)
+    epochs = pd.to_numeric(df["epoch"], errors="coerce").max() if "epoch" in df else np.nan
+    if np.isfinite(epochs):
+        title += f"{', ' if title else ''}{epochs:g} epochs"
+    return accuracy_bars(df, title, metric=metric)
 
 
 # --- Figures 1-4 of the paper ------------------------------------------------------------------------------------
@@ -157,7 +179,7 @@ def footnote(counts: dict[str, int]) -> str:
     return text
 
 
-def draw_curve(ax: plt.Axes, agg: pd.DataFrame, *, x: str, curve: Curve) -> Line2D:
+def draw_curve(ax: Axes, agg: pd.DataFrame, *, x: str, curve: Curve) -> Line2D:
     """The means of ``agg`` in its order (a diverged point breaks the line, a missing one is skipped), min-max error
     bars where several seeds completed, and an "x" on the bottom edge for each diverged point."""
     shown = agg[agg["status"].isin(["ok", "diverged"])]
@@ -174,7 +196,7 @@ def draw_curve(ax: plt.Axes, agg: pd.DataFrame, *, x: str, curve: Curve) -> Line
     return line
 
 
-def _reference(ax: plt.Axes, agg: pd.DataFrame, curve: Curve) -> None:
+def _reference(ax: Axes, agg: pd.DataFrame, curve: Curve) -> None:
     """A single point drawn across the panel: dashed at its mean, shaded over its seed spread."""
     row = agg.iloc[0]
     if row["status"] == "ok":
@@ -185,8 +207,8 @@ def _reference(ax: plt.Axes, agg: pd.DataFrame, curve: Curve) -> None:
         ax.plot([0.5], [0], "x", color=curve.color, ms=7, mew=1.5, transform=ax.transAxes, clip_on=False)
 
 
-def _finish(fig: plt.Figure, aggs: list[pd.DataFrame], stem: str | Path) -> list[Path]:
-    """Mark empty panels, one legend for all panels, the footnote; save."""
+def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
+    """Mark empty panels, one legend for all panels, the footnote."""
     for ax in fig.axes:  # every curve adds a line, so look for a drawn value or "x"
         if not any(np.isfinite(np.asarray(line.get_ydata(), float)).any() for line in ax.lines):
             ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
@@ -199,27 +221,38 @@ def _finish(fig: plt.Figure, aggs: list[pd.DataFrame], stem: str | Path) -> list
     text = footnote(tally(pd.concat(aggs))) if aggs else "no points requested"
     spread = any((a["n"] > 1).any() for a in aggs)
     fig.text(0.5, 0, text + ("; bars: min-max over seeds" if spread else ""), ha="center", va="top", fontsize=7)
-    return save(fig, stem)
+    return fig
 
 
-def _log_x(ax: plt.Axes, xs: np.ndarray) -> None:
-    """Log x axis spanning at least a factor 4 around the points, with plain labels ("0.05", "200") at 1, 2 and
-    5 x 10^k when it spans under 1.5 decades: matplotlib's default then labels every minor tick in 10^k notation,
-    which overlaps on a narrow panel."""
+def _compact(value: float, _position=None) -> str:
+    """A tick label as short as it reads: "0.05", "250", "2e13"."""
+    mantissa, _, exponent = f"{value:g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+def _log_x(ax: Axes, xs: np.ndarray) -> None:
+    """Log x axis spanning at least a factor 4 around the points, labels on major ticks only: within a decade, at
+    most 5 round values evenly spaced ("0.05", "0.075"); within two, 1 and 3 x 10^k; wider, matplotlib's
+    decades. Its default labels the minor ticks of a narrow range, which overlap on a small panel."""
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     xs = xs[np.isfinite(xs) & (xs > 0)]
     if not len(xs):
         return
     pad = max(1.15, np.sqrt(4 * xs.min() / xs.max()))
-    ax.set_xlim(xs.min() / pad, xs.max() * pad)
-    if xs.max() / xs.min() * pad**2 < 30:
-        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    low, high = xs.min() / pad, xs.max() * pad
+    ax.set_xlim(low, high)
+    decades = np.log10(high / low)
+    if decades >= 2:
+        return
+    # under a decade a log axis is near linear, so linearly round values are also evenly spaced
+    locator = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]) if decades < 1 else LogLocator(subs=(1, 3))
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(FuncFormatter(_compact))
 
 
-def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str, str], stem: str | Path,
-         x: str | tuple[str, ...] = ("core_hours", "train_flops")) -> list[Path]:
+def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str, str],
+         x: str | tuple[str, ...] = ("core_hours", "train_flops")) -> Figure:
     """Paper Fig. 1: softmax vs relu/seqlen (alpha 1) scaling with model size, one panel per ``metrics`` entry
     (y label -> column), x = ``x`` on a log axis, one row of panels per column when ``x`` names several: by default
     the measured core hours, which also measure the attention kernels that ran (``attention_impl`` in the run's
@@ -230,8 +263,8 @@ def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str,
     names = dict(zip(df["model"], df["variant"], strict=True)) if {"model", "variant"} <= set(df.columns) else {}
     xs = [x] if isinstance(x, str) else list(x)
     columns = max(len(metrics), 1)
-    fig, axes = plt.subplots(len(xs), columns, squeeze=False, figsize=(4 * columns, 3.2 * len(xs)),
-                             layout="constrained")
+    fig = new_figure(figsize=(4 * columns, 3.2 * len(xs)), layout="constrained")
+    axes = fig.subplots(len(xs), columns, squeeze=False)
     aggs = []
     for x_column, row in zip(xs, axes, strict=True):
         for (ylabel, metric), ax in zip(metrics.items(), row, strict=False):
@@ -247,17 +280,16 @@ def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str,
             ax.set(xlabel=AXIS_LABELS.get(x_column, x_column), ylabel=ylabel)
             if x_column == xs[0]:  # the footnote counts each point once, not once per row
                 aggs += panel
-    return _finish(fig, aggs, stem)
+    return _finish(fig, aggs)
 
 
 def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str], curves: list[Curve],
-                  alphas: list[float], stem: str | Path, metric: str | dict[str, str],
-                  reference: Curve | None = None) -> list[Path]:
+                  alphas: list[float], metric: str | dict[str, str], reference: Curve | None = None) -> Figure:
     """Figs. 2-4: a rows (label -> recipe) x columns (title -> model) grid of curves over alpha. ``metric`` may map
     recipe -> column (recipes it lacks: val_acc): the paper's "ImageNet-1k accuracy" is the i1k-restricted head
     for i21k runs, plain val_acc for i1k runs."""
-    fig, axes = plt.subplots(max(len(rows), 1), max(len(columns), 1), squeeze=False, sharex=True, sharey=True,
-                             figsize=(3.2 * max(len(columns), 1), 2.6 * max(len(rows), 1)), layout="constrained")
+    fig = new_figure(figsize=(3.2 * max(len(columns), 1), 2.6 * max(len(rows), 1)), layout="constrained")
+    axes = fig.subplots(max(len(rows), 1), max(len(columns), 1), squeeze=False, sharex=True, sharey=True)
     aggs = []
     for i, (row_label, recipe) in enumerate(rows.items()):
         row_metric = metric.get(recipe, "val_acc") if isinstance(metric, dict) else metric
@@ -281,16 +313,16 @@ def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str
     fig.supxlabel(AXIS_LABELS["alpha"], fontsize=10)
     if not isinstance(metric, dict):
         fig.supylabel(AXIS_LABELS.get(metric, metric), fontsize=10)
-    return _finish(fig, aggs, stem)
+    return _finish(fig, aggs)
 
 
 def fig2(df: pd.DataFrame, *, rows: dict[str, str], columns: dict[str, str], activations: list[str],
-         alphas: list[float], stem: str | Path, metric: str | dict[str, str] = "val_acc") -> list[Path]:
+         alphas: list[float], metric: str | dict[str, str] = "val_acc") -> Figure:
     """Paper Fig. 2: one curve over alpha per activation (softmax is always the dashed reference, not a curve)."""
     curves = [Curve(ACTIVATION_LABELS.get(a, a), {"activation": a, **PAPER}, COLORS.get(a, f"C{i}"))
               for i, a in enumerate(activations) if a != "softmax"]
     reference = Curve("softmax", {"activation": "softmax", **PAPER}, COLORS["softmax"])
-    return _alpha_figure(df, rows, columns, curves, alphas, stem, metric, reference)
+    return _alpha_figure(df, rows, columns, curves, alphas, metric, reference)
 
 
 def _ablation(variant: str, key: str, value: bool) -> list[Curve]:
@@ -300,18 +332,18 @@ def _ablation(variant: str, key: str, value: bool) -> list[Curve]:
             for a in ("relu", "relu2")]
 
 
-def fig3(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float], stem: str | Path,
-         metric: str | dict[str, str] = "val_acc") -> list[Path]:
+def fig3(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float],
+         metric: str | dict[str, str] = "val_acc") -> Figure:
     """Paper Fig. 3 (qk-layernorm ablation): relu and squared relu with and without qk-layernorm, no gate."""
     curves = _ablation("without qk-layernorm", "qk_norm", False)
-    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, stem, metric)
+    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric)
 
 
-def fig4(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float], stem: str | Path,
-         metric: str | dict[str, str] = "val_acc") -> list[Path]:
+def fig4(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float],
+         metric: str | dict[str, str] = "val_acc") -> Figure:
     """Paper Fig. 4 (gating ablation): relu and squared relu with and without the gate, with qk-layernorm."""
     curves = _ablation("with gating", "gate", True)
-    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, stem, metric)
+    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric)
 
 
 # --- Figure 5: softmax-free attentions at one model size ----------------------------------------------------------
@@ -325,14 +357,14 @@ FIG5_CURVES = [
 FIG5_ALPHA = {"relu/L": "alpha", "relu, learned alpha": "attn_alpha_mean"}  # x of the alpha panel, where it applies
 
 
-def fig5(df: pd.DataFrame, *, recipe: str, model: str, stem: str | Path, metric: str = "val_acc",
-         x: str = "core_hours") -> list[Path]:
+def fig5(df: pd.DataFrame, *, recipe: str, model: str, metric: str = "val_acc", x: str = "core_hours") -> Figure:
     """Softmax-free attentions at one model size: accuracy against ``x`` (log axis), one point per attention; and
     against alpha where it applies (relu/L at its alpha, learned alpha at its final mean over layers), the
     attentions without an alpha as dashed references. Runs rolled up before ``learn_alpha`` existed count as
     fixed alpha."""
     df = df.assign(learn_alpha=df["learn_alpha"].fillna("none") if "learn_alpha" in df else "none")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), layout="constrained")
+    fig = new_figure(figsize=(8, 3.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
     aggs = []
     for curve in FIG5_CURVES:
         point = [{"recipe": recipe, "model": model, **PAPER, **curve.where}]
@@ -345,4 +377,4 @@ def fig5(df: pd.DataFrame, *, recipe: str, model: str, stem: str | Path, metric:
     _log_x(left, pd.concat([a["x"] for a in aggs]).to_numpy(float))
     left.set(xlabel=AXIS_LABELS.get(x, x), ylabel=AXIS_LABELS.get(metric, metric))
     right.set(xlabel="alpha (learned: final mean over layers)", ylabel=AXIS_LABELS.get(metric, metric))
-    return _finish(fig, aggs, stem)
+    return _finish(fig, aggs)

@@ -1,51 +1,49 @@
 """Roll-up: every run's ``summary.json`` under a runs directory into one pandas table, one row per run, the grid
-keys as columns (``results/runs.parquet`` and ``.csv``). Runs of every status are kept; a finished run's row
-(completed or diverged) is never rewritten once it is in the table, and rows of runs whose directory has gone are
-kept, so rolling up again changes only what changed."""
+keys as columns (``results/runs.parquet`` and ``.csv``). The summaries are the truth: rolling up again rewrites the
+row of every run found (an evaluation added metrics, a run finished) and keeps the rows of runs whose directory
+has gone. Imports nothing heavier than pandas."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pandas as pd
 
-# column -> path in the summary's resolved config
-GRID_KEYS = {
-    "recipe": "recipe.name", "data": "data.name", "model": "model.name", "variant": "model.variant",
-    "pool": "model.pool", "activation": "attention.activation", "alpha": "attention.alpha",
-    "qk_norm": "attention.qk_norm", "gate": "attention.gate", "gate_activation": "attention.gate_activation",
-    "seq_len": "attention.seq_len", "learn_alpha": "attention.learn_alpha", "sigmoid_bias": "attention.sigmoid_bias",
-    "soft_sr": "attention.soft_sr", "soft_sym_norm": "attention.soft_sym_norm", "seed": "seed",
-}
-FINISHED = ("completed", "diverged")
+from reluvit.run.grid import grid_point, identity
+from reluvit.run.rundir import SUMMARY
+
+log = logging.getLogger(__name__)
 RESULT_KEYS = ("status", "core_hours", "train_seconds", "examples_seen", "train_flops", "global_step", "epoch",
                "params", "world_size", "device", "attention_impl", "label_set", "started", "finished", "git_revision")
 
 
-def lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def grid_point(config: dict) -> dict:
-    """The grid keys of a resolved run config, flat (the roll-up's columns, W&B's filterable config and tags)."""
-    return {col: lookup(config, path) for col, path in GRID_KEYS.items()}
-
-
 def summary_row(summary: dict) -> dict:
-    row = {"run_name": summary["run_name"]}
-    row.update(grid_point(summary["config"]))
+    """The table row of a run: its name, grid keys, identity, outcome and metrics (``val/acc`` -> ``val_acc``)."""
+    row = {"run_name": summary["run_name"], **grid_point(summary["config"]), "identity": identity(summary["config"])}
     row.update({key: summary.get(key) for key in RESULT_KEYS})
     row.update({k.replace("/", "_"): v for k, v in summary.get("metrics", {}).items()})
     row["run_dir"] = summary["run_dir"]
     return row
 
 
+def summaries(runs_dir: str | Path):
+    """Every readable ``summary.json`` under ``runs_dir``; an unreadable one is skipped with a warning naming it."""
+    for root, dirs, files in os.walk(runs_dir):
+        dirs[:] = [d for d in dirs if d not in ("checkpoints", "csv", "wandb", ".submitit")]  # no summaries there
+        if SUMMARY in files:
+            path = Path(root) / SUMMARY
+            try:
+                yield json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                log.warning("skipping %s: unreadable (%s)", path, e)
+
+
 def collect(runs_dir: str | Path) -> pd.DataFrame:
-    """One row per ``summary.json`` found under ``runs_dir`` (any status), sorted by run name."""
-    rows = [summary_row(json.loads(p.read_text())) for p in sorted(Path(runs_dir).rglob("summary.json"))]
+    """One row per run found under ``runs_dir`` (any status), sorted by run name."""
+    rows = [summary_row(s) for s in summaries(runs_dir)]
     return pd.DataFrame(rows).sort_values("run_name", ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -60,16 +58,16 @@ def write_table(df: pd.DataFrame, stem: str | Path) -> list[Path]:
 
 
 def rollup(runs_dir: str | Path, stem: str | Path) -> pd.DataFrame:
-    """Merge the runs found under ``runs_dir`` into the table at ``<stem>.parquet`` (created if missing) and write
-    it back with its CSV twin; return the table."""
+    """Merge the runs found under ``runs_dir`` into the table at ``<stem>.parquet`` (created if missing): found runs
+    replace their rows, rows of runs not found are kept. Writes it back with its CSV twin and returns it."""
     stem = Path(stem)
-    found = collect(runs_dir)
-    table_path = stem.with_suffix(".parquet")
-    if table_path.exists():
-        old = pd.read_parquet(table_path)
-        keep = old[old["status"].isin(FINISHED) | ~old["run_name"].isin(found.get("run_name", []))]
-        found = found[~found["run_name"].isin(keep["run_name"])] if len(found) else found
-        found = pd.concat([keep, found], ignore_index=True) if len(found) else keep
-    table = found.sort_values("run_name", ignore_index=True) if len(found) else found
+    table = collect(runs_dir)
+    previous = stem.with_suffix(".parquet")
+    if previous.exists():
+        old = pd.read_parquet(previous)
+        gone = old[~old["run_dir"].isin(table.get("run_dir", []))] if "run_dir" in old else old
+        table = pd.concat([gone, table], ignore_index=True) if len(table) else gone
+    if len(table):
+        table = table.sort_values("run_name", ignore_index=True)
     write_table(table, stem)
     return table

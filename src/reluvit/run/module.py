@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from reluvit.errors import ArgumentError, check_choice
 from reluvit.models import create_model
 
 LOSSES = ("sigmoid", "softmax")
@@ -34,7 +35,8 @@ class ViTClassifier(pl.LightningModule):
     linear warm-up then cosine decay per optimizer step, and logs top-1 validation accuracy.
 
     Args:
-        model: keyword arguments of :func:`reluvit.create_model`.
+        model: keyword arguments of :func:`reluvit.create_model` (refused ones raise ``ArgumentError`` named
+            ``model.<argument>``).
         lr, betas, eps: Adam's; weight_decay is AdamW's (multiplied by the scheduled lr: 0.1 at lr 1e-3 equals
             big_vision's decoupled wd 1e-4).
         warmup_steps: optimizer steps of linear warm-up; the cosine runs to 0 at the last step of training.
@@ -46,10 +48,13 @@ class ViTClassifier(pl.LightningModule):
                  weight_decay: float = 0.1, warmup_steps: int = 10_000, loss: str = "sigmoid",
                  mixup: float = 0.0) -> None:
         super().__init__()
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not one of: {', '.join(LOSSES)}")
-        self.save_hyperparameters()
-        self.model = create_model(**model)
+        check_choice("loss", loss, LOSSES)
+        # not sent to the loggers: W&B's config is the run's whole config (reluvit.run.grid.wandb_config)
+        self.save_hyperparameters(logger=False)
+        try:
+            self.model = create_model(**model)
+        except ArgumentError as e:
+            raise e.within("model") from None
         self.num_classes = model["num_classes"]
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.diverged = False

@@ -1,18 +1,19 @@
 """Submit a sweep to SLURM with submitit: one job array per resource class, a cap on the jobs running at once,
 resources derived from the model size and the cluster profile (``slurm/profiles/<name>.yaml``).
 
-Each job is a :class:`reluvit.sweep.job.TrainJob` that trains one grid point in its stable run directory. On a time-out or a
-preemption the run checkpoints at the next step boundary (:mod:`reluvit.run.requeue`), submitit calls the job's
-``checkpoint`` and requeues it with the same overrides, and the run continues from that step.
+Each job is a :class:`reluvit.sweep.job.TrainJob` that trains one run, from the config composed on the submitting
+side, in its run directory. On a time-out or a preemption the run checkpoints at the next step boundary
+(:mod:`reluvit.run.requeue`), submitit calls the job's ``checkpoint`` and requeues it with the same config, and the
+run continues from that step.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,9 +21,11 @@ import submitit
 import yaml
 
 from reluvit import ROOT
-from reluvit.run.config import ConfigError, compose_grid
-from reluvit.sweep.job import TrainJob
 from reluvit.models import parse_variant
+from reluvit.run.schema import ConfigError
+from reluvit.sweep.job import TrainJob
+
+log = logging.getLogger(__name__)
 
 PROFILES_DIR = ROOT / "slurm" / "profiles"
 # GPUs one run asks for, by model size: enough memory and speed for the recipe's global batch of 4096 with
@@ -94,11 +97,11 @@ class Resources:
     tasks_per_node: int  # = devices per node for Lightning
     gpus_per_node: int
 
-    def trainer_overrides(self) -> list[str]:
+    def trainer_settings(self) -> dict:
         """Lightning's devices and nodes must equal SLURM's tasks per node and nodes (one process per task)."""
-        strategy = ["trainer.strategy=ddp"] if self.nodes * self.tasks_per_node > 1 else []
-        return [f"trainer.accelerator={'gpu' if self.gpus_per_node else 'cpu'}",
-                f"trainer.devices={self.tasks_per_node}", f"trainer.num_nodes={self.nodes}", *strategy]
+        strategy = {"strategy": "ddp"} if self.nodes * self.tasks_per_node > 1 else {}
+        return {"accelerator": "gpu" if self.gpus_per_node else "cpu", "devices": self.tasks_per_node,
+                "num_nodes": self.nodes, **strategy}
 
 
 def resources(variant: str, profile: Profile, cpu_tasks: tuple[int, int] = (1, 1)) -> Resources:
@@ -112,16 +115,15 @@ def resources(variant: str, profile: Profile, cpu_tasks: tuple[int, int] = (1, 1
     return Resources(math.ceil(gpus / per_node), per_node, per_node)
 
 
-def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -> list[submitit.Job]:
-    """Submit ``points`` (override lists), one array per resource class; returns the jobs."""
-    by_class: dict[Resources, list[list[str]]] = {}
-    seen = set()
-    for point, cfg in zip(points, compose_grid(points), strict=True):
-        if cfg.run_name not in seen:  # two jobs must never share a run directory
-            seen.add(cfg.run_name)
-            devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
-            res = resources(cfg.model.variant, profile, (cfg.trainer.num_nodes, devices))
-            by_class.setdefault(res, []).append(point)
+def submit(configs: list[dict], profile: Profile, folder: Path, name: str) -> list[submitit.Job]:
+    """Submit one job per resolved run config (:mod:`reluvit.sweep.execute` composed and checked them), one array
+    per resource class, each config with the trainer's devices and nodes set to the allocation; returns the jobs."""
+    by_class: dict[Resources, list[dict]] = {}
+    for config in configs:
+        trainer = config["trainer"]
+        devices = trainer["devices"] if isinstance(trainer["devices"], int) else 1
+        res = resources(config["model"]["variant"], profile, (trainer["num_nodes"], devices))
+        by_class.setdefault(res, []).append({**config, "trainer": {**trainer, **res.trainer_settings()}})
     jobs = []
     for res, group in by_class.items():
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
@@ -134,32 +136,26 @@ def submit(points: list[list[str]], profile: Profile, folder: Path, name: str) -
             slurm_array_parallelism=profile.array_parallelism, slurm_setup=list(profile.setup),
             slurm_signal_delay_s=profile.signal_delay_s, **optional,
         )
-        jobs += executor.map_array(TrainJob(), [[*p, *res.trainer_overrides()] for p in group])
+        jobs += executor.map_array(TrainJob(), group)
     return jobs
 
 
 def wait(jobs: list[submitit.Job]) -> dict[str, str]:
-    """Block until every job ends, with a progress bar; returns job id -> outcome (run status or the error)."""
-    from tqdm import tqdm
-
+    """Block until every job ends, logging each outcome; returns job id -> outcome (run status or the error)."""
     outcomes = {}
-    with tqdm(total=len(jobs), desc="jobs", unit="job") as bar:
-        for job in submitit.helpers.as_completed(jobs, poll_frequency=2):
-            try:
-                outcomes[job.job_id] = job.result()
-            except Exception as e:  # a failed job: keep going, report it
-                outcomes[job.job_id] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
-            bar.update()
+    for done, job in enumerate(submitit.helpers.as_completed(jobs, poll_frequency=2), 1):
+        try:
+            outcomes[job.job_id] = job.result()
+        except Exception as e:  # a failed job: keep going, report it
+            outcomes[job.job_id] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
+        log.info("[%d/%d] job %s: %s", done, len(jobs), job.job_id, outcomes[job.job_id])
     return outcomes
 
 
-def submit_sweep(sweep, points: list[list[str]], cluster: str, runs_dir: Path) -> dict[str, str]:
-    """``LAUNCHER=slurm``: submit a sweep's points (override lists) and wait for them."""
+def run_on_slurm(configs: list[dict], cluster: str, folder: Path, name: str) -> dict[str, str]:
+    """Submit the runs to the cluster of profile ``cluster`` (checked first), wait for them; job id -> outcome."""
     profile = load_profile(cluster)
     check_cluster(profile, cluster)
-    # a fresh submitit folder per launch: after a cluster reset job ids restart and an old folder would hand back
-    # stale results
-    folder = runs_dir.resolve() / ".submitit" / f"{sweep.figure}-{sweep.scale}-{time.strftime('%Y%m%d-%H%M%S')}"
-    jobs = submit(points, profile, folder, name=f"reluvit-{sweep.figure}-{sweep.scale}")
-    print(f"submitted {len(jobs)} jobs to partition {profile.partition!r}; logs in {folder}", flush=True)
+    jobs = submit(configs, profile, folder, name)
+    log.info("submitted %d jobs to partition %r; logs in %s", len(jobs), profile.partition, folder)
     return wait(jobs)

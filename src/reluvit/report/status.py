@@ -1,0 +1,22 @@
+"""``reluvit status``: per sweep, how many of its runs are completed, running, failed, diverged or missing."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from reluvit.run.compose import compose_points
+from reluvit.sweep.spec import Sweep
+
+STATUSES = ("completed", "running", "failed", "diverged", "missing")
+
+
+def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool, extra: list[str] = ()) -> pd.DataFrame:
+    """One row per sweep: its runnable runs and how many are in each status (``missing``: no summary yet)."""
+    by_dir = runs.set_index("run_dir")["status"] if len(runs) else pd.Series(dtype=str)
+    rows = []
+    for sweep in sweeps:
+        run_dirs = list(dict.fromkeys(cfg.run_dir for cfg in compose_points(sweep.points(gpu, extra))))
+        counts = by_dir.reindex(run_dirs).fillna("missing").value_counts()
+        rows.append({"sweep": sweep.name, "scale": sweep.scale, "runs": len(run_dirs),
+                     **{s: int(counts.get(s, 0)) for s in STATUSES}})
+    return pd.DataFrame(rows)

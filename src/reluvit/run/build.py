@@ -1,0 +1,65 @@
+"""What a config builds: the model's arguments, the LightningModule, the recipe's augmentation for the model, and
+the split of the global batch over devices and accumulation steps. Used to train (reluvit.run.train) and, on the
+meta device, to validate (reluvit.run.validate)."""
+
+from __future__ import annotations
+
+import inspect
+
+from omegaconf import DictConfig, OmegaConf
+
+from reluvit.run.schema import AugmentConfig, ConfigError
+
+
+def architecture(cfg: DictConfig) -> dict:
+    """The arguments of :func:`reluvit.models.create_model`: the ``model`` keys (but its ``name``) and ``attention``."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    del model["name"]
+    return {**model, "attention": OmegaConf.to_container(cfg.attention, resolve=True)}
+
+
+def augment_for(cfg: DictConfig) -> AugmentConfig:
+    """The recipe's per-model-size augmentation (big_vision keys it by variant), falling back to ``default``."""
+    table = cfg.recipe.augment
+    entry = table.get(cfg.model.name, table.get("default"))
+    if entry is None:
+        raise ConfigError(f"recipe.augment.{cfg.model.name}",
+                          f"recipe {cfg.recipe.name!r} has no augmentation entry for model {cfg.model.name!r} and no "
+                          f"'default'; it has: {', '.join(table) or 'none'}")
+    return entry
+
+
+def build_module(cfg: DictConfig):
+    """The :class:`reluvit.run.module.ViTClassifier` of a config: its recipe keys are the module's arguments."""
+    from reluvit.run.module import ViTClassifier
+
+    recipe = OmegaConf.to_container(cfg.recipe, resolve=True)
+    arguments = {k: recipe[k] for k in inspect.signature(ViTClassifier).parameters if k in recipe}
+    return ViTClassifier(architecture(cfg), mixup=augment_for(cfg).mixup, **arguments)
+
+
+def world_size(trainer: DictConfig) -> int:
+    """Number of training processes the trainer config asks for ('auto' devices: all GPUs, else 1 CPU process)."""
+    devices = trainer.devices
+    if devices in ("auto", -1, "-1"):
+        import torch
+
+        on_gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if on_gpu else 1
+    elif isinstance(devices, str | list) and not str(devices).isdigit():
+        devices = len(devices) if isinstance(devices, list) else len(devices.split(","))
+    return int(devices) * trainer.num_nodes
+
+
+def micro_batch_size(cfg: DictConfig) -> tuple[int, int]:
+    """(per-device batch, gradient-accumulation steps) that reach the recipe's global batch on this world size."""
+    world = world_size(cfg.trainer)
+    global_batch = cfg.recipe.batch_size
+    if global_batch % world:
+        raise ConfigError("recipe.batch_size", f"{global_batch} is not divisible by the device count {world} "
+                                               f"(trainer.devices x trainer.num_nodes)")
+    per_device = global_batch // world
+    micro = cfg.trainer.micro_batch_size or per_device
+    if per_device % micro:
+        raise ConfigError("trainer.micro_batch_size", f"{micro} does not divide the per-device batch {per_device}")
+    return micro, per_device // micro

@@ -1,0 +1,57 @@
+"""A run directory: where its summary and checkpoint live, reading and writing the summary, and whether the run
+found there is the one a config describes (its identity)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from reluvit.run.grid import differences
+from reluvit.run.schema import ConfigError
+
+SUMMARY = "summary.json"
+
+
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run keeps the checkpoint it resumes from (rewritten every epoch and on a requeue signal)."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """The run's ``summary.json``; None when it has none."""
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def check_same_run(recorded: dict | None, config: dict) -> None:
+    """Refuse to continue or skip a run recorded with other training values than ``config``'s: the directory holds
+    a different experiment (a config file changed since, or the run was named by hand)."""
+    if recorded is None:
+        return
+    changed = differences(recorded["config"], config)
+    if changed:
+        shown = "; ".join(f"{key} {old!r} (now {new!r})" for key, (old, new) in list(changed.items())[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(next(iter(changed)), f"{recorded['run_dir']} holds a run trained with {shown}{more}; "
+                                               "resume=false trains it again there, or choose another "
+                                               "run_name= or runs_dir=")
+
+
+def git_revision() -> str | None:
+    """The checkout's commit, ``-dirty`` when tracked files have uncommitted changes."""
+    try:
+        root = Path(__file__).resolve().parent
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None

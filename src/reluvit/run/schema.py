@@ -1,0 +1,176 @@
+"""The typed schema of the Hydra configs in ``conf/``: a misspelt key or a wrongly typed value fails while Hydra
+composes. Keys that are constructor arguments carry the constructors' names (``attention.*`` are
+:func:`reluvit.attention.attention_layer`'s, ``model.*`` :func:`reluvit.models.create_model`'s); the constructors
+check their values (:mod:`reluvit.run.validate` builds them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value the code cannot run with; ``str()`` is one line naming the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+@dataclass
+class SoftConfig:
+    """:class:`reluvit.soft.SoftAttention`'s options (``attention.soft.*``, used by ``activation: soft``)."""
+
+    sr: int = 2
+    newton_iters: int = 20
+    local_kernel: int = 3
+    sym_norm: bool = False
+
+
+@dataclass
+class AttentionConfig:
+    """The keyword arguments of :func:`reluvit.attention.attention_layer` (defaults: relu/L with qk-LayerNorm)."""
+
+    activation: str = "relu"  # softmax | relu | relu2 | gelu | softplus | identity | relu6 | sigmoid | sigmoid_attn | soft
+    alpha: float = 1.0  # point-wise weights are L^-alpha h(q.k/sqrt(d)); the initial value when learned
+    qk_norm: bool = True  # LayerNorm (no bias, shared scale, eps 1e-6) on q and k over head_dim, as in the paper
+    gate: bool = False  # GAU-style gate: proj(g(W_g x) * heads) (Fig 4 ablation)
+    gate_activation: str = "none"  # g of the gate: none (the paper's text) | silu (GAU) | sigmoid
+    gelu_approximate: str = "none"  # gelu: none (exact erf) | tanh (flax nn.gelu's default)
+    seq_len: str = "keys"  # what L counts: keys (all tokens) | patches (not the class token of 'tok' pooling)
+    learn_alpha: str = "none"  # none | layer (one learned alpha per layer) | head (one per head)
+    sigmoid_bias: float | None = None  # sigmoid_attn's b in sigmoid(s + b); None: -log L
+    impl: str = "auto"  # point-wise: auto (fused Triton kernel on CUDA, else reference) | fused | reference
+    soft: SoftConfig = field(default_factory=SoftConfig)
+
+
+@dataclass
+class ModelConfig:
+    """``name`` labels the option (run names, the recipe's augmentation table); the other keys are the arguments
+    of :func:`reluvit.models.create_model` (with ``attention``, the top-level group)."""
+
+    name: str = MISSING
+    variant: str = MISSING
+    pool: str = "${recipe.pool}"
+    rep_size: Any = "${recipe.rep_size}"
+    head_bias_init: Any = "${recipe.head_bias_init}"
+    img_size: Any = "${data.img_size}"
+    in_chans: Any = "${data.in_chans}"
+    num_classes: Any = "${data.num_classes}"
+
+
+@dataclass
+class AugmentConfig:
+    randaug_layers: int = 0
+    randaug_magnitude: int = 0
+    mixup: float = 0.0
+
+
+@dataclass
+class RecipeConfig:
+    name: str = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_steps: int = 10_000
+    grad_clip_norm: float = 1.0
+    loss: str = "sigmoid"
+    pool: str = "gap"
+    rep_size: bool = False
+    head_bias_init: float = 0.0
+    augment: dict[str, AugmentConfig] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    dataset: str = MISSING
+    path: str | None = None
+    img_size: int = MISSING
+    in_chans: int = MISSING
+    num_classes: int = MISSING
+    val_size: int | None = None  # embedded datasets: None = their fixed split (data.embedded.VAL_SIZES)
+    split_seed: int = 0
+    num_workers: int = 0
+    shuffle_buffer: int = 2000
+    max_bad_fraction: float = 0.01
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    micro_batch_size: int | None = None
+    deterministic: bool = False
+    max_steps: int = -1
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    wandb_mode: str = "auto"
+    project: str = "reluvit"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)  # the sweeps (figures) this run belongs to; set by the sweep
+
+
+@dataclass
+class I1kEvalConfig:
+    path: str | None = None
+    label_set: str | None = None
+    missing: str = "wrong"
+
+
+@dataclass
+class FewshotConfig:
+    datasets: list[str] = field(default_factory=list)
+    paths: dict[str, str | None] = field(default_factory=dict)
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 25])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    l2: float = 1024.0
+    l2_grid: list[float] | None = None
+    every_n_steps: int = 0
+    batch_size: int = 256
+    num_workers: Any = "${data.num_workers}"
+
+
+@dataclass
+class EvalConfig:
+    i1k: I1kEvalConfig = field(default_factory=I1kEvalConfig)
+    fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    runs_dir: str = "runs"
+    run_name: str | None = None  # None: derived from the grid keys and the other training values (run.grid)
+    run_dir: str = "${runs_dir}/${run_name}"
+    resume: bool = True
+
+
+def register() -> None:
+    """Register the schema as ``train_schema``, the first entry of ``conf/train.yaml``'s defaults (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
