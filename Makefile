@@ -14,15 +14,16 @@ SEEDS    ?=
 ARGS     ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data
+.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         run the test suite"
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot"
-	@echo "make plots        roll up and plot what exists;  make status: points per figure and status"
+	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
 	@echo "make wandb-sync   upload offline W&B runs"
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
 	@echo "make bench-data   shard pipeline vs ImageFolder loader: images/s per core"
+	@echo "make bench-cli    wall time of reluvit --help / results / status on 10 000 generated runs"
 	@echo "make lint         ruff;  make clean: remove runs/ and results (keeps the virtual environment)"
 
 venv: $(BIN)/.installed
@@ -35,7 +36,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(BIN)/python -m reluvit.demo
+	$(BIN)/reluvit sweep demo $(ARGS)
 
 test: venv
 	$(BIN)/python -m pytest -q
@@ -62,8 +63,11 @@ bench: venv
 bench-data: venv
 	$(BIN)/python bench/data.py
 
+bench-cli: venv
+	$(BIN)/python bench/cli.py
+
 lint: venv
 	$(BIN)/ruff check src tests bench
 
 clean:
-	rm -rf runs results/figures results/*.csv results/*.parquet
+	rm -rf runs results/smoke results/paper results/*.csv results/*.parquet

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reluvit.run.config import compose
-from reluvit.run.train import last_checkpoint
+from reluvit.run.compose import compose
+from reluvit.run.rundir import last_checkpoint
 
 # A seconds-scale run: the digits dataset (8x8, patch 2 -> L = 16), the mini ViT, a handful of steps.
 TINY = [

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reluvit import compute
+from reluvit.run import compute
 from reluvit.run.compute import Chrono
 from reluvit.run.module import mixup, warmup_cosine
 

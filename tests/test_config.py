@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from reluvit.run import train
-from reluvit.run.config import CONF_DIR, ConfigError, compose, micro_batch_size, validate
+from reluvit import cli
+from reluvit.run.build import micro_batch_size
+from reluvit.run.compose import CONF_DIR, compose, expand
+from reluvit.run.schema import ConfigError
+from reluvit.run.validate import validate
 
 GROUPS = ["model", "attention", "recipe", "data", "trainer", "logger"]
 
@@ -73,6 +76,35 @@ def test_run_name_is_stable_and_names_the_grid_point():
     cfg = compose(["attention=relu2", "attention.alpha=0.5", "attention.qk_norm=false", "attention.gate=true"])
     assert cfg.run_name == "smoke-animal_mnist/mini4/relu2-a0.5-noqkln-gate-s0"
     assert compose(["attention=softmax", "attention.alpha=0.5"]).run_name == "smoke-animal_mnist/mini4/softmax-s0"
+    assert compose(["attention=soft", "attention.soft.sr=4"]).run_name == "smoke-animal_mnist/mini4/soft-sr4-s0"
+
+
+@pytest.mark.parametrize("overrides,suffix", [
+    (["recipe.lr=3e-4"], "+recipe.lr=0.0003"),
+    (["recipe.epochs=100", "trainer.precision=32-true"], "+recipe.epochs=100,trainer.precision=32-true"),
+    (["model=b16", "model.variant=B/8", "data=digits"], "+model.variant=B_8"),
+    (["trainer.devices=1", "logger.project=x", "eval=none", "attention.impl=reference"], ""),  # not training values
+])
+def test_training_values_that_are_not_grid_keys_suffix_the_run_name(overrides, suffix):
+    name = compose(overrides).run_name
+    assert name.endswith(suffix) and "+" not in name.removesuffix(suffix)
+
+
+def test_runs_differing_in_a_training_value_never_share_a_directory():
+    dirs = [compose(o).run_dir for o in (["recipe.lr=1e-3"], ["recipe.lr=3e-4"], ["recipe.epochs=100"],
+                                         ["trainer.precision=32-true"], ["model=b16", "model.variant=B/8"])]
+    assert len(set(dirs)) == len(dirs)
+    assert compose(["recipe.lr=1e-3"]).run_dir == compose([]).run_dir  # the recipe's own value: the same run
+
+
+def test_sweep_syntax_expands_into_points_or_is_refused_for_one_run():
+    betas = "recipe.betas=[0.9,0.95]"  # a list value, not a sweep
+    assert expand(["seed=0,1", "attention=relu,softmax", betas]) == [
+        ["seed=0", "attention=relu", betas], ["seed=0", "attention=softmax", betas],
+        ["seed=1", "attention=relu", betas], ["seed=1", "attention=softmax", betas]]
+    assert len(expand(["seed=range(0,3)"])) == 3
+    with pytest.raises(ConfigError, match="describes 2 runs"):
+        compose(["seed=0,1"])
 
 
 def test_global_batch_by_accumulation():
@@ -95,18 +127,24 @@ INVALID = [
     (["recipe.loss=hinge"], "recipe.loss", "sigmoid"),
     (["trainer.strategy=dpp"], "trainer.strategy", "ddp"),
     (["trainer.accelerator=gpus"], "trainer.accelerator", "cuda"),
+    (["attention=soft", "attention.gate=true"], "attention.gate", "no gate"),
+    (["attention=soft", "attention.soft.local_kernel=2"], "attention.soft.local_kernel", "odd"),
+    (["attention.learn_alpha=layer", "attention.alpha=0"], "attention.alpha", "starts > 0"),
+    (["attention=softmax", "attention.learn_alpha=head"], "attention.learn_alpha", "point-wise"),
+    (["attention=gelu", "attention.impl=fused"], "attention.impl", "relu"),
+    (["data=shards", "data.path=/nonexistent"], "data.num_classes", "required"),
 ]
 
 
 @pytest.mark.parametrize("overrides,key,hint", INVALID)
-def test_invalid_config_exits_2_naming_the_key(overrides, key, hint, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["reluvit.run.train", *overrides])
+def test_invalid_config_exits_2_naming_the_key(overrides, key, hint, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        train.main()
+        cli.main(["train", *overrides, f"runs_dir={tmp_path}"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert key in err and hint in err
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_config_error_names_key():
@@ -116,7 +154,7 @@ def test_config_error_names_key():
 
 def test_cli_exit_status_is_2(tmp_path):
     """The real console entry, in a fresh process, before any run directory is made."""
-    result = subprocess.run([sys.executable, "-m", "reluvit.run.train", "attention.activation=tanh",
+    result = subprocess.run([sys.executable, "-m", "reluvit", "train", "attention.activation=tanh",
                              f"runs_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "attention.activation" in result.stderr

@@ -33,6 +33,7 @@ from reluvit.evaluate.run import evaluate_run
 from reluvit.models import create_model
 from reluvit.report.plots import aggregate
 from reluvit.report.rollup import rollup
+from reluvit.run.compose import eval_config
 from reluvit.run.train import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -242,9 +243,9 @@ def test_run_on_a_21k_label_set_logs_i1k_accuracy_and_evaluate_agrees(tiny_cfg, 
     assert 0 <= acc <= 10 / 15  # the 5 teddy bears count as errors
     # standalone, from the checkpoint, with the teddy bears excluded
     i1k_only = ["eval=embedded", "eval.fewshot.datasets=[]", f"eval.i1k.path={i21k_like / 'i1k'}"]
-    again = evaluate_run(cfg.run_dir, i1k_only)
+    again = evaluate_run(cfg.run_dir, eval_config(i1k_only))
     assert again["val/i1k_acc"] == pytest.approx(acc, abs=1e-6)
-    excluded = evaluate_run(cfg.run_dir, [*i1k_only, "eval.i1k.missing=exclude"])
+    excluded = evaluate_run(cfg.run_dir, eval_config([*i1k_only, "eval.i1k.missing=exclude"]))
     assert excluded["val/i1k_acc"] == pytest.approx(acc * 15 / 10, abs=1e-6)
     assert json.loads((Path(cfg.run_dir) / "summary.json").read_text())["metrics"]["val/i1k_acc"] == pytest.approx(
         excluded["val/i1k_acc"])
@@ -284,9 +285,15 @@ def test_run_with_the_probe_writes_summary_and_rollup(tiny_cfg, tmp_path):
         metrics["fewshot/10shot_mean"])  # Figure 1's right-panel column
 
     again = evaluate_run(Path(cfg.run_dir) / "checkpoints" / "last.ckpt",
-                         ["eval=embedded", "eval.fewshot.shots=[10]", "eval.fewshot.seeds=[0,1]",
-                          "eval.fewshot.datasets=[digits]"])
+                         eval_config(["eval=embedded", "eval.fewshot.shots=[10]", "eval.fewshot.seeds=[0,1]",
+                                      "eval.fewshot.datasets=[digits]"]))
     assert again["fewshot/num_datasets"] == 1
+    # the evaluation reaches the roll-up (the row is rewritten) and the figure's column
+    table = rollup(tmp_path / "runs", tmp_path / "results" / "runs")
+    assert again["fewshot/10shot_mean"] == again["fewshot/digits/10shot"] != metrics["fewshot/10shot_mean"]
+    assert table.loc[0, "fewshot_10shot_mean"] == pytest.approx(again["fewshot/10shot_mean"])
+    assert aggregate(table, [point], "fewshot_10shot_mean")["mean"].iloc[0] == pytest.approx(
+        again["fewshot/10shot_mean"])
     evaluated = json.loads((Path(cfg.run_dir) / "summary.json").read_text())
     assert evaluated["config"] == on_disk["config"] and evaluated["evaluation"]["eval"]["fewshot"]["shots"] == [10]
     assert evaluated["metrics"]["fewshot/digits/10shot"] == again["fewshot/digits/10shot"]
@@ -304,7 +311,8 @@ def test_run_with_the_probe_writes_summary_and_rollup(tiny_cfg, tmp_path):
     ("eval.i1k.path=/no/such/dir", "eval.i1k.path"),
 ])
 def test_invalid_eval_config_names_the_key(tiny_cfg, override, key):
-    from reluvit.run.config import ConfigError, validate
+    from reluvit.run.schema import ConfigError
+    from reluvit.run.validate import validate
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(tiny_cfg(override))

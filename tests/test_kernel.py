@@ -203,7 +203,8 @@ def test_impl_is_checked_where_it_is_set():
 
 
 def test_impl_is_checked_in_the_config(tiny_cfg):
-    from reluvit.run.config import ConfigError, validate
+    from reluvit.run.schema import ConfigError
+    from reluvit.run.validate import validate
 
     with pytest.raises(ConfigError, match="attention.impl: 'fused' has kernels for relu, relu2"):
         validate(tiny_cfg("attention=gelu", "attention.impl=fused"))

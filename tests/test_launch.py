@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import TWO_POINTS, checkpoint_weights, sweep_file
-from reluvit.run.config import ConfigError
+from reluvit.run.schema import ConfigError
 from reluvit.sweep.slurm import Profile, Resources, load_profile, resources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +44,10 @@ def test_resources_follow_model_size(variant, expected):
     assert resources("L/16", Profile(partition="gpu", gpus_per_node=4)) == Resources(2, 4, 4)
 
 
-def test_trainer_overrides_match_the_allocation():
-    assert Resources(2, 4, 4).trainer_overrides() == [
-        "trainer.accelerator=gpu", "trainer.devices=4", "trainer.num_nodes=2", "trainer.strategy=ddp"]
-    assert Resources(1, 1, 0).trainer_overrides()[0] == "trainer.accelerator=cpu"
+def test_trainer_settings_match_the_allocation():
+    assert Resources(2, 4, 4).trainer_settings() == {"accelerator": "gpu", "devices": 4, "num_nodes": 2,
+                                                     "strategy": "ddp"}
+    assert Resources(1, 1, 0).trainer_settings()["accelerator"] == "cpu"
 
 
 def _cluster_up() -> bool:
@@ -80,7 +80,8 @@ def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 of 2 jobs finished" in result.stdout
     table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
-    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0", "smoke-digits/micro2/relu-a1-s0"]
+    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0+trainer.max_steps=4",
+                                         "smoke-digits/micro2/relu-a1-s0+trainer.max_steps=4"]
     assert set(table["status"]) == {"completed"} and set(table["global_step"]) == {4}
     tasks = sorted(p.name for p in (tmp_path / "runs" / ".submitit").glob("*/*_*") if p.is_dir())
     assert len(tasks) == 2 and {t.split("_")[1] for t in tasks} == {"0", "1"}, tasks  # one array, tasks 0 and 1
@@ -99,7 +100,7 @@ def _uninterrupted(point: list[str]) -> dict:
     """The same run trained here in one piece, with the job's single thread (float sums depend on it)."""
     import torch
 
-    from reluvit.run.config import compose
+    from reluvit.run.compose import compose
     from reluvit.run.train import run
 
     threads = torch.get_num_threads()
@@ -108,6 +109,15 @@ def _uninterrupted(point: list[str]) -> dict:
         return run(compose(point))
     finally:
         torch.set_num_threads(threads)
+
+
+def _config(point: list[str]) -> dict:
+    """The resolved config a sweep submits for a point."""
+    from omegaconf import OmegaConf
+
+    from reluvit.run.compose import compose
+
+    return OmegaConf.to_container(compose(point))
 
 
 def _point(runs_dir: Path, epochs: int) -> list[str]:
@@ -128,12 +138,12 @@ def _assert_same_run(resumed: dict, reference: dict) -> None:
 def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
     import time
 
+    from reluvit.run.rundir import read_summary
     from reluvit.sweep.slurm import load_profile, submit
-    from reluvit.run.train import read_summary
 
     reference = _uninterrupted(_point(tmp_path / "reference", epochs=2))
     point = [*_point(tmp_path / "runs", epochs=2), "logger=wandb", "logger.wandb_mode=offline"]
-    job = submit([point], load_profile("local"), tmp_path / "submitit", "preempt-test")[0]
+    job = submit([_config(point)], load_profile("local"), tmp_path / "submitit", "preempt-test")[0]
     metrics = Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs")))
     log = metrics / "csv" / "version_0" / "metrics.csv"
     deadline = time.time() + 300
@@ -152,15 +162,15 @@ def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
 def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_path):
     from dataclasses import replace
 
+    from reluvit.run.rundir import read_summary
     from reluvit.sweep.slurm import load_profile, submit
-    from reluvit.run.train import read_summary
 
     # SLURM may send USR2 up to 60 s before the asked time (sbatch --signal): with a 2-minute limit and 20 s of
     # warning it comes 40-100 s into each piece, after start-up. ~2 min of training on an idle core needs at
     # least two pieces (and more on a loaded machine: hence the generous requeue budget). The reference trains
     # here meanwhile, on the other core.
     profile = replace(load_profile("local"), timeout_min=2, signal_delay_s=20, max_num_timeout=30)
-    job = submit([_point(tmp_path / "runs", epochs=24)], profile, tmp_path / "submitit", "timeout-test")[0]
+    job = submit([_config(_point(tmp_path / "runs", epochs=24))], profile, tmp_path / "submitit", "timeout-test")[0]
     reference = _uninterrupted(_point(tmp_path / "reference", epochs=24))
     assert job.result() == "completed"
     resumed = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs"))))
@@ -172,7 +182,8 @@ def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_pa
 
 def test_the_job_module_imports_no_framework():
     """submitit installs its signal handlers after unpickling the job: that import must be quick."""
-    code = "import sys, reluvit.sweep.job; print(sorted({'torch', 'timm', 'hydra', 'pytorch_lightning'} & set(sys.modules)))"
+    frameworks = "{'torch', 'timm', 'hydra', 'pytorch_lightning'}"
+    code = f"import sys, reluvit.sweep.job; print(sorted({frameworks} & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 
@@ -182,14 +193,14 @@ def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path)
     tolerance; core hours count both processes."""
     import torch
 
+    from reluvit.run.rundir import read_summary
     from reluvit.sweep.slurm import load_profile, submit
-    from reluvit.run.train import read_summary
 
     point = ["recipe=smoke", "data=digits", "model=micro2", "attention=relu", "recipe.epochs=2",
              "recipe.batch_size=64", "trainer.deterministic=true", "trainer.enable_progress_bar=false"]
     reference = _uninterrupted([*point, f"runs_dir={tmp_path / 'single'}"])
     ddp = [*point, f"runs_dir={tmp_path / 'ddp'}", "trainer.accelerator=cpu", "trainer.devices=2"]
-    job = submit([ddp], load_profile("local"), tmp_path / "submitit", "ddp-test")[0]
+    job = submit([_config(ddp)], load_profile("local"), tmp_path / "submitit", "ddp-test")[0]
     assert job.results() == ["completed", "completed"]  # one result per task
     summary = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "single"), str(tmp_path / "ddp"))))
     assert summary["world_size"] == 2 and summary["micro_batch_size"] == 32

@@ -1,18 +1,24 @@
-"""notebooks/results.ipynb runs end to end on a small synthetic roll-up table and draws the four figures."""
+"""notebooks/results.ipynb runs end to end, on a small synthetic roll-up table and on a fresh clone (the committed
+reference), and displays the four figures."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pandas as pd
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "results.ipynb"
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "results.ipynb"
 
 
 def synthetic_table() -> pd.DataFrame:
@@ -43,21 +49,60 @@ def venv_kernel(tmp_path: Path) -> KernelManager:
     return KernelManager(kernel_name="reluvit-test", kernel_spec_manager=specs)
 
 
+@pytest.fixture(autouse=True)
+def no_reluvit_environment(monkeypatch):
+    """The notebook's parameters come from RELUVIT_* variables; the kernel inherits this environment."""
+    for name in [name for name in os.environ if name.startswith("RELUVIT_")]:
+        monkeypatch.delenv(name)
+
+
+def execute(notebook: Path, tmp_path: Path) -> list:
+    """Run ``notebook`` from its folder; the code cells with their outputs."""
+    nb = nbformat.read(notebook, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert not any(cell.outputs for cell in code), "commit the notebook with its outputs cleared"
+    NotebookClient(nb, km=venv_kernel(tmp_path), timeout=120, resources={"metadata": {"path": str(notebook.parent)}},
+                   allow_errors=False).execute()
+    return code
+
+
+def printed(cells: list) -> str:
+    return "".join(out.get("text", "") for cell in cells for out in cell.outputs)
+
+
+def images_per_figure(cells: list) -> dict[str, int]:
+    """How many PNG images each ``show("figN")`` cell displayed."""
+    return {cell.source: sum("image/png" in out.get("data", {}) for out in cell.outputs)
+            for cell in cells if cell.source.startswith("show(")}
+
+
 def test_notebook_runs(tmp_path, monkeypatch):
     results = tmp_path / "runs.parquet"
     synthetic_table().to_parquet(results, index=False)
-    # read by the notebook's parameter cell; the kernel inherits this environment
     monkeypatch.setenv("RELUVIT_RESULTS", str(results))
     monkeypatch.setenv("RELUVIT_FIGURES", str(tmp_path / "figures"))
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    assert not any(cell.outputs for cell in code), "commit the notebook with its outputs cleared"
-    NotebookClient(nb, km=venv_kernel(tmp_path), timeout=120, resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-                   allow_errors=False).execute()
-
-    outputs = [out for cell in code for out in cell.outputs]
-    assert sum("image/png" in out.get("data", {}) for out in outputs) == 4
-    assert f"{len(synthetic_table())} runs from {results}" in "".join(out.get("text", "") for out in outputs)
+    cells = execute(NOTEBOOK, tmp_path)
+    assert f"{len(synthetic_table())} runs from {results.resolve()}\n" in printed(cells)
+    assert images_per_figure(cells) == {f'show("fig{i}")': 1 for i in range(1, 5)}
     assert sorted(p.name for p in (tmp_path / "figures" / "smoke").iterdir()) == [
         f"fig{i}.{ext}" for i in range(1, 5) for ext in ("pdf", "png")]
+
+
+def test_notebook_runs_on_a_fresh_clone(tmp_path):
+    """With no RELUVIT_* variables and no roll-up of one's own, the notebook shows the committed reference."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True,
+                             text=True).stdout.split("\0")
+    clone = tmp_path / "clone"
+    for name in filter(None, tracked):
+        if (REPO / name).is_file():  # a tracked file deleted in the working tree is not in a clone of it either
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, clone / name)
+    reference = clone / "results" / "reference" / "smoke" / "runs.csv"
+    results_before = {p: p.read_bytes() for p in (clone / "results").rglob("*") if p.is_file()}
+
+    cells = execute(clone / "notebooks" / "results.ipynb", tmp_path)
+    assert f"{len(pd.read_csv(reference))} runs from {reference.resolve()}\n" in printed(cells)
+    assert images_per_figure(cells) == {f'show("fig{i}")': 1 for i in range(1, 5)}
+    assert {p: p.read_bytes() for p in (clone / "results").rglob("*") if p.is_file()} == results_before, \
+        "the notebook writes nothing under results/ unless RELUVIT_FIGURES names a folder"

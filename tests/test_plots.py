@@ -1,12 +1,16 @@
-"""Figures 1-4: aggregation over seeds, footnote counts, diverged points, files on partial and empty tables."""
+"""Figures: aggregation over seeds, footnote counts, diverged points, figures of partial and empty tables, saving,
+the demo bars and fig1's log-axis labels."""
 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from reluvit.report import plots
 
@@ -105,7 +109,7 @@ def test_csv_spelled_bools_and_missing_keys(table):
 def test_draw_curve_leaves_diverged_points_out_of_the_line(table):
     points = [{"recipe": "smoke", "model": "mini4", "activation": "relu2", "qk_norm": True, "gate": False,
                "alpha": a} for a in ALPHAS]
-    fig, ax = plots.plt.subplots()
+    ax = plots.new_figure().subplots()
     line = plots.draw_curve(ax, plots.aggregate(table, points), x="alpha", curve=plots.Curve("sq", {}, "C1"))
     # alpha 0 diverged: in the line as a gap (NaN), never as 0 or its last logged accuracy; alpha 2 failed: absent
     np.testing.assert_array_equal(line.get_xdata(), [0.0, 1.0])
@@ -113,28 +117,28 @@ def test_draw_curve_leaves_diverged_points_out_of_the_line(table):
     (marker,) = [m for m in ax.lines if m.get_marker() == "x"]
     assert list(marker.get_xdata()) == [0.0] and list(marker.get_ydata()) == [0.0]  # bottom edge (axes units)
     assert ax.get_ylim()[0] > 0.5  # the marker did not stretch the axis down to zero
-    plots.plt.close(fig)
 
 
-def test_figures_written(table, tmp_path, monkeypatch):
-    drawn, save = {}, plots.save
+def test_figures_drawn(table, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    open_before = plt.get_fignums()
+    fig1 = plots.fig1(table, models=["mini4", "mini2"], recipe="smoke",
+                      metrics={"accuracy": "val_acc", "10-shot": "fewshot_10shot_mean"})
+    fig2 = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS)
+    fig3 = plots.fig3(table, columns=COLUMNS, recipe="smoke", alphas=ALPHAS)
+    fig4 = plots.fig4(table, columns=COLUMNS, recipe="smoke", alphas=ALPHAS)
+    assert all(isinstance(fig, Figure) for fig in (fig1, fig2, fig3, fig4))
+    assert plt.get_fignums() == open_before, "figures are not left open in pyplot (a notebook would show them twice)"
+    assert list(tmp_path.iterdir()) == [], "drawing saves nothing"
 
-    def keep(fig, stem):  # the figure as drawn, for inspection after it is saved and closed
-        drawn[str(stem)] = fig
-        return save(fig, stem)
+    # fig1: 2 x-axis rows (core hours, FLOPs) x 2 metrics; 8 points, counted once although drawn in both rows
+    assert [ax.get_xlabel() for ax in fig1.axes] == ["core hours"] * 2 + ["training FLOPs"] * 2
+    assert fig1.texts[-1].get_text() == ("5 of 8 points missing (2 not run, 3 completed without the metric); "
+                                         "1 means exclude diverged seeds; bars: min-max over seeds")
+    (relu,) = [line for line in fig1.axes[0].lines if line.get_label() == "relu/seqlen"]
+    np.testing.assert_allclose(relu.get_xdata(), [0.02])  # mini4's completed seeds 0-2, the diverged seed 3 left out
+    np.testing.assert_allclose(relu.get_ydata(), [0.82])
 
-    monkeypatch.setattr(plots, "save", keep)
-    paths = [
-        *plots.fig1(table, models=["mini4", "mini2"], recipe="smoke", stem=tmp_path / "fig1",
-                    metrics={"accuracy": "val_acc", "10-shot": "fewshot_10shot_mean"}),
-        *plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS, stem=tmp_path / "fig2"),
-        *plots.fig3(table, columns=COLUMNS, recipe="smoke", alphas=ALPHAS, stem=tmp_path / "fig3"),
-        *plots.fig4(table, columns=COLUMNS, recipe="smoke", alphas=ALPHAS, stem=tmp_path / "fig4"),
-    ]
-    assert [p.suffix for p in paths] == [".png", ".pdf"] * 4
-    assert all(p.stat().st_size > 1000 for p in paths)
-
-    fig2 = drawn[str(tmp_path / "fig2")]
     assert "21 of 28 points missing (1 running, 1 failed, 19 not run); 1 diverged (x)" in fig2.texts[-1].get_text()
     # the squared relu line of the first panel: alpha 0 diverged -> NaN, alpha 1 -> 0.78, alpha 2 failed -> absent
     (sq,) = [line for line in fig2.axes[0].lines if line.get_label() == "squared relu"]
@@ -145,27 +149,88 @@ def test_figures_written(table, tmp_path, monkeypatch):
 
     # fig3, 24 points: mini4 has relu x3, squared relu ok/diverged/failed, relu without qk-layernorm at alpha 1
     # only; mini2 only the running relu
-    fig3 = drawn[str(tmp_path / "fig3")]
     assert fig3.texts[-1].get_text().startswith("18 of 24 points missing (1 running, 1 failed, 16 not run); 1 diverged")
     # a metric per recipe (the paper's i1k accuracy: val_i1k_acc for i21k runs, val_acc for i1k runs)
-    plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS, stem=tmp_path / "fig2m",
-               metric={"smoke": "val_i1k_acc", "smoke_tok": "val_acc"})
-    assert drawn[str(tmp_path / "fig2m")].texts[-1].get_text() == (
+    per_recipe = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS,
+                            metric={"smoke": "val_i1k_acc", "smoke_tok": "val_acc"})
+    assert per_recipe.texts[-1].get_text() == (
         "27 of 28 points missing (1 running, 1 failed, 19 not run, 6 completed without the metric); 1 diverged (x)")
-    fig4 = drawn[str(tmp_path / "fig4")]
     (gated,) = [line for line in fig4.axes[0].lines if line.get_label() == "relu with gating"]
     np.testing.assert_allclose(gated.get_ydata(), [0.82])
 
 
-def test_empty_table_still_draws(tmp_path):
+def test_save_writes_png_and_pdf_and_closes(table, tmp_path):
+    fig = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS)
+    paths = plots.save(fig, tmp_path / "new" / "smoke" / "fig2.v2")  # the folder is created; a dot stays in the name
+    assert paths == [tmp_path / "new" / "smoke" / "fig2.v2.png", tmp_path / "new" / "smoke" / "fig2.v2.pdf"]
+    assert paths[0].read_bytes().startswith(b"\x89PNG") and paths[1].read_bytes().startswith(b"%PDF")
+    assert paths[0].stat().st_size > 10_000
+
+    made_by_pyplot = plt.figure()
+    plots.save(made_by_pyplot, tmp_path / "pyplot")
+    assert not plt.fignum_exists(made_by_pyplot.number)
+
+
+def test_empty_table_still_draws():
     empty = pd.DataFrame()
-    paths = [
-        *plots.fig1(empty, models=["mini4"], recipe="smoke", metrics={"accuracy": "val_acc"}, stem=tmp_path / "f1"),
-        *plots.fig2(empty, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS, stem=tmp_path / "f2"),
-        *plots.fig3(empty, columns=COLUMNS, recipe="smoke", alphas=ALPHAS, stem=tmp_path / "f3"),
-        *plots.fig4(empty, columns={}, recipe="smoke", alphas=[], stem=tmp_path / "f4"),
+    figures = {
+        "fig1": plots.fig1(empty, models=["mini4"], recipe="smoke", metrics={"accuracy": "val_acc"}),
+        "fig2": plots.fig2(empty, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS),
+        "fig3": plots.fig3(empty, columns=COLUMNS, recipe="smoke", alphas=ALPHAS),
+        "fig4": plots.fig4(empty, columns={}, recipe="smoke", alphas=[]),
+        "fig5": plots.fig5(empty, recipe="smoke", model="mini4"),
         # the table's columns but no rows
-        *plots.fig2(pd.DataFrame(columns=list(run())), rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS,
-                    alphas=ALPHAS, stem=tmp_path / "f5"),
-    ]
-    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+        "columns only": plots.fig2(pd.DataFrame(columns=list(run())), rows=ROWS, columns=COLUMNS,
+                                   activations=ACTIVATIONS, alphas=ALPHAS),
+    }
+    for fig in figures.values():
+        fig.canvas.draw()
+        assert all("no runs" in [t.get_text() for t in ax.texts] for ax in fig.axes)
+    footnotes = {name: fig.texts[-1].get_text() for name, fig in figures.items()}
+    assert footnotes == {"fig1": "2 of 2 points missing (2 not run)", "fig2": "28 of 28 points missing (28 not run)",
+                         "fig3": "24 of 24 points missing (24 not run)", "fig4": "no points requested",
+                         "fig5": "5 of 5 points missing (5 not run)",
+                         "columns only": "28 of 28 points missing (28 not run)"}
+
+
+def test_demo_is_titled_accuracy_bars():
+    runs = pd.DataFrame([run(activation="softmax", val_acc=0.9), run(alpha=1.0, val_acc=0.8),
+                         run(alpha=0.0, val_acc=0.7), run(alpha=0.0, seed=1, val_acc=0.5)]).assign(epoch=[8, 8, 8, 7])
+    ax = plots.demo(runs).axes[0]
+    assert ax.get_title() == "mini4 on animal_mnist, 8 epochs"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["softmax", "relu/L", "relu"]
+    np.testing.assert_allclose([bar.get_height() for bar in ax.patches], [0.9, 0.8, 0.6])
+    assert ax.get_ylabel() == "validation accuracy"
+
+    few_shot = plots.demo(runs.drop(columns=["data", "epoch"]).assign(fewshot_10shot_mean=0.4),
+                          metric="fewshot_10shot_mean").axes[0]
+    assert few_shot.get_title() == "mini4"
+    assert few_shot.get_ylabel() == "avg. 10-shot transfer accuracy"
+    np.testing.assert_allclose([bar.get_height() for bar in few_shot.patches], [0.4] * 3)
+
+
+def visible_tick_labels(ax) -> list:
+    """The x tick labels drawn: the locator also returns ticks beyond the limits, which are not drawn."""
+    ax.figure.canvas.draw()
+    low, high = sorted(ax.get_xlim())
+    labels = ax.get_xticklabels(minor=False) + ax.get_xticklabels(minor=True)
+    return [t for t in labels if t.get_visible() and t.get_text() and low <= t.get_position()[0] <= high]
+
+
+@pytest.mark.parametrize(("low", "high", "core_hours", "flops"), [
+    (0.05, 0.09, ["0.05", "0.1"], ["5e12", "1e13"]),  # matplotlib's default: every minor tick, "0.050.060.07..."
+    (0.11, 0.9, ["0.1", "0.2", "0.5", "1"], ["1e13", "2e13", "5e13", "1e14"]),
+    (1, 30, ["1", "3", "10", "30"], ["1e14", "3e14", "1e15", "3e15"]),
+    (3e4, 2e6, ["3e4", "1e5", "3e5", "1e6"], ["3e18", "1e19", "3e19", "1e20"]),
+    (1e-3, 1e4, [f"$\\mathdefault{{10^{{{k}}}}}$" for k in (-2, 0, 2, 4)],
+     [f"$\\mathdefault{{10^{{{k}}}}}$" for k in (12, 14, 16, 18)]),
+])
+def test_fig1_log_axis_labels_do_not_overlap(low, high, core_hours, flops):
+    runs = pd.DataFrame([run(model=f"m{i}", activation=activation, core_hours=x, train_flops=x * 1e14)
+                         for i, x in enumerate(np.geomspace(low, high, 5)) for activation in ("softmax", "relu")])
+    fig = plots.fig1(runs, models=[f"m{i}" for i in range(5)], recipe="smoke", metrics={"accuracy": "val_acc"})
+    for ax, expected in zip(fig.axes, [core_hours, flops], strict=True):
+        labels = visible_tick_labels(ax)
+        assert [t.get_text() for t in labels] == expected
+        boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
+        assert all(left.x1 <= right.x0 for left, right in pairwise(boxes)), [t.get_text() for t in labels]

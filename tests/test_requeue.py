@@ -11,7 +11,8 @@ import torch
 
 from conftest import checkpoint_weights
 from reluvit.run.module import ViTClassifier
-from reluvit.run.train import read_summary, run
+from reluvit.run.rundir import read_summary
+from reluvit.run.train import run
 
 # 1500 training images at batch 128: 11 steps per epoch; mixup on, so the RNG state must survive the restart too
 BASE = ("recipe.epochs=2", "recipe.batch_size=128", "trainer.deterministic=true",

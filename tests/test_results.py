@@ -1,4 +1,5 @@
-"""The roll-up: one row per run of any status, idempotent, finished rows never rewritten, nothing dropped."""
+"""The roll-up: one row per run of any status, idempotent, rows follow their summaries, nothing dropped, an unreadable
+summary skipped with a warning."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reluvit.run.config import compose
 from reluvit.report.rollup import collect, rollup
+from reluvit.run.compose import compose
 
 
 def fake_run(runs_dir: Path, status: str, *overrides: str, val_acc: float | None = 0.5) -> str:
@@ -36,10 +37,12 @@ def test_every_status_is_kept_with_grid_columns(tmp_path):
     assert dict(zip(table["run_name"], table["status"], strict=True)) == names
     relu = table.set_index("run_name").loc["smoke-animal_mnist/mini4/relu-a0.5-s0"]
     assert (relu["activation"], relu["alpha"], relu["model"], relu["val_acc"]) == ("relu", 0.5, "mini4", 0.5)
+    softmax = table.set_index("activation").loc["softmax"]
+    assert pd.isna(softmax["alpha"]) and pd.isna(softmax["soft_sr"])  # keys that do not apply to the run: empty
     assert pd.isna(table.set_index("activation").loc["relu2", "val_acc"])
 
 
-def test_rollup_is_idempotent_and_never_rewrites_finished_rows(tmp_path):
+def test_rollup_is_idempotent_and_rows_follow_their_summaries(tmp_path):
     runs, stem = tmp_path / "runs", tmp_path / "results" / "runs"
     done = fake_run(runs, "completed", "attention=relu")
     live = fake_run(runs, "running", "attention=relu2", val_acc=None)
@@ -47,7 +50,7 @@ def test_rollup_is_idempotent_and_never_rewrites_finished_rows(tmp_path):
     assert rollup(runs, stem).equals(first)
     assert pd.read_parquet(stem.with_suffix(".parquet")).equals(first)
 
-    # the finished run's summary changes on disk (e.g. re-evaluated): its row stays as it was rolled up
+    # the finished run's summary changes on disk (re-evaluated): its row follows
     summary_path = Path(first.set_index("run_name").loc[done, "run_dir"]) / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary["metrics"]["val/acc"] = 0.99
@@ -60,7 +63,7 @@ def test_rollup_is_idempotent_and_never_rewrites_finished_rows(tmp_path):
     new = fake_run(runs, "failed", "attention=gelu", val_acc=None)
 
     table = rollup(runs, stem).set_index("run_name")
-    assert table.loc[done, "val_acc"] == 0.5
+    assert table.loc[done, "val_acc"] == 0.99
     assert (table.loc[live, "status"], table.loc[live, "val_acc"]) == ("completed", 0.7)
     assert table.loc[new, "status"] == "failed"
 
@@ -74,3 +77,12 @@ def test_rollup_keeps_rows_of_runs_whose_directory_is_gone(tmp_path):
     shutil.rmtree(runs)
     runs.mkdir()
     assert list(rollup(runs, stem)["run_name"]) == [name]
+
+
+def test_an_unreadable_summary_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    name = fake_run(tmp_path, "completed", "attention=relu")
+    broken = tmp_path / "smoke-animal_mnist" / "mini4" / "broken" / "summary.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"run_name": "trunc')
+    assert list(collect(tmp_path)["run_name"]) == [name]
+    assert str(broken) in caplog.text

@@ -207,7 +207,7 @@ def test_i1k_maps_into_the_21k_label_sets_except_teddy_bear():
 
 
 def test_training_on_shards_records_the_label_set_and_skipped_count(digit_shards, tmp_path):
-    from reluvit.run.config import compose
+    from reluvit.run.compose import compose
     from reluvit.run.train import run
 
     summary = run(compose(["recipe=smoke", "model=micro2", "data=shards", f"data.path={digit_shards}",

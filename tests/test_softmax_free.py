@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
-from reluvit.sweep import spec as sweeps
 from reluvit.attention import PointwiseAttention
 from reluvit.errors import ArgumentError
 from reluvit.run.train import run as train_run
+from reluvit.sweep import spec as sweeps
 from test_attention import HEADS, N, make_input, make_layer, reference, rel_err, run
 from test_train import train_losses
 
@@ -98,7 +98,8 @@ def test_bad_options(options, key, message):
     (["attention.learn_alpha=sometimes"], "attention.learn_alpha"),
 ])
 def test_config_errors_name_the_key(tiny_cfg, overrides, message):
-    from reluvit.run.config import ConfigError, validate
+    from reluvit.run.schema import ConfigError
+    from reluvit.run.validate import validate
 
     with pytest.raises(ConfigError, match=message):
         validate(tiny_cfg(*overrides))

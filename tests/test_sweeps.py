@@ -1,5 +1,5 @@
-"""Sweep files: every figure composes at both scales, expands to the paper's grid sizes, and a small smoke sweep
-runs end to end through the real CLI into a table and a figure."""
+"""Sweep files: every sweep composes at its scales, expands to the paper's grid sizes, the fast composition equals
+Hydra's, and a small smoke sweep runs end to end through the real CLI into a table and a figure."""
 
 from __future__ import annotations
 
@@ -8,19 +8,30 @@ import sys
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import TWO_POINTS, sweep_file
+from reluvit.report.status import status_table
+from reluvit.run.compose import compose, compose_all, compose_points
+from reluvit.run.schema import ConfigError
+from reluvit.run.validate import validate
 from reluvit.sweep import spec as sweeps
-from reluvit.run.config import compose, compose_all, validate
+
+FIGURES = [name for name in sweeps.names() if name.startswith("fig")]
+
+
+def run_names(sweep, gpu: bool = True, extra=()) -> list[str]:
+    return list(dict.fromkeys(cfg.run_name for cfg in compose_points(sweep.points(gpu, extra))))
+
 
 PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9, "fig4": 3 * 2 * 2 * 9, "fig5": 5}
 
 
-@pytest.mark.parametrize("figure", sweeps.FIGURES)
+@pytest.mark.parametrize("figure", FIGURES)
 def test_paper_grid_sizes(figure):
     sweep = sweeps.load(figure, "paper")
-    assert sweep.size() == PAPER_SIZES[figure]
-    assert len(sweeps.expected_runs(sweep, gpu=True)) == PAPER_SIZES[figure]
+    assert len(sweep.points(gpu=True)) == PAPER_SIZES[figure]
+    assert len(run_names(sweep)) == PAPER_SIZES[figure]
 
 
 def test_fig2_paper_grid_is_the_papers():
@@ -31,31 +42,33 @@ def test_fig2_paper_grid_is_the_papers():
     assert alphas == {str(a / 4) for a in range(9)}
 
 
-@pytest.mark.parametrize("figure", sweeps.FIGURES)
+@pytest.mark.parametrize("name", sweeps.names())
 @pytest.mark.parametrize("scale", sweeps.SCALES)
-def test_every_sweep_point_composes_and_validates(figure, scale, tmp_path):
-    sweep = sweeps.load(figure, scale)
+def test_every_sweep_point_composes_and_validates(name, scale, tmp_path):
+    if not sweeps.has_scale(name, scale):
+        pytest.skip(f"{name} has no {scale} scale")
+    sweep = sweeps.load(name, scale)
     (tmp_path / "_info.json").write_text("{}")  # stands for the ImageNet shard directories
     data = [f"data.path={tmp_path}"] if scale == "paper" else []
-    first_points = [[*block.points()[0], *data] for block in sweep.blocks]
-    for cfg in compose_all(first_points):
+    for cfg in compose_points([[*block.points()[0], *data] for block in sweep.blocks]):
         validate(cfg)
 
 
-@pytest.mark.parametrize("figure", sweeps.FIGURES)
-def test_expected_runs_match_full_composition(figure):
-    """The fast expansion (compose per group choice, then set keys) gives Hydra's own run names."""
-    sweep = sweeps.load(figure, "smoke")
-    points = [p for b in sweep.runnable(gpu=True) for p in b.points()]
-    full = list(dict.fromkeys(cfg.run_name for cfg in compose_all(points)))
-    assert sweeps.expected_runs(sweep, gpu=True) == full
+@pytest.mark.parametrize("figure", FIGURES)
+def test_fast_composition_equals_hydras(figure):
+    """Composing each group choice once and setting the keys gives the configs Hydra composes for each point."""
+    points = sweeps.load(figure, "smoke").points(gpu=True)
+    for fast, full in zip(compose_points(points), compose_all(points), strict=True):
+        full = OmegaConf.to_container(full, resolve=True)
+        fast = OmegaConf.to_container(fast)
+        assert {**fast, "run_name": None, "run_dir": None} == {**full, "run_name": None, "run_dir": None}
 
 
 def test_fig2_smoke_grid_has_three_seeds_at_the_short_length():
     sweep = sweeps.load("fig2", "smoke")
     per_model = 2 * (7 * 3 + 1)  # two heads x (7 h x 3 alphas + softmax)
-    assert sweep.size(gpu=False) == 3 * per_model + per_model
-    names = sweeps.expected_runs(sweep, gpu=False)
+    assert len(sweep.points(gpu=False)) == 3 * per_model + per_model
+    names = run_names(sweep, gpu=False)
     assert len(names) == 4 * per_model
     assert sum("/micro4/" in n for n in names) == 3 * per_model
     assert {n[-2:] for n in names if "/micro2/" in n} == {"s0"}
@@ -63,25 +76,30 @@ def test_fig2_smoke_grid_has_three_seeds_at_the_short_length():
 
 def test_gpu_only_blocks_are_left_out_without_a_gpu():
     sweep = sweeps.load("fig2", "smoke")
-    assert sweep.size(gpu=True) - sweep.size(gpu=False) == 2 * (7 * 3 + 1)
-    assert all("model=micro1" not in p for b in sweep.runnable(gpu=False) for p in b.points())
+    assert len(sweep.points(gpu=True)) - len(sweep.points(gpu=False)) == 2 * (7 * 3 + 1)
+    assert all("model=micro1" not in p for p in sweep.points(gpu=False))
 
 
 def test_seeds_replace_the_sweep_files():
     sweep = sweeps.load("fig3", "smoke", seeds=[0, 1, 2])
-    assert sweep.size(gpu=False) == 3 * sweeps.load("fig3", "smoke").size(gpu=False)
+    assert len(sweep.points(gpu=False)) == 3 * len(sweeps.load("fig3", "smoke").points(gpu=False))
 
 
-def test_unknown_figure_or_scale_is_a_clear_error():
-    with pytest.raises(SystemExit, match="known figures"):
+def test_sweep_syntax_in_extra_overrides_multiplies_the_points():
+    sweep = sweeps.load("fig5", "smoke")
+    assert len(sweep.points(False, ["trainer.max_steps=3", "recipe.lr=1e-3,3e-4"])) == 2 * len(sweep.points(False))
+
+
+def test_unknown_sweep_or_scale_is_a_clear_error():
+    with pytest.raises(ConfigError, match="known sweeps: demo, fig1"):
         sweeps.load("fig9", "smoke")
-    with pytest.raises(SystemExit, match="no scale"):
+    with pytest.raises(ConfigError, match="no scale"):
         sweeps.load("fig1", "huge")
 
 
 def _run_sweep(tmp_path, env, *overrides) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
+        [sys.executable, "-m", "reluvit", "sweep", "fig3", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
          "--results-dir", str(tmp_path / "results"), *overrides], capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -92,7 +110,8 @@ def test_two_point_smoke_sweep_end_to_end(tmp_path):
                         "trainer.accelerator=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
-    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0", "smoke-digits/micro2/relu-a1-s0"]
+    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0+trainer.max_steps=3",
+                                         "smoke-digits/micro2/relu-a1-s0+trainer.max_steps=3"]
     assert set(table["status"]) == {"completed"}
     assert (tmp_path / "results" / "runs.csv").exists()
     for suffix in (".png", ".pdf"):
@@ -116,21 +135,21 @@ def test_a_failed_block_does_not_stop_the_sweep(tmp_path):
                                 "      - {recipe: smoke, data: digits, model: micro2, attention: relu}\n")
     result = _run_sweep(tmp_path, env, "trainer.max_steps=2", "trainer.enable_progress_bar=false")
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "failed: block 1" in result.stderr
+    assert "failed: smoke-digits/micro2/relu2-a1-s0+trainer.max_steps=2" in result.stderr
     status = pd.read_parquet(tmp_path / "results" / "runs.parquet").set_index("run_name")["status"]
-    assert status.to_dict() == {"smoke-digits/micro2/relu-a1-s0": "completed",
-                                "smoke-digits/micro2/relu2-a1-s0": "failed"}  # recorded, not missing
+    assert status.to_dict() == {"smoke-digits/micro2/relu-a1-s0+trainer.max_steps=2": "completed",
+                                "smoke-digits/micro2/relu2-a1-s0+trainer.max_steps=2": "failed"}  # recorded
     assert (tmp_path / "results" / "smoke" / "fig3.png").stat().st_size > 0
 
 
-def test_status_counts_points(tmp_path):
+def test_status_counts_runs(tmp_path):
     sweep = sweeps.load("fig3", "smoke")
-    names = sweeps.expected_runs(sweep, gpu=False)
-    runs = pd.DataFrame({"run_name": [names[0], names[1], names[2], "elsewhere/other"],
+    configs = compose_points(sweep.points(gpu=False))
+    runs = pd.DataFrame({"run_dir": [configs[0].run_dir, configs[1].run_dir, configs[2].run_dir, "elsewhere/other"],
                          "status": ["completed", "diverged", "running", "completed"]})
-    row = sweeps.status_table([sweep], runs, gpu=False).iloc[0]
-    assert (row.points, row.completed, row.diverged, row.running, row.failed) == (len(names), 1, 1, 1, 0)
-    assert row.missing == len(names) - 3
+    row = status_table([sweep], runs, gpu=False).iloc[0]
+    assert (row.runs, row.completed, row.diverged, row.running, row.failed) == (len(configs), 1, 1, 1, 0)
+    assert row.missing == len(configs) - 3
 
 
 def test_sweep_points_name_distinct_runs():

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from reluvit.attention import ACTIVATIONS
-from reluvit.run.train import read_summary, run
+from reluvit.run.rundir import read_summary
+from reluvit.run.train import run
 
 
 def train_losses(run_dir: Path) -> pd.Series:
@@ -42,19 +43,26 @@ def test_short_run_loss_decreases(tiny_cfg, overrides):
     assert on_disk["train_flops"] == pytest.approx(6 * on_disk["forward_macs"] * 40 * 64)
 
 
-def test_resume_continues_steps_and_core_hours(tiny_cfg):
-    first = run(tiny_cfg("trainer.max_steps=12"))
-    assert (first["global_step"], first["examples_seen"]) == (12, 12 * 64)
-    cfg = tiny_cfg("trainer.max_steps=30")  # same grid point, same run directory, a longer budget
-    assert cfg.run_dir == first["run_dir"]
-    second = run(cfg)
-    assert second["global_step"] == 30
-    assert second["examples_seen"] == 30 * 64  # continued from the checkpoint, not restarted at 0
-    assert second["core_hours"] > first["core_hours"]
-    assert second["started"] == first["started"]
-    steps = train_losses(cfg.run_dir).index
-    assert len(list(Path(cfg.run_dir).glob("csv/version_*"))) == 2  # both segments' metrics kept
-    assert steps.max() >= 29 and steps.min() == 0
+def test_a_run_directory_holding_other_training_values_is_refused(tiny_overrides, tmp_path, capsys):
+    """The same run name with another learning rate (a config file edited, or a name given by hand): resuming is
+    refused with the keys named and exit status 2; resume=false trains it again there."""
+    from reluvit import cli
+
+    first = run(tiny_cfg_named(tiny_overrides, "trainer.max_steps=3"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", *tiny_overrides, "run_name=mine", "trainer.max_steps=3", "recipe.lr=0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "recipe.lr" in err and "0.001" in err and "resume=false" in err
+    assert read_summary(first["run_dir"])["finished"] == first["finished"]  # untouched
+    again = run(tiny_cfg_named(tiny_overrides, "trainer.max_steps=3", "recipe.lr=0", "resume=false"))
+    assert again["config"]["recipe"]["lr"] == 0.0 and again["global_step"] == 3
+
+
+def tiny_cfg_named(overrides: list[str], *extra: str):
+    from reluvit.run.compose import compose
+
+    return compose([*overrides, "run_name=mine", *extra])
 
 
 def test_completed_run_is_skipped(tiny_cfg):
@@ -68,7 +76,8 @@ def test_completed_run_is_skipped(tiny_cfg):
     (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(recorded))
     assert run(cfg)["finished"] == first["finished"]  # still skipped
     assert run(tiny_cfg("trainer.max_steps=5", "trainer.enable_progress_bar=true"))["finished"] == first["finished"]
-    assert run(tiny_cfg("trainer.max_steps=6"))["global_step"] == 6  # a changed value retrains
+    other = run(tiny_cfg("trainer.max_steps=6"))  # a changed training value: another run, in another directory
+    assert other["global_step"] == 6 and other["run_dir"] != first["run_dir"]
 
 
 def test_divergence_is_recorded(tiny_cfg):
@@ -86,30 +95,49 @@ def test_deterministic_with_seed(tiny_cfg, tmp_path):
     assert a["metrics"]["val/acc"] == b["metrics"]["val/acc"]
 
 
-def test_wandb_offline_run_id_follows_the_run_directory(tiny_cfg, monkeypatch):
+def test_wandb_offline_run_has_flat_grid_keys_and_tags_only_for_set_keys(tiny_cfg, monkeypatch):
     import hashlib
 
+    from omegaconf import OmegaConf
+
+    from reluvit.run.grid import wandb_config, wandb_tags
+
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = tiny_cfg("logger=wandb", "logger.wandb_mode=offline", "trainer.max_steps=3")
+    cfg = tiny_cfg("logger=wandb", "logger.wandb_mode=offline", "trainer.max_steps=3", "logger.figures=[fig2,fig3]")
+    config = wandb_config(OmegaConf.to_container(cfg))
+    assert (config["activation"], config["alpha"], config["model"], config["seed"]) == ("relu", 1.0, "mini2", 0)
+    assert config["attention.alpha"] == 1.0 and config["recipe.lr"] == cfg.recipe.lr  # the whole config, dotted
+    assert config["figures"] == ["fig2", "fig3"] and config["soft_sr"] is None
+    tags = wandb_tags(OmegaConf.to_container(cfg))
+    assert "activation=relu" in tags and {"fig2", "fig3"} <= set(tags)
+    assert not [t for t in tags if t.startswith(("soft_sr=", "sigmoid_bias=", "gate_activation="))]
+
     run(cfg)
     run_id = hashlib.sha1(str(Path(cfg.run_dir).resolve()).encode()).hexdigest()[:16]
-    assert list((Path(cfg.run_dir) / "wandb").glob(f"offline-run-*-{run_id}"))
+    (offline,) = (Path(cfg.run_dir) / "wandb").glob(f"offline-run-*-{run_id}")  # same directory -> same W&B run
+    record = next(offline.glob("*.wandb")).read_bytes()  # the run record: its config and tags
+    for text in (b"activation=relu", b"alpha=1.0", b"fig3", b"attention.alpha", b"recipe.lr", b'"mini2"'):
+        assert text in record
+    for unset in (b"soft_sr=", b"sigmoid_bias=", b"gate_activation="):  # keys a relu run does not have
+        assert unset not in record
+    assert b'"variant": "mini/2"' not in record  # the module's hyperparameters do not overwrite the config
 
 
-def test_hydra_multirun_writes_one_directory_per_point(tiny_overrides, tmp_path):
-    """The real CLI with -m: each grid point lands in its stable run directory with a summary."""
+def test_reluvit_train_expands_sweep_syntax_into_one_directory_per_point(tiny_overrides, tmp_path):
+    """The real CLI: each point of `attention=softmax,relu` lands in its own run directory with a summary."""
     import subprocess
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "reluvit.run.train", "-m", *tiny_overrides, "trainer.max_steps=3",
+        [sys.executable, "-m", "reluvit", "train", *tiny_overrides, "trainer.max_steps=3",
          "attention=softmax,relu", "attention.alpha=0.5"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    summaries = sorted(p.parent.name for p in tmp_path.rglob("summary.json"))
+    summaries = sorted(p.parent.name.split("+")[0] for p in tmp_path.rglob("summary.json"))
     assert summaries == ["relu-a0.5-s0", "softmax-s0"]
     assert all(read_summary(p.parent)["status"] == "completed" for p in tmp_path.rglob("summary.json"))
+    assert "run 2/2" in result.stderr and (next(tmp_path.rglob("train.log"))).read_text().count("completed") == 1
 
 
 def test_crash_is_recorded_and_the_rerun_resumes_from_the_last_epoch(tiny_cfg, monkeypatch):

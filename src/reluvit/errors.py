@@ -9,6 +9,9 @@ class ArgumentError(ValueError):
         super().__init__(f"{name}: {message}")
         self.name, self.message = name, message
 
+    def __reduce__(self):  # the error crosses processes (DDP, submitit) with both fields
+        return ArgumentError, (self.name, self.message)
+
     def within(self, argument: str) -> "ArgumentError":
         """The same error, seen from the constructor whose ``argument`` held the refused value."""
         return ArgumentError(f"{argument}.{self.name}", self.message)

@@ -1,6 +1,7 @@
 """The ViT grid on timm: big_vision's model sizes, pooling heads and initialisers, with the attention family.
 
-``create_model("S/16", attention={"activation": "relu", "alpha": 1.0})`` returns a plain ``timm`` ``VisionTransformer`` whose blocks
+``create_model("S/16", attention={"activation": "relu", "alpha": 1.0})`` returns a plain ``timm``
+``VisionTransformer`` whose blocks
 use :class:`reluvit.attention.PointwiseAttention`; everything else (patch embedding, pre-LN blocks, MLP, pooling)
 is timm's own, configured to match big_vision ``models/vit.py``.
 """
@@ -17,10 +18,8 @@ from timm.layers import lecun_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from reluvit.attention import ACTIVATIONS, attention_layer
+from reluvit.attention import attention_layer
 from reluvit.errors import ArgumentError, check_choice
-
-ATTENTIONS = (*ACTIVATIONS, "soft")  # the attention family, plus SOFT (reluvit.soft), its own layer
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ def forward_macs(variant: str, *, attention: Mapping | None = None, img_size: in
         from reluvit.soft import soft_attention_macs
 
         mixing = soft_attention_macs(grid, d, size.heads, prefix_tokens=prefix_tokens(pool),
-                                     **attention.get("soft", {}))[0]
+                                     **(attention.get("soft") or {}))[0]
     else:
         mixing = 4 * n * d * d + 2 * n * n * d + attention.get("gate", False) * n * d * d
     per_block = mixing + 2 * n * d * size.mlp_dim

@@ -161,8 +161,8 @@ class SoftAttention(nn.Module):
             raise ArgumentError("local_kernel", f"{local_kernel} is not odd (a centred 'same' convolution; 0: none)")
         if gate:
             raise ArgumentError("gate", "SOFT attention has no gate")
-        if impl == "fused":
-            raise ArgumentError("impl", "SOFT has no fused kernel; use auto or reference")
+        if impl not in ("auto", "reference"):
+            raise ArgumentError("impl", f"{impl!r}: SOFT has one implementation, auto or reference (no fused kernel)")
         dd = {"device": device, "dtype": dtype}
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -379,11 +379,12 @@ def soft_huge(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
 
 
 def soft_attention_macs(grid: int, dim: int, heads: int, *, sr: int = 2, newton_iters: int = NEWTON_ITERS,
-                        local_kernel: int = 3, sym_norm: bool = False, prefix_tokens: int = 0) -> tuple[int, int]:
+                        local_kernel: int = 3, sym_norm: bool = False, ridge: float | None = None,
+                        prefix_tokens: int = 0) -> tuple[int, int]:
     """Multiply-accumulates of one :class:`SoftAttention` forward on a grid x grid patch grid (matrix products and
     convolutions): (all of them, the part that SOFT's custom CUDA ops compute: the Gaussian-kernel distance products
-    and the Newton-Raphson iterations, which a FLOP counter does not see in SOFT's code). ``sym_norm`` is accepted
-    with the layer's other options; its normalisation adds no products."""
+    and the Newton-Raphson iterations, which a FLOP counter does not see in SOFT's code). ``sym_norm`` and ``ridge``
+    are accepted with the layer's other options; they add no products."""
     d, n = dim // heads, grid * grid + prefix_tokens
     m = n if sr == 1 else math.ceil(grid / sr) ** 2
     kernels = heads * (n * m * d + m * m * d)

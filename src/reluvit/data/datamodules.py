@@ -62,8 +62,8 @@ class EmbeddedDataModule(pl.LightningDataModule):
     """An embedded dataset held in memory as tensors, split once by ``split_seed`` (independent of the run's
     ``seed``, so every run of a sweep validates on the same images)."""
 
-    def __init__(self, name: str, batch_size: int, val_size: int | None = None, split_seed: int = 0, num_workers: int = 0,
-                 seed: int = 0) -> None:
+    def __init__(self, name: str, batch_size: int, val_size: int | None = None, split_seed: int = 0,
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.name, self.batch_size, self.val_size = name, batch_size, val_size
         self.split_seed, self.num_workers, self.seed = split_seed, num_workers, seed

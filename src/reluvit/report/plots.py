@@ -28,8 +28,8 @@ def attention_label(row: pd.Series) -> str:
 
 
 def new_figure(**kwargs) -> Figure:
-    """A Figure outside pyplot's registry, so nothing is left open or shown twice in a notebook (``Figure``'s
-    keyword arguments). Its canvas is Agg, which draws without a display."""
+    """A Figure (``Figure``'s keyword arguments) outside pyplot's registry: nothing is left open, nor shown twice in
+    a notebook. Its canvas is Agg, which draws without a display."""
     fig = Figure(**kwargs)
     FigureCanvasAgg(fig)
     return fig
@@ -225,15 +225,19 @@ def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
 
 
 def _compact(value: float, _position=None) -> str:
-    """A tick label as short as it reads: "0.05", "250", "2e13"."""
-    mantissa, _, exponent = f"{value:g}".partition("e")
-    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+    """A tick label as short as it reads: "0.05", "250", "2e13", "5e-4" (powers of ten once they save 2 characters)."""
+    value = float(f"{value:.6g}")  # drops float noise such as 0.07500000000000001
+    plain = np.format_float_positional(value, trim="-")
+    mantissa, exponent = f"{value:e}".split("e")
+    scientific = f"{float(mantissa):g}e{int(exponent)}"
+    return scientific if len(scientific) < len(plain) - 1 else plain
 
 
 def _log_x(ax: Axes, xs: np.ndarray) -> None:
-    """Log x axis spanning at least a factor 4 around the points, labels on major ticks only: within a decade, at
-    most 5 round values evenly spaced ("0.05", "0.075"); within two, 1 and 3 x 10^k; wider, matplotlib's
-    decades. Its default labels the minor ticks of a narrow range, which overlap on a small panel."""
+    """Log x axis spanning at least a factor 4 around the points, with compact labels ("0.05", "2e13") on major ticks
+    only: round values evenly spaced under 0.75 decades, 1-2-5 x 10^k under 1.2, 1-3 x 10^k under 2, matplotlib's
+    powers of ten beyond. Denser ticks, like matplotlib's default of labelling minor ticks on a narrow range,
+    overlap on a small panel."""
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     xs = xs[np.isfinite(xs) & (xs > 0)]
@@ -245,8 +249,10 @@ def _log_x(ax: Axes, xs: np.ndarray) -> None:
     decades = np.log10(high / low)
     if decades >= 2:
         return
-    # under a decade a log axis is near linear, so linearly round values are also evenly spaced
-    locator = MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]) if decades < 1 else LogLocator(subs=(1, 3))
+    if decades < 0.75:  # near linear: equal steps shrink toward the top by at most the factor 5.6 spanned
+        locator = MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10])
+    else:
+        locator = LogLocator(subs=(1, 2, 5) if decades < 1.2 else (1, 3))
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(FuncFormatter(_compact))
 

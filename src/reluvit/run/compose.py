@@ -89,10 +89,10 @@ def _unique(override_lists: list[tuple]) -> tuple[list[tuple], list[DictConfig]]
 
 def _finish(cfg: DictConfig, defaults: DictConfig) -> DictConfig:
     """Resolve every interpolation (the config travels to jobs and summaries as plain values) and name the run."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    raw, base = (leaves(OmegaConf.to_container(c, resolve=False)) for c in (cfg, defaults))
+    missing = sorted(key for key, value in raw.items() if value == "???")
     if missing:
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
-    raw, base = (leaves(OmegaConf.to_container(c, resolve=False)) for c in (cfg, defaults))
     try:
         if cfg.run_name is None:
             overridden = {key for key, value in raw.items() if key not in base or base[key] != value}

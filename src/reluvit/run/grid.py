@@ -168,7 +168,7 @@ def point_name(config: dict) -> str:
     return f"{group_name(config)}/{attention_name(config)}-s{config['seed']}"
 
 
-MAX_SUFFIX = 60  # characters of spelled-out values; longer: a digest of them
+MAX_SUFFIX = 120  # characters of spelled-out values; longer: a digest of them (a path part holds 255)
 
 
 def _spell(value) -> str:

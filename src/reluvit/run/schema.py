@@ -33,7 +33,8 @@ class SoftConfig:
 class AttentionConfig:
     """The keyword arguments of :func:`reluvit.attention.attention_layer` (defaults: relu/L with qk-LayerNorm)."""
 
-    activation: str = "relu"  # softmax | relu | relu2 | gelu | softplus | identity | relu6 | sigmoid | sigmoid_attn | soft
+    # softmax | relu | relu2 | gelu | softplus | identity | relu6 | sigmoid | sigmoid_attn | soft
+    activation: str = "relu"
     alpha: float = 1.0  # point-wise weights are L^-alpha h(q.k/sqrt(d)); the initial value when learned
     qk_norm: bool = True  # LayerNorm (no bias, shared scale, eps 1e-6) on q and k over head_dim, as in the paper
     gate: bool = False  # GAU-style gate: proj(g(W_g x) * heads) (Fig 4 ablation)
