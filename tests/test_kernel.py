@@ -221,17 +221,9 @@ def test_fig1_shows_measured_core_hours_and_analytic_flops(tmp_path, monkeypatch
                           "core_hours": hours, "train_flops": flops}
                          for model, variant, flops in [("mini4", "mini/4", 1e13), ("mini2", "mini/2", 4e13)]
                          for activation, acc, hours in [("softmax", 0.8, 0.01), ("relu", 0.79, 0.02)]])
-    drawn = {}
-
-    def keep(fig, stem):  # the figure as drawn, instead of files
-        drawn["fig"] = fig
-        return []
-
-    monkeypatch.setattr(plots, "save", keep)
-    plots.fig1(runs, models=["mini4", "mini2"], recipe="smoke", metrics={"accuracy": "val_acc"}, stem=tmp_path / "f")
-    axes = drawn["fig"].axes
+    figure = plots.fig1(runs, models=["mini4", "mini2"], recipe="smoke", metrics={"accuracy": "val_acc"})
+    axes = figure.axes
     assert [ax.get_xlabel() for ax in axes] == ["core hours", "training FLOPs"]
     relu_flops = [line for line in axes[1].lines if line.get_label() == "relu/seqlen"][0].get_xdata()
     assert list(relu_flops) == [1e13, 4e13]
-    assert "all 4 points present" in drawn["fig"].texts[-1].get_text()  # each point counted once
-    plots.plt.close(drawn["fig"])
+    assert "all 4 points present" in figure.texts[-1].get_text()  # each point counted once

@@ -90,8 +90,8 @@ def test_bad_options(options, key, message):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["attention=soft", "attention.soft_sr=0"], "attention.soft_sr"),
-    (["attention=soft", "attention.soft_local_kernel=4"], "attention.soft_local_kernel"),
+    (["attention=soft", "attention.soft.sr=0"], "attention.soft.sr"),
+    (["attention=soft", "attention.soft.local_kernel=4"], "attention.soft.local_kernel"),
     (["attention=soft", "attention.gate=true"], "attention.gate"),
     (["attention=softmax", "attention.learn_alpha=layer"], "attention.learn_alpha"),
     (["attention=relu_learned", "attention.alpha=0"], "attention.alpha"),
@@ -109,8 +109,8 @@ def test_run_names_distinguish_the_new_points(tiny_cfg):
     names = [tiny_cfg(*o).run_name.rsplit("/", 1)[1] for o in (
         ["attention=relu"], ["attention=relu_learned"], ["attention=relu_learned", "attention.learn_alpha=head"],
         ["attention=sigmoid_attn"], ["attention=sigmoid_attn", "attention.sigmoid_bias=-2"], ["attention=soft"],
-        ["attention=soft", "attention.soft_sr=1"], ["attention=soft", "attention.soft_sym_norm=true"],
-        ["attention=soft", "attention.soft_newton_iters=10"], ["attention=soft", "attention.soft_local_kernel=5"])]
+        ["attention=soft", "attention.soft.sr=1"], ["attention=soft", "attention.soft.sym_norm=true"],
+        ["attention=soft", "attention.soft.newton_iters=10"], ["attention=soft", "attention.soft.local_kernel=5"])]
     assert len(set(names)) == len(names), names
     assert names[:4] == ["relu-a1-s0", "relu-a1-learn_layer-s0", "relu-a1-learn_head-s0", "sigmoid_attn-blogL-s0"]
 
@@ -144,7 +144,7 @@ def test_learned_alpha_trains_and_is_logged(tiny_cfg, mode):
 
 def test_soft_trains(tiny_cfg):
     summary = _trains(tiny_cfg("attention=soft", "trainer.max_steps=40", "recipe.lr=2e-3"))
-    assert summary["run_name"].endswith("/soft-sr2-s0")
+    assert summary["run_name"].split("+")[0].endswith("/soft-sr2-s0")
 
 
 # --- Figure 5 --------------------------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_fig5_smoke_points_run_end_to_end(tmp_path):
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "fig5.yaml").write_text(yaml.safe_dump(spec))
     result = subprocess.run(
-        [sys.executable, "-m", "reluvit.cli", "sweep", "fig5", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
+        [sys.executable, "-m", "reluvit", "sweep", "fig5", "--scale", "smoke", "--runs-dir", str(tmp_path / "runs"),
          "--results-dir", str(tmp_path / "results"), "trainer.max_steps=3", "trainer.enable_progress_bar=false",
          "trainer.accelerator=cpu"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "RELUVIT_SWEEPS_DIR": str(tmp_path / "sweeps")},
@@ -171,8 +171,8 @@ def test_fig5_smoke_points_run_end_to_end(tmp_path):
     import pandas as pd
 
     table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
-    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-learn_layer-s0",
-                                         "smoke-digits/micro2/soft-sr2-s0"]
+    assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-learn_layer-s0+trainer.max_steps=3",
+                                         "smoke-digits/micro2/soft-sr2-s0+trainer.max_steps=3"]
     assert set(table["status"]) == {"completed"}
     assert table["attn_alpha_mean"].notna().sum() == 1
     assert (tmp_path / "results" / "smoke" / "fig5.png").stat().st_size > 0

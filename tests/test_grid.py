@@ -1,0 +1,86 @@
+"""A run's identity covers every training key of the schema (walked, so a key added later cannot be forgotten), and
+the package's import graph has no cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from reluvit.run.compose import compose
+from reluvit.run.grid import GRID, NOT_TRAINING, identity, leaves, training_values
+
+BASE = OmegaConf.to_container(compose(["data=digits", "model=mini2"]))
+
+
+def changed(value):
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, value[-1] if value else 1]
+    return f"{value}-other"
+
+
+def with_value(config: dict, path: str, value) -> dict:
+    copy = OmegaConf.to_container(OmegaConf.create(config))
+    node = copy
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return copy
+
+
+@pytest.mark.parametrize("path", sorted(leaves(BASE)))
+def test_every_schema_key_is_in_the_identity_unless_listed_as_not_training(path):
+    value = leaves(BASE)[path]
+    other = with_value(BASE, path, changed(value) if value is not None else 1)
+    not_training = any(path == key or path.startswith(f"{key}.") for key in NOT_TRAINING)
+    assert (identity(other) == identity(BASE)) == not_training, path
+
+
+def test_grid_keys_are_training_keys():
+    assert all(key.path in training_values(BASE) for key in GRID.values())
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the reluvit modules it imports (at any depth of its code)."""
+    graph = {}
+    for path in (SRC / "reluvit").rglob("*.py"):
+        module = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("reluvit"):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+                found |= {n for n in names if (SRC / Path(*n.split("."))).with_suffix(".py").exists()} or {node.module}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("reluvit")}
+        graph[module] = found - {module}
+    return graph
+
+
+def test_the_import_graph_has_no_cycles():
+    graph, done, path = imports(), set(), []
+
+    def visit(module):
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(module):], module]))
+        if module in done:
+            return
+        path.append(module)
+        for target in graph.get(module, ()):
+            visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+    assert "reluvit.run.train" in graph and graph["reluvit.run.train"]  # the walk saw the package
