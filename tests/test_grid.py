@@ -84,3 +84,14 @@ def test_the_import_graph_has_no_cycles():
     for module in graph:
         visit(module)
     assert "reluvit.run.train" in graph and graph["reluvit.run.train"]  # the walk saw the package
+
+
+def test_reading_commands_import_no_framework():
+    """`reluvit results`, `status` and `--help` read JSON and YAML: no torch, timm or Lightning."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reluvit.cli, reluvit.report.rollup, reluvit.report.status, reluvit.sweep.spec; "
+            "print(sorted({'torch', 'timm', 'pytorch_lightning'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "[]"
