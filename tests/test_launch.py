@@ -90,7 +90,7 @@ def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):
 
 
 def test_unknown_cluster_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "reluvit.cli", "sweep", "fig1", "--launcher", "slurm",
+    result = subprocess.run([sys.executable, "-m", "reluvit", "sweep", "fig1", "--launcher", "slurm",
                              "--cluster", "nowhere", "--runs-dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "nowhere" in result.stderr

@@ -105,10 +105,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_launcher(args) -> None:
+    """The launcher and the cluster profile, before anything is composed or submitted."""
+    from reluvit.run.schema import ConfigError
+    from reluvit.sweep.execute import LAUNCHERS
+
+    if args.launcher not in LAUNCHERS:
+        raise ConfigError("launcher", f"{args.launcher!r} is not one of: {', '.join(LAUNCHERS)}")
+    if args.launcher == "slurm":
+        from reluvit.sweep.slurm import load_profile
+
+        load_profile(args.cluster)
+
+
 def _train(args, overrides: list[str]) -> None:
     from reluvit.run.compose import expand
     from reluvit.sweep.execute import execute, prepare
 
+    _check_launcher(args)
     points = prepare(expand(overrides))
     if failed := execute(points, args.launcher, args.cluster, label="train"):
         for line in failed:
@@ -121,6 +135,7 @@ def _sweep(args, overrides: list[str]) -> None:
     from reluvit.sweep.execute import execute, membership, prepare, tag_figures
 
     results_dir = _results_dir(args.results_dir)
+    _check_launcher(args)
     sweep = spec.load(args.sweep, args.scale, args.seeds)
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
     gpu = _gpu()
