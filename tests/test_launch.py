@@ -78,7 +78,7 @@ def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 of 2 jobs finished" in result.stdout
+    assert "2 of 2 jobs finished" in result.stderr
     table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
     assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0+trainer.max_steps=4",
                                          "smoke-digits/micro2/relu-a1-s0+trainer.max_steps=4"]
