@@ -106,7 +106,7 @@ def test_config_errors_name_the_key(tiny_cfg, overrides, message):
 
 
 def test_run_names_distinguish_the_new_points(tiny_cfg):
-    names = [tiny_cfg(*o).run_name.rsplit("/", 1)[1] for o in (
+    names = [tiny_cfg(*o).run_name.rsplit("/", 1)[1].split("+")[0] for o in (
         ["attention=relu"], ["attention=relu_learned"], ["attention=relu_learned", "attention.learn_alpha=head"],
         ["attention=sigmoid_attn"], ["attention=sigmoid_attn", "attention.sigmoid_bias=-2"], ["attention=soft"],
         ["attention=soft", "attention.soft.sr=1"], ["attention=soft", "attention.soft.sym_norm=true"],

@@ -162,7 +162,7 @@ class SoftAttention(nn.Module):
         if gate:
             raise ArgumentError("gate", "SOFT attention has no gate")
         if impl not in ("auto", "reference"):
-            raise ArgumentError("impl", f"{impl!r}: SOFT has one implementation, auto or reference (no fused kernel)")
+            raise ArgumentError("impl", f"SOFT has no fused kernel: {impl!r} is not auto or reference")
         dd = {"device": device, "dtype": dtype}
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
