@@ -199,14 +199,14 @@ def _status(args) -> None:
 
 
 def _plots(args) -> None:
-    from reluvit.run.compose import compose_points
+    from reluvit.report.status import run_dirs
 
     results_dir = _results_dir(args.results_dir)
     table = _rollup(args.runs_dir, results_dir)
     extra = [f"runs_dir={args.runs_dir.resolve()}"]
     for sweep in _sweeps(args):
-        run_dirs = {cfg.run_dir for cfg in compose_points(sweep.points(True, extra))}
-        _plot(sweep, table[table["run_dir"].isin(run_dirs)] if len(table) else table, results_dir)
+        runs = table[table["run_dir"].isin(run_dirs(sweep, True, extra))] if len(table) else table
+        _plot(sweep, runs, results_dir)
 
 
 def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:

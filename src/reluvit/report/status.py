@@ -10,13 +10,18 @@ from reluvit.sweep.spec import Sweep
 STATUSES = ("completed", "running", "failed", "diverged", "missing")
 
 
+def run_dirs(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[str]:
+    """The run directories of a sweep's runnable points, in order, without repeats."""
+    return list(dict.fromkeys(cfg.run_dir for cfg in compose_points(sweep.points(gpu, extra))))
+
+
 def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool, extra: list[str] = ()) -> pd.DataFrame:
     """One row per sweep: its runnable runs and how many are in each status (``missing``: no summary yet)."""
     by_dir = runs.set_index("run_dir")["status"] if len(runs) else pd.Series(dtype=str)
     rows = []
     for sweep in sweeps:
-        run_dirs = list(dict.fromkeys(cfg.run_dir for cfg in compose_points(sweep.points(gpu, extra))))
-        counts = by_dir.reindex(run_dirs).fillna("missing").value_counts()
-        rows.append({"sweep": sweep.name, "scale": sweep.scale, "runs": len(run_dirs),
+        dirs = run_dirs(sweep, gpu, extra)
+        counts = by_dir.reindex(dirs).fillna("missing").value_counts()
+        rows.append({"sweep": sweep.name, "scale": sweep.scale, "runs": len(dirs),
                      **{s: int(counts.get(s, 0)) for s in STATUSES}})
     return pd.DataFrame(rows)

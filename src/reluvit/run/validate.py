@@ -9,15 +9,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reluvit.errors import ArgumentError
+from reluvit.errors import ArgumentError, check_choice
 from reluvit.run.build import build_module, micro_batch_size
 from reluvit.run.schema import ConfigError
 
 
 def _choice(cfg: DictConfig, key: str, allowed) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value not in allowed:
-        raise ConfigError(key, f"{value!r} is not one of: {', '.join(map(str, allowed))}")
+    try:
+        check_choice(key, OmegaConf.select(cfg, key), allowed)
+    except ArgumentError as e:
+        raise ConfigError(e.name, e.message) from None
 
 
 def validate(cfg: DictConfig) -> None:
