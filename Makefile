@@ -14,10 +14,11 @@ SEEDS    ?=
 ARGS     ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: help venv demo test lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli
+.PHONY: help venv demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
-	@echo "make test         run the test suite"
+	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
+	@echo "make test-all     the full suite: + slow and SLURM tests (starts the local cluster: slurm/up.sh, root)"
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot"
 	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
 	@echo "make wandb-sync   upload offline W&B runs"
@@ -38,8 +39,15 @@ $(BIN)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/reluvit sweep demo $(ARGS)
 
+# The default suite: fast tests only; it changes nothing outside the repository and the temporary directory.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow and not slurm" --durations=15
+
+# The full suite: adds the slow tests and the SLURM tests, on the one-node cluster slurm/up.sh starts (root; it
+# installs slurm-wlm, munge and mariadb with apt-get and writes /etc/slurm). CI runs this (.ci/run).
+test-all: venv
+	bash slurm/up.sh
+	RELUVIT_SLURM_TESTS=1 $(BIN)/python -m pytest -q --durations=30
 
 fig1 fig2 fig3 fig4 fig5: venv
 	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) --launcher $(LAUNCHER) --cluster $(CLUSTER) $(ARGS)

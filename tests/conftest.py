@@ -1,8 +1,13 @@
-"""Shared fixtures: configs composed from the real ``conf/`` with small, CPU-only overrides."""
+"""Shared fixtures: configs composed from the real ``conf/`` with small, CPU-only overrides; and the guard that keeps
+the default suite off the machine: unless ``RELUVIT_SLURM_TESTS=1`` (set by ``make test-all`` after
+``slurm/up.sh``), the package manager and SLURM's commands are shadowed on the PATH by stubs that refuse and record
+the call, and the session fails if anything called them."""
 
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,43 @@ import torch
 
 from reluvit.run.compose import compose
 from reluvit.run.rundir import last_checkpoint
+
+SLURM_TESTS = os.environ.get("RELUVIT_SLURM_TESTS") == "1"
+GUARDED = ("apt-get", "apt", "dpkg", "sbatch", "srun", "salloc", "squeue", "scontrol", "sacct", "sacctmgr", "sinfo",
+           "scancel", "slurmctld", "slurmd", "slurmdbd", "munged", "systemctl")
+GUARD_LOG = "RELUVIT_GUARD_LOG"
+
+
+def pytest_configure(config) -> None:
+    if SLURM_TESTS:
+        return
+    stubs = Path(tempfile.mkdtemp(prefix="reluvit-guard-"))
+    log = stubs / "calls.log"
+    log.touch()
+    for name in GUARDED:
+        stub = stubs / name
+        stub.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n'
+                        f'echo "{name}: refused in the default test suite (make test-all runs the SLURM tests)" >&2\n'
+                        "exit 127\n")
+        stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    os.environ["PATH"] = f"{stubs}{os.pathsep}{os.environ['PATH']}"
+    os.environ[GUARD_LOG] = str(log)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:  # a test on the local cluster is a SLURM test (run by make test-all only)
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    log = os.environ.get(GUARD_LOG)
+    calls = Path(log).read_text().strip() if log and Path(log).exists() else ""
+    if calls:
+        session.config.get_terminal_writer().line(
+            f"the default suite called commands that change the machine or reach a cluster:\n{calls}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 # A seconds-scale run: the digits dataset (8x8, patch 2 -> L = 16), the mini ViT, a handful of steps.
 TINY = [
@@ -41,7 +83,7 @@ def one_thread():
 
 def checkpoint_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """The model weights in a run's ``checkpoints/last.ckpt``."""
-    return torch.load(last_checkpoint(Path(run_dir)), weights_only=False)["state_dict"]
+    return torch.load(last_checkpoint(Path(run_dir)), weights_only=True)["state_dict"]
 
 
 # A sweep block of two points (relu/L with and without qk-LayerNorm) on the digits dataset.

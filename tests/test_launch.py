@@ -1,11 +1,10 @@
 """SLURM launch through submitit: profiles, resources per model size, and a real 2-point sweep submitted as a job
-array to the one-node cluster of slurm/up.sh (started by the test when it is not running; skipped, with the
-reason, where it cannot be started)."""
+array to the one-node cluster of slurm/up.sh (the SLURM tests: ``make test-all`` starts that cluster and sets
+RELUVIT_SLURM_TESTS=1; the default suite skips them and cannot reach any cluster)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TWO_POINTS, checkpoint_weights, sweep_file
+from conftest import GUARD_LOG, SLURM_TESTS, TWO_POINTS, checkpoint_weights, sweep_file
 from reluvit.run.schema import ConfigError
 from reluvit.sweep.slurm import Profile, Resources, load_profile, resources
 
@@ -50,23 +49,36 @@ def test_trainer_settings_match_the_allocation():
     assert Resources(1, 1, 0).trainer_settings()["accelerator"] == "cpu"
 
 
-def _cluster_up() -> bool:
-    return subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0 if shutil.which("sinfo") else False
+def _ours() -> bool:
+    """Whether the reachable SLURM controller is the one slurm/up.sh started (its pid file is under SLURM_PREFIX)."""
+    pid_file = Path(os.environ.get("SLURM_PREFIX", "/tmp/slurm-local")) / "run" / "slurmctld.pid"
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    return config.returncode == 0 and any(line.split("=", 1)[-1].strip() == str(pid_file)
+                                          for line in config.stdout.splitlines() if line.startswith("SlurmctldPidFile"))
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """The local one-node cluster; started here (and stopped afterwards) when it is not already running."""
-    if _cluster_up():
-        yield
-        return
-    if os.geteuid() != 0:
-        pytest.skip("SLURM is not running and starting it (slurm/up.sh) needs root")
-    up = subprocess.run(["bash", str(ROOT / "slurm" / "up.sh")], capture_output=True, text=True, timeout=600)
-    if up.returncode != 0:
-        pytest.skip(f"slurm/up.sh could not start a cluster here: {up.stderr.strip()[-300:]}")
-    yield
-    subprocess.run(["bash", str(ROOT / "slurm" / "down.sh")], capture_output=True, timeout=120)
+    """The one-node cluster that slurm/up.sh started for these tests: asked for with RELUVIT_SLURM_TESTS=1 (make
+    test-all), never another cluster that happens to be reachable."""
+    if not SLURM_TESTS:
+        pytest.skip("SLURM tests run with RELUVIT_SLURM_TESTS=1 on the cluster of slurm/up.sh (make test-all)")
+    if not _ours():
+        pytest.fail("RELUVIT_SLURM_TESTS=1 but the reachable SLURM is not the one slurm/up.sh starts: run slurm/up.sh")
+
+
+def test_the_default_suite_cannot_install_or_reach_a_cluster():
+    """The guard of conftest: a package install or a SLURM command fails and is recorded (this call is removed from
+    the record again, so that only unexpected calls fail the session)."""
+    if SLURM_TESTS:
+        pytest.skip("the full suite may use the cluster")
+    log = Path(os.environ[GUARD_LOG])
+    before = log.read_text()
+    for command in (["apt-get", "install", "-y", "slurm-wlm"], ["sbatch", "--wrap", "true"], ["sinfo"]):
+        assert subprocess.run(command, capture_output=True).returncode == 127
+    calls = [line.strip() for line in log.read_text()[len(before):].splitlines()]
+    assert calls == ["apt-get install -y slurm-wlm", "sbatch --wrap true", "sinfo"]
+    log.write_text(before)
 
 
 def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):

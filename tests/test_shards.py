@@ -1,19 +1,26 @@
 """Shards: the writer (byte-identical round trip, labels, resumable), the streaming loader (exactly once per epoch
-across 2 ranks x 2 workers, equal batch counts, (seed, epoch) order, mid-epoch resume), bad data, label sets."""
+across 2 ranks x 2 workers, equal batch counts, (seed, epoch) order, mid-epoch resume), validation (every image
+once for any worker count), bad data (shards shorter or longer than listed among it), label sets."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
+import math
 import tarfile
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
+from reluvit.data import stream as stream_module
 from reluvit.data.datamodules import EpochLoader
 from reluvit.data.labels import i1k_to_i21k, wordnet_ids
 from reluvit.data.shards import read_info, write_shards
@@ -137,6 +144,78 @@ def test_validation_reads_every_sample_exactly_once(digit_shards):
     assert all(len(batches) == length for batches, length, _ in parts)
 
 
+def _contents(root: Path, split: str) -> list[list[tuple[int, int]]]:
+    """Every shard's samples in tar order, as (image key, label)."""
+    shards = []
+    for shard in read_info(root)["splits"][split]["shards"]:
+        with tarfile.open(root / shard["file"]) as tar:
+            members = [(m.name.split(".", 1), tar.extractfile(m).read()) for m in tar]
+        samples = [dict((suffix, data) for (_, suffix), data in group)
+                   for _, group in itertools.groupby(members, key=lambda m: m[0][0])]
+        shards.append([(_key(s["png"]).item(), int(s["cls"])) for s in samples])
+    return shards
+
+
+def _validate_as_lightning(root, *, world, workers, batch, **kw):
+    """Each rank's validation stream through a plain DataLoader, taking ``len(loader)`` batches as Lightning does;
+    returns the (key, label) pairs scored and the streams."""
+    scored, streams = Counter(), []
+    for rank in range(world):
+        stream = ShardStream(root, "val", _key, batch, train=False, num_classes=10, rank=rank, world=world, **kw)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers)
+        batches = iter(loader)
+        for images, labels in itertools.islice(batches, len(loader)):
+            scored.update(zip(images.tolist(), labels.tolist(), strict=True))
+        assert next(batches, None) is None  # nothing left beyond len(loader)
+        streams.append(stream)
+    return scored, streams
+
+
+@pytest.mark.parametrize(("workers", "world", "batch"), [(0, 2, 64), (1, 2, 64), (2, 2, 64), (3, 2, 40),
+                                                         (8, 2, 64), (3, 3, 16)])
+def test_validation_scores_every_image_once_for_any_worker_count(digit_shards, workers, world, batch):
+    scored, _ = _validate_as_lightning(digit_shards, world=world, workers=workers, batch=batch)
+    assert scored == Counter(sample for shard in _contents(digit_shards, "val") for sample in shard)
+
+
+def test_validation_length_is_the_same_in_a_worker(digit_shards, monkeypatch):
+    stream = ShardStream(digit_shards, "val", _key, 40, train=False, num_classes=10, rank=1, world=2)
+    assert len(stream) == math.ceil((297 - 297 // 2) / 40)
+    monkeypatch.setattr(stream_module, "get_worker_info", lambda: SimpleNamespace(id=2, num_workers=3))
+    assert len(stream) == math.ceil((297 - 297 // 2) / 40)
+
+
+def _relist(root: Path, split: str, change: int, shards=(0,)) -> None:
+    """Rewrite ``_info.json`` as if the given shards held ``change`` more samples than they do."""
+    info = json.loads((root / "_info.json").read_text())
+    for i in shards:
+        info["splits"][split]["shards"][i]["num_samples"] += change
+        info["splits"][split]["num_samples"] += change
+    (root / "_info.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("change", [3, -3], ids=["shorter than listed", "longer than listed"])
+def test_validation_counts_a_shard_shorter_or_longer_than_listed(digit_shards, tmp_path, change):
+    root = _damaged_copy(digit_shards, tmp_path / "relisted", lambda d: _relist(d, "val", change))
+    shards = _contents(root, "val")
+    listed = shards[0][:len(shards[0]) + min(change, 0)] + shards[1]  # a longer shard's surplus is not read
+    scored, streams = _validate_as_lightning(root, world=2, workers=3, batch=16, max_bad_fraction=0.5)
+    assert scored == Counter(listed)
+    assert sum(s.skipped for s in streams) == abs(change)
+
+
+def test_training_counts_the_surplus_of_longer_shards_once_an_epoch(digit_shards, tmp_path):
+    count = len(read_info(digit_shards)["splits"]["train"]["shards"])
+    root = _damaged_copy(digit_shards, tmp_path / "relisted", lambda d: _relist(d, "train", -1, range(count)))
+    listed = {key for shard in _contents(root, "train") for key, _ in shard[:-1]}
+    for epoch in (0, 1):  # the epoch's last shard ends in the dropped partial global batch: still counted
+        parts = [_epoch(root, rank=r, world=2, workers=2, epoch=epoch, max_bad_fraction=0.0) for r in (0, 1)]
+        keys = [k for batches, _, _ in parts for images, _ in batches for k in images.tolist()]
+        assert len(keys) == len(set(keys)) == (1500 - count) // 32 * 32 and set(keys) <= listed
+        assert all(len(batches) == length for batches, length, _ in parts)
+        assert sum(stream.skipped for _, _, stream in parts) == count  # not against max_bad_fraction=0
+
+
 def _damaged_copy(src: Path, dst: Path, damage) -> Path:
     dst.mkdir()
     for f in src.iterdir():
@@ -166,6 +245,7 @@ BAD_DATA = {
     "wrong class id": (lambda d: _rewrite_member(d / "train-000000.tar", "cls", lambda b: b"12"), 1),
     "missing shard": (lambda d: (d / "train-000001.tar").unlink(), "shard"),
     "empty shard": (lambda d: (d / "train-000001.tar").write_bytes(b""), "shard"),
+    "shard shorter than listed": (lambda d: _relist(d, "train", 3), 3),
 }
 
 

@@ -19,7 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from reluvit.attention import attention_layer
-from reluvit.errors import ArgumentError, check_choice
+from reluvit.errors import COUNT, ArgumentError, Range, check_choice, check_range
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,10 @@ def create_model(
         reluvit.errors.ArgumentError: naming the refused argument (``attention.alpha``, ``pool``, ...).
     """
     size, patch = parse_variant(variant)
+    for name, value in (("img_size", img_size), ("in_chans", in_chans), ("num_classes", num_classes)):
+        check_range(name, value, COUNT)
     check_choice("pool", pool, POOLS)
+    check_range("head_bias_init", head_bias_init, Range())
     if img_size % patch:
         raise ArgumentError("variant", f"patch size {patch} does not divide img_size {img_size}")
     attention = dict(attention or {})

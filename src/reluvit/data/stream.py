@@ -11,13 +11,19 @@ skips the batches already trained without decoding them. The epoch length is the
 Bad data (an undecodable image, a sample without one, a class id outside the label set, a missing or truncated
 shard) is skipped and counted (``data/skipped``); a slot that comes up short repeats its own last good samples so
 the batch count stays equal, and the run stops with the count once more than ``max_bad_fraction`` of a slot's
-samples were bad. Validation reads every sample exactly once (no shuffle, no drop, ranks and workers take
-contiguous ranges).
+samples were bad. A shard holding more samples than ``_info.json`` lists has the surplus counted too, once an
+epoch, and logged; it is never read, and it does not count against ``max_bad_fraction``, since the epoch still
+reads every sample it was planned with.
+
+Validation reads every sample exactly once (no shuffle, no drop): ranks take contiguous ranges, each cut into
+whole batches (only its last may be partial) that its workers share as contiguous stretches, so the loader's
+length, computed the same in the main process and in a worker, is what the workers together yield.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import multiprocessing
 import random
@@ -34,6 +40,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from reluvit.data.shards import IMAGE_SUFFIXES, read_info
 
 IMAGE_KEYS = tuple(s.lstrip(".") for s in IMAGE_SUFFIXES)
+
+log = logging.getLogger(__name__)
 
 
 class BadDataError(RuntimeError):
@@ -68,50 +76,48 @@ class ShardStream(IterableDataset):
     def __len__(self) -> int:
         if self.train:
             return self.total // (self.batch_size * self.world)
-        return sum(math.ceil(n / self.batch_size) for n in self._eval_counts(self._workers()[1]))
+        lo, hi = _split(self.total, self.world, self.rank)
+        return math.ceil((hi - lo) / self.batch_size)
 
     def _workers(self) -> tuple[int, int]:
         worker = get_worker_info()
         return (worker.id, worker.num_workers) if worker else (0, 1)
 
-    def _eval_counts(self, workers: int) -> list[int]:
-        """Samples of each of this rank's workers: ranks and workers split the split as evenly as possible."""
-        lo, hi = _split(self.total, self.world, self.rank)
-        return [b - a for a, b in (_split(hi - lo, workers, w) for w in range(workers))]
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        worker, workers = self._workers()
-        if self.train:
-            yield from self._train_batches(worker, workers)
-        else:
-            lo, _ = _split(self.total, self.world, self.rank)
-            counts = self._eval_counts(workers)
-            start, count = lo + sum(counts[:worker]), counts[worker]
-            samples = self._decoded(self._raw(list(range(len(self.shards))), start, count),
-                                    budget=self.max_bad_fraction * count)
-            batch = []
-            for sample in samples:
-                batch.append(sample)
-                if len(batch) == self.batch_size:
-                    yield _collate(batch)
-                    batch = []
-            if batch:
+        batches = self._train_batches if self.train else self._eval_batches
+        yield from batches(*self._workers())
+
+    def _eval_batches(self, worker: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # The loader yields every batch of every worker (it goes round the workers until all have run dry), so
+        # workers need only hold whole batches, as many together as len() counts. Contiguous stretches rather
+        # than every workers-th batch: each worker then reads its shards once, front to back, as in training.
+        lo, hi = _split(self.total, self.world, self.rank)
+        first, mine = _batch_share(len(self), workers, worker)
+        start, stop = (min(lo + b * self.batch_size, hi) for b in (first, first + mine))
+        raw = self._raw(list(range(len(self.shards))), start, stop - start, stream_end=self.total)
+        batch = []
+        for sample in self._decoded(raw, budget=self.max_bad_fraction * (stop - start)):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
                 yield _collate(batch)
+                batch = []
+        if batch:
+            yield _collate(batch)
 
     def _train_batches(self, worker: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # the loader takes its first batch from worker 0: after `done` batches that is the turn of slot done % workers
         worker = (worker + self.done) % workers
         per_rank = len(self)
-        # the loader takes batch i from worker i % workers
-        shares = [per_rank // workers + (w < per_rank % workers) for w in range(workers)]
-        mine, start = shares[worker], self.rank * per_rank + sum(shares[:worker])
+        first, mine = _batch_share(per_rank, workers, worker)
+        start = self.rank * per_rank + first
         slot = (self.seed, self.epoch, self.rank, worker)
         if get_worker_info() is not None:  # a worker process: its own augmentation streams for this epoch and slot
             torch.manual_seed(hash(slot) % 2**62)
             random.seed(hash(slot))
         order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.shards)).tolist()
-        raw = _shuffled(self._raw(order, start * self.batch_size, mine * self.batch_size), self.shuffle_buffer,
-                        np.random.default_rng(slot))
+        raw = self._raw(order, start * self.batch_size, mine * self.batch_size,
+                        stream_end=per_rank * self.world * self.batch_size)
+        raw = _shuffled(raw, self.shuffle_buffer, np.random.default_rng(slot))
         skip = max(0, math.ceil((self.done - worker) / workers))  # this worker's batches among those done
         for _ in range(skip * self.batch_size):
             next(raw, None)
@@ -128,9 +134,10 @@ class ShardStream(IterableDataset):
             yield _collate(batch)
             batch = []
 
-    def _raw(self, order: list[int], start: int, count: int) -> Iterator[dict | None]:
-        """``count`` encoded samples from position ``start`` of the stream of shards in ``order``; None for each
-        sample a missing or truncated shard should have held."""
+    def _raw(self, order: list[int], start: int, count: int, stream_end: int) -> Iterator[dict | None]:
+        """``count`` encoded samples from position ``start`` of the stream of shards in ``order``, of which the
+        epoch reads the first ``stream_end``; None for each sample a missing or truncated shard should have held."""
+        self._count_surplus(order, start, start + count, stream_end)
         position = 0
         for i in order:
             path, n = self.shards[i]
@@ -155,6 +162,25 @@ class ShardStream(IterableDataset):
                 yield None
             if position >= start + count:
                 return
+
+    def _count_surplus(self, order: list[int], start: int, stop: int, stream_end: int) -> None:
+        """Count as skipped the samples a shard holds beyond its ``num_samples``, for the shards whose length the
+        slot reading ``[start, stop)`` checks: those whose last listed sample it reads, and, if it reads the
+        epoch's last sample, those that end past it (training drops the partial global batch). One slot per shard,
+        so a surplus is counted once an epoch; up front, from the tar headers, so a loader that stops at its
+        length still counts it."""
+        end = 0
+        for i in order:
+            path, listed = self.shards[i]
+            end += listed
+            if not start <= min(max(end - 1, 0), stream_end - 1) < stop:
+                continue
+            surplus = _samples_in(path) - listed
+            if surplus > 0:
+                log.warning("%s holds %d samples, %d more than _info.json lists; they are skipped", path,
+                            listed + surplus, surplus)
+                with self._skipped.get_lock():
+                    self._skipped.value += surplus
 
     def _decoded(self, raw: Iterator[dict | None], budget: float) -> Iterator[tuple[torch.Tensor, int]]:
         """Decoded (image, label) pairs; a bad sample is counted and skipped, and more than ``budget`` of them
@@ -190,6 +216,24 @@ class SkippedSamples(pl.Callback):
 def _split(total: int, parts: int, i: int) -> tuple[int, int]:
     """The i-th of ``parts`` contiguous, near-equal ranges of ``range(total)``."""
     return total * i // parts, total * (i + 1) // parts
+
+
+def _batch_share(batches: int, workers: int, worker: int) -> tuple[int, int]:
+    """(first batch, number of batches) of ``worker``: contiguous stretches, the first ``batches % workers`` one
+    batch longer, as the loader takes batch i from worker i % workers until a worker runs dry."""
+    shares = [batches // workers + (w < batches % workers) for w in range(workers)]
+    return sum(shares[:worker]), shares[worker]
+
+
+def _samples_in(path: str) -> int:
+    """The samples a shard holds, from its tar headers (members grouped by key as webdataset groups them); 0 for
+    one that cannot be opened, whose samples are counted as they are read."""
+    try:
+        with tarfile.open(path) as tar:
+            keys = (wds.tariterators.base_plus_ext(m.name)[0] for m in tar if m.isreg())
+            return sum(1 for _ in itertools.groupby(k for k in keys if k is not None))
+    except (OSError, tarfile.TarError):
+        return 0
 
 
 def _shuffled(samples: Iterator, size: int, rng: np.random.Generator) -> Iterator:

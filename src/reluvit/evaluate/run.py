@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from reluvit.evaluate.callbacks import fewshot_evaluator, i1k_restriction
 from reluvit.evaluate.fewshot import evaluating
 from reluvit.evaluate.i1k import i1k_counts, i1k_val_loader
+from reluvit.run.checkpoint import load_checkpoint
 from reluvit.run.module import ViTClassifier
 from reluvit.run.rundir import SUMMARY, last_checkpoint, read_summary, write_json_atomic
 from reluvit.run.validate import validate_eval
@@ -40,7 +41,7 @@ def evaluate_run(target: str | Path, eval_config: dict, device: str | None = Non
     cfg = OmegaConf.merge(summary["config"], {"eval": eval_config})
     validate_eval(cfg)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoint = torch.load(ckpt, map_location=device, weights_only=False)
+    checkpoint = load_checkpoint(ckpt, map_location=device)
     module = ViTClassifier(**checkpoint["hyper_parameters"]).to(device)
     module.load_state_dict(checkpoint["state_dict"])
     metrics = {}

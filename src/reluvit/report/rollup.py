@@ -5,7 +5,6 @@ has gone. Imports nothing heavier than pandas."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -13,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from reluvit.run.grid import grid_point, identity
-from reluvit.run.rundir import SUMMARY
+from reluvit.run.lock import live_status
+from reluvit.run.rundir import SUMMARY, read_summary
+from reluvit.run.schema import ConfigError
 
 log = logging.getLogger(__name__)
 RESULT_KEYS = ("status", "core_hours", "train_seconds", "examples_seen", "train_flops", "global_step", "epoch",
@@ -24,6 +25,7 @@ def summary_row(summary: dict) -> dict:
     """The table row of a run: its name, grid keys, identity, outcome and metrics (``val/acc`` -> ``val_acc``)."""
     row = {"run_name": summary["run_name"], **grid_point(summary["config"]), "identity": identity(summary["config"])}
     row.update({key: summary.get(key) for key in RESULT_KEYS})
+    row["status"] = live_status(summary["status"], summary["run_dir"])
     row.update({k.replace("/", "_"): v for k, v in summary.get("metrics", {}).items()})
     row["run_dir"] = summary["run_dir"]
     return row
@@ -33,12 +35,11 @@ def summaries(runs_dir: str | Path):
     """Every readable ``summary.json`` under ``runs_dir``; an unreadable one is skipped with a warning naming it."""
     for root, dirs, files in os.walk(runs_dir):
         dirs[:] = [d for d in dirs if d not in ("checkpoints", "csv", "wandb", ".submitit")]  # no summaries there
-        if SUMMARY in files:
-            path = Path(root) / SUMMARY
+        if SUMMARY in files or SUMMARY in dirs:  # a directory of that name is reported too
             try:
-                yield json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                log.warning("skipping %s: unreadable (%s)", path, e)
+                yield read_summary(root)
+            except ConfigError as e:
+                log.warning("skipping %s", e.message)
 
 
 def collect(runs_dir: str | Path) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reluvit.run.schema import AugmentConfig, ConfigError
 
@@ -18,24 +18,32 @@ def architecture(cfg: DictConfig) -> dict:
     return {**model, "attention": OmegaConf.to_container(cfg.attention, resolve=True)}
 
 
-def augment_for(cfg: DictConfig) -> AugmentConfig:
-    """The recipe's per-model-size augmentation (big_vision keys it by variant), falling back to ``default``."""
+def augment_name(cfg: DictConfig) -> str:
+    """The entry of ``recipe.augment`` for the model: its ``model.name`` (big_vision keys it by variant), else
+    ``default``."""
     table = cfg.recipe.augment
-    entry = table.get(cfg.model.name, table.get("default"))
-    if entry is None:
-        raise ConfigError(f"recipe.augment.{cfg.model.name}",
-                          f"recipe {cfg.recipe.name!r} has no augmentation entry for model {cfg.model.name!r} and no "
-                          f"'default'; it has: {', '.join(table) or 'none'}")
-    return entry
+    for name in (cfg.model.name, "default"):
+        if name in table:
+            return name
+    raise ConfigError(f"recipe.augment.{cfg.model.name}",
+                      f"recipe {cfg.recipe.name!r} has no augmentation entry for model {cfg.model.name!r} and no "
+                      f"'default'; it has: {', '.join(table) or 'none'}")
+
+
+def augment_for(cfg: DictConfig) -> AugmentConfig:
+    """The recipe's per-model-size augmentation (:func:`augment_name`)."""
+    return cfg.recipe.augment[augment_name(cfg)]
 
 
 def build_module(cfg: DictConfig):
-    """The :class:`reluvit.run.module.ViTClassifier` of a config: its recipe keys are the module's arguments."""
+    """The :class:`reluvit.run.module.ViTClassifier` of a config: its recipe keys are the module's arguments, with
+    the model's augmentation and ``trainer.max_steps``."""
     from reluvit.run.module import ViTClassifier
 
     recipe = OmegaConf.to_container(cfg.recipe, resolve=True)
     arguments = {k: recipe[k] for k in inspect.signature(ViTClassifier).parameters if k in recipe}
-    return ViTClassifier(architecture(cfg), mixup=augment_for(cfg).mixup, **arguments)
+    return ViTClassifier(architecture(cfg), mixup=augment_for(cfg).mixup, max_steps=cfg.trainer.max_steps,
+                         **arguments)
 
 
 def world_size(trainer: DictConfig) -> int:
@@ -46,8 +54,10 @@ def world_size(trainer: DictConfig) -> int:
 
         on_gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         devices = torch.cuda.device_count() if on_gpu else 1
-    elif isinstance(devices, str | list) and not str(devices).isdigit():
-        devices = len(devices) if isinstance(devices, list) else len(devices.split(","))
+    elif isinstance(devices, list | ListConfig):  # device ids
+        devices = len(devices)
+    elif isinstance(devices, str) and not devices.strip().isdigit():  # "0,1": device ids
+        devices = len([i for i in devices.split(",") if i.strip()])
     return int(devices) * trainer.num_nodes
 
 

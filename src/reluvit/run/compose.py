@@ -5,16 +5,11 @@ expanded into points. Hydra's errors come back as one-line :class:`ConfigError`.
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reluvit import ROOT
 from reluvit.run.grid import leaves, run_name
-from reluvit.run.schema import ConfigError, TrainConfig, register
-
-CONF_DIR = Path(os.environ.get("RELUVIT_CONF_DIR", ROOT / "conf"))
+from reluvit.run.schema import CONF_DIR, ConfigError, TrainConfig, is_schema_field, register, schema_type
 
 
 def _parse(overrides: list[str]) -> list:
@@ -64,6 +59,8 @@ def compose_points(points: list[list[str]]) -> list[DictConfig]:
     overrides is composed by Hydra in full."""
     groups = _groups()
     parsed = [_parse(point) for point in points]
+    for override in (o for p in parsed for o in p if o.key_or_group not in groups):
+        _check_override(override)
     choices = [tuple(o.input_line for o in p if o.key_or_group in groups) for p in parsed]
     plain = [all(o.key_or_group in groups or not (o.is_add() or o.is_delete() or o.is_force_add()) for o in p)
              for p in parsed]
@@ -82,6 +79,26 @@ def compose_points(points: list[list[str]]) -> list[DictConfig]:
     return configs
 
 
+def _check_override(override) -> None:
+    """What OmegaConf would let through: ``+key`` adds only keys the schema has (``+`` opens the struct: any other
+    key would be stored and never read), ``~key`` deletes no schema field, and a boolean takes ``true`` or
+    ``false`` only (OmegaConf turns 2, yes, on into True)."""
+    key = override.key_or_group
+    if key.startswith("hydra.") or override.package:
+        return
+    if (override.is_add() or override.is_force_add()) and schema_type(key) is None:
+        raise ConfigError(key, "no such config key (`+` adds only keys that the schema has; a misspelt key?)")
+    if override.is_add() and is_schema_field(key):
+        raise ConfigError(key, f"is already a config key: set it without `+` ({key}=...)")
+    if override.is_delete() and is_schema_field(key):
+        raise ConfigError(key, f"a config key cannot be deleted; set it instead ({key}=...)")
+    value = None if override.is_delete() else override.value()
+    if schema_type(key) in (bool, bool | None) and not (
+            isinstance(value, bool) or (value is None and schema_type(key) is not bool)
+            or (isinstance(value, str) and "${" in value)):
+        raise ConfigError(key, f"{value!r} is not a boolean (true or false)")
+
+
 def _unique(override_lists: list[tuple]) -> tuple[list[tuple], list[DictConfig]]:
     keys = list(dict.fromkeys(override_lists))
     return keys, compose_all([list(k) for k in keys])
@@ -92,6 +109,9 @@ def _finish(cfg: DictConfig, defaults: DictConfig) -> DictConfig:
     raw, base = (leaves(OmegaConf.to_container(c, resolve=False)) for c in (cfg, defaults))
     missing = sorted(key for key, value in raw.items() if value == "???")
     if missing:
+        from reluvit.run.validate import check_data_path
+
+        check_data_path(cfg)  # a bad data.path first: data=shards data.path=/typo also lacks data.num_classes
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
     try:
         if cfg.run_name is None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from reluvit.errors import ArgumentError, check_choice
+from reluvit.errors import ArgumentError, Range, above, at_least, check_choice, check_range
 from reluvit.models import create_model
 
 LOSSES = ("sigmoid", "softmax")
+BETA = Range(0, 1, high_open=True)  # each of Adam's two betas
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -42,13 +44,27 @@ class ViTClassifier(pl.LightningModule):
         warmup_steps: optimizer steps of linear warm-up; the cosine runs to 0 at the last step of training.
         loss: ``sigmoid`` (sum over classes, mean over batch; big_vision ``sigmoid_xent``) or ``softmax``.
         mixup: Beta(p, p) parameter; 0 disables mixup.
+        max_steps: optimizer steps after which training stops, validated and checkpointed (-1: the epochs end it);
+            the cosine then ends there. Counted here rather than by Lightning's ``max_steps``, whose loop state
+            resumes an epoch-end checkpoint one epoch short.
+
+    Raises:
+        reluvit.errors.ArgumentError: naming the refused argument (``lr``, ``betas``, ``model.attention.alpha``).
     """
 
     def __init__(self, model: dict, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.1, warmup_steps: int = 10_000, loss: str = "sigmoid",
-                 mixup: float = 0.0) -> None:
+                 mixup: float = 0.0, max_steps: int = -1) -> None:
         super().__init__()
+        check_range("lr", lr, above(0))
+        if not isinstance(betas, Sequence) or len(betas) != 2 or not all(b in BETA for b in betas):
+            raise ArgumentError("betas", f"{betas!r} is not two values {BETA}")
+        check_range("eps", eps, above(0))
+        check_range("weight_decay", weight_decay, at_least(0))
+        check_range("warmup_steps", warmup_steps, at_least(0, integer=True))
         check_choice("loss", loss, LOSSES)
+        check_range("mixup", mixup, at_least(0))
+        check_range("max_steps", max_steps, at_least(1, integer=True, also=(-1,)))
         # not sent to the loggers: W&B's config is the run's whole config (reluvit.run.grid.wandb_config)
         self.save_hyperparameters(logger=False)
         try:
@@ -81,6 +97,19 @@ class ViTClassifier(pl.LightningModule):
         if alphas := self.learned_alphas():
             self.log_dict(alphas)
         return loss
+
+    def _steps_done(self) -> bool:
+        return 0 < self.hparams.max_steps <= self.trainer.global_step
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> int | None:
+        if self._steps_done():  # resumed from a checkpoint of the last step: train nothing more
+            self.trainer.should_stop = True
+            return -1
+        return None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._steps_done():
+            self.trainer.should_stop = True
 
     def learned_alphas(self) -> dict[str, float]:
         """With ``learn_alpha``: ``attn/alpha_layer{i}`` (mean over heads), ``attn/alpha_layer{i}_head{h}`` when
@@ -116,6 +145,8 @@ class ViTClassifier(pl.LightningModule):
             lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
         )
         total = self.trainer.estimated_stepping_batches
+        if hp.max_steps > 0:
+            total = min(total, hp.max_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -12,6 +12,7 @@ from reluvit.run.grid import differences
 from reluvit.run.schema import ConfigError
 
 SUMMARY = "summary.json"
+FINISHED = ("completed", "diverged")  # not trained again by a rerun (resume=false trains them from the start)
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
@@ -20,9 +21,18 @@ def last_checkpoint(run_dir: str | Path) -> Path:
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
-    """The run's ``summary.json``; None when it has none."""
+    """The run's ``summary.json``; None when it has none; :class:`ConfigError` naming it when it cannot be read."""
     path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
+            raise ValueError("not a run summary")
+        return summary
+    except (OSError, ValueError) as e:
+        raise ConfigError("run_dir", f"{path} is unreadable ({type(e).__name__}: {str(e)[:120]}); move it away to "
+                                     "train this run again, or choose another run_name= or runs_dir=") from None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

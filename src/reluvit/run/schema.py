@@ -5,10 +5,19 @@ check their values (:mod:`reluvit.run.validate` builds them)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
+
+from reluvit import ROOT
+
+CONF_DIR = Path(os.environ.get("RELUVIT_CONF_DIR", ROOT / "conf"))  # the config groups the schema types
 
 
 class ConfigError(ValueError):
@@ -79,7 +88,7 @@ class RecipeConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     warmup_steps: int = 10_000
-    grad_clip_norm: float = 1.0
+    grad_clip_norm: float | None = 1.0  # None: no clipping
     loss: str = "sigmoid"
     pool: str = "gap"
     rep_size: bool = False
@@ -117,10 +126,13 @@ class TrainerConfig:
     enable_progress_bar: bool = True
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # auto: online if logged in, else offline (run.train)
+
+
 @dataclass
 class LoggerConfig:
     wandb: bool = False
-    wandb_mode: str = "auto"
+    wandb_mode: str = "auto"  # one of WANDB_MODES
     project: str = "reluvit"
     entity: str | None = None
     group: str | None = None
@@ -168,6 +180,30 @@ class TrainConfig:
     run_name: str | None = None  # None: derived from the grid keys and the other training values (run.grid)
     run_dir: str = "${runs_dir}/${run_name}"
     resume: bool = True
+
+
+@functools.cache
+def schema_type(key: str) -> Any:
+    """The annotated type of a dotted config key (``attention.qk_norm`` -> ``bool``; an entry of a ``dict`` field
+    takes the dict's value type); None when the schema has no such key."""
+    node: Any = TrainConfig
+    for part in key.split("."):
+        if dataclasses.is_dataclass(node):
+            node = typing.get_type_hints(node).get(part)
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        else:
+            return None
+        if node is None:
+            return None
+    return node
+
+
+def is_schema_field(key: str) -> bool:
+    """Whether ``key`` is a field of the schema's dataclasses (always present), not an entry of a ``dict`` field."""
+    parts = key.split(".")
+    parents = [schema_type(".".join(parts[:i])) if i else TrainConfig for i in range(len(parts))]
+    return all(dataclasses.is_dataclass(p) for p in parents) and schema_type(key) is not None
 
 
 def register() -> None:

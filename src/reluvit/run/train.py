@@ -20,17 +20,28 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.environments import SLURMEnvironment
+from pytorch_lightning.utilities import rank_zero_only
 
 from reluvit.data import build_datamodule
 from reluvit.data.stream import SkippedSamples
 from reluvit.evaluate.callbacks import FewshotProbe, evaluation_callbacks
 from reluvit.models import forward_macs
 from reluvit.run.build import architecture, augment_for, build_module, micro_batch_size
+from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from reluvit.run.compute import Chrono
 from reluvit.run.grid import identity, wandb_config, wandb_group, wandb_tags
+from reluvit.run.lock import hold
 from reluvit.run.progress import LogProgress
 from reluvit.run.requeue import CheckpointOnSignal
-from reluvit.run.rundir import SUMMARY, check_same_run, git_revision, last_checkpoint, read_summary, write_json_atomic
+from reluvit.run.rundir import (
+    FINISHED,
+    SUMMARY,
+    check_same_run,
+    git_revision,
+    last_checkpoint,
+    read_summary,
+    write_json_atomic,
+)
 from reluvit.run.validate import validate
 
 log = logging.getLogger(__name__)
@@ -44,11 +55,14 @@ def run(cfg: DictConfig) -> dict:
     previous = read_summary(run_dir)
     if cfg.resume:
         check_same_run(previous, config)
-        if previous and previous["status"] == "completed":
-            log.info("%s already completed; skipping (resume=false trains it again)", run_dir)
+        if previous and previous["status"] in FINISHED:
+            log.info("%s %s at step %s; skipping (resume=false trains it again from the start)", run_dir,
+                     previous["status"], previous.get("global_step"))
             return previous
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to(run_dir / "train.log"):
+    # one writer per directory: rank 0 holds the lock (the other ranks of a DDP job are its partners)
+    writer = hold(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext()
+    with writer, _log_to(run_dir / "train.log"):
         log.info("run %s in %s (identity %s)", cfg.run_name, run_dir, identity(config))
         return _train(cfg, run_dir, config, previous)
 
@@ -74,7 +88,7 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None) 
     resume = cfg.resume and last.exists()
     if resume:
         log.info("resuming from %s", last)
-    metrics = trainer.callback_metrics
+    metrics, restored = trainer.callback_metrics, True
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
         metrics = dict(trainer.callback_metrics)
@@ -84,25 +98,35 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None) 
             for probe in (c for c in evaluation if isinstance(c, FewshotProbe)):
                 metrics.update(probe.probe(trainer, module))
         summary["status"] = "diverged" if module.diverged else "completed"
+        trainer.save_checkpoint(last)  # the final weights, also when max_steps ended the run mid-epoch
     except SystemExit:  # submitit requeued the job (preemption or time-out): the next start continues the run
         summary["status"] = "running"
+        raise
+    except CheckpointError as e:  # nothing trained: the summary keeps the figures of the last good start
+        restored, summary = False, {**(previous or summary), "status": "failed", "error": str(e)}
         raise
     except BaseException as e:
         summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
-        if alphas := module.learned_alphas():  # their final values (also the last logged metrics)
-            summary["learned_alpha"] = alphas
-        summary.update(chrono.summary(), attention_impl=attention_impl(module),
-                       finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                       global_step=trainer.global_step, epoch=trainer.current_epoch,
-                       metrics={k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
+        if restored:
+            _record_progress(summary, module, trainer, chrono, metrics)
         if trainer.is_global_zero:
             write_json_atomic(run_dir / SUMMARY, summary)
         close_loggers(trainer, summary["status"], cfg.logger.wandb)
         log.info("%s: %s at step %d (%s)", cfg.run_name, summary["status"], trainer.global_step,
                  ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/")) or "-")
     return summary
+
+
+def _record_progress(summary: dict, module, trainer: pl.Trainer, chrono: Chrono, metrics) -> None:
+    """The run's figures as they stand: steps, core hours, metrics, learned alphas, the kernels that ran."""
+    if alphas := module.learned_alphas():  # their final values (also the last logged metrics)
+        summary["learned_alpha"] = alphas
+    summary.update(chrono.summary(), attention_impl=attention_impl(module),
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   global_step=trainer.global_step, epoch=trainer.current_epoch,
+                   metrics={k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
 
 
 def setup(cfg: DictConfig, run_dir: Path) -> tuple:
@@ -122,14 +146,14 @@ def setup(cfg: DictConfig, run_dir: Path) -> tuple:
         default_root_dir=str(run_dir),
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy, precision=resolve_precision(cfg),
-        max_epochs=cfg.recipe.epochs, max_steps=cfg.trainer.max_steps, accumulate_grad_batches=accumulate,
+        max_epochs=cfg.recipe.epochs, accumulate_grad_batches=accumulate,  # the module counts max_steps
         gradient_clip_val=cfg.recipe.grad_clip_norm, gradient_clip_algorithm="norm",
         deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=progress_bar,
         logger=build_loggers(cfg, run_dir), enable_model_summary=False,
         use_distributed_sampler=False,  # the loaders shard by rank themselves (EpochSampler, ShardStream)
         # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
-        plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
+        plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])],
         callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
                    pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
                        dirpath=last.parent, filename=last.stem, save_top_k=1, enable_version_counter=False),

@@ -1,17 +1,67 @@
 """Every value a run depends on, checked before anything runs: :func:`validate` raises :class:`ConfigError`, which
 the entry points print as one line naming the key (exit status 2). Model, attention and optimiser values are
 checked by their constructors, built here on the meta device; this module checks what no constructor sees
-(paths, counts, the batch split, Lightning's names)."""
+(paths, counts, the batch split, Lightning's names): the numbers through the :data:`RANGES` table."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import tempfile
+import typing
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from reluvit.errors import ArgumentError, check_choice
-from reluvit.run.build import build_module, micro_batch_size
-from reluvit.run.schema import ConfigError
+from reluvit.errors import COUNT, ArgumentError, Range, above, at_least, check_choice, check_range
+from reluvit.run.build import augment_name, build_module, micro_batch_size
+from reluvit.run.schema import CONF_DIR, WANDB_MODES, ConfigError, ModelConfig
+
+SEED = Range(0, 2**32 - 1, integer=True)  # what Lightning's seed_everything and numpy's RNGs accept
+NON_NEGATIVE = at_least(0, integer=True)
+# The numeric keys that no constructor sees (build_module's constructors check the recipe, model and attention).
+RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "recipe.epochs": COUNT,
+    "recipe.batch_size": COUNT,
+    "recipe.grad_clip_norm": above(0, null=True),  # null: no clipping
+    "data.val_size": at_least(1, integer=True, null=True),  # null: the embedded dataset's fixed split
+    "data.split_seed": SEED,
+    "data.num_workers": NON_NEGATIVE,
+    "data.shuffle_buffer": COUNT,
+    "data.max_bad_fraction": Range(0, 1, high_open=True),
+    "trainer.num_nodes": COUNT,
+    "trainer.micro_batch_size": at_least(1, integer=True, null=True),  # null: the per-device batch
+    "trainer.check_val_every_n_epoch": COUNT,
+    "trainer.log_every_n_steps": COUNT,
+}
+AUGMENT_RANGES = {"randaug_layers": NON_NEGATIVE, "randaug_magnitude": NON_NEGATIVE}  # recipe.augment.<entry>.*
+EVAL_RANGES: dict[str, Range] = {
+    "eval.fewshot.l2": above(0),
+    "eval.fewshot.every_n_steps": NON_NEGATIVE,  # 0: only at the end
+    "eval.fewshot.batch_size": COUNT,
+    "eval.fewshot.num_workers": NON_NEGATIVE,
+}
+EVAL_ITEMS: dict[str, Range] = {  # lists: non-empty, each item in range (l2_grid may be null)
+    "eval.fewshot.shots": COUNT,
+    "eval.fewshot.seeds": SEED,
+    "eval.fewshot.l2_grid": above(0),
+}
+DEVICE_COUNT = at_least(1, integer=True, also=(-1,))  # -1: every GPU (Lightning's)
+DEVICES = "auto, -1 (every GPU), a count >= 1, or device ids >= 0 as a list ([0,1]) or a string ('0,1')"
+
+
+def _check(key: str, value, allowed: Range) -> None:
+    try:
+        check_range(key, value, allowed)
+    except ArgumentError as e:
+        raise ConfigError(e.name, e.message) from None
+
+
+def _check_ranges(cfg: DictConfig, table: dict[str, Range]) -> None:
+    for key, allowed in table.items():
+        _check(key, OmegaConf.select(cfg, key), allowed)
 
 
 def _choice(cfg: DictConfig, key: str, allowed) -> None:
@@ -23,14 +73,22 @@ def _choice(cfg: DictConfig, key: str, allowed) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check every value the run depends on; raise :class:`ConfigError` on the first bad one."""
+    from reluvit.data import DATASETS
+
+    _choice(cfg, "data.dataset", DATASETS)
+    check_data_path(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
-    _validate_data(cfg)
-    for key in ("recipe.epochs", "recipe.batch_size"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(key, f"{OmegaConf.select(cfg, key)} is not a positive integer")
+    _check_ranges(cfg, RANGES)
+    entry = augment_name(cfg)
+    for key, allowed in AUGMENT_RANGES.items():
+        _check(f"recipe.augment.{entry}.{key}", cfg.recipe.augment[entry][key], allowed)
+    _choice(cfg, "logger.wandb_mode", WANDB_MODES)
     _validate_trainer(cfg)
+    _check_writable(cfg, "runs_dir")
+    if not Path(cfg.run_dir).absolute().is_relative_to(Path(cfg.runs_dir).absolute()):
+        _check_writable(cfg, "run_dir")
     micro_batch_size(cfg)
     _build_on_meta(cfg)
     validate_eval(cfg)
@@ -48,40 +106,102 @@ def _build_on_meta(cfg: DictConfig) -> None:
 
 
 def _config_key(argument: str, cfg: DictConfig) -> str:
-    """The config key of a refused constructor argument (``model.attention.alpha`` -> ``attention.alpha``)."""
+    """The config key of a refused constructor argument (``model.attention.alpha`` -> ``attention.alpha``). A model
+    argument that the schema interpolates (``model.img_size: ${data.img_size}``) is named by that key unless the
+    model key was set apart from it."""
     if argument.startswith("model.attention."):
         return argument.removeprefix("model.")
     if argument.startswith("model."):
+        default = {f.name: f.default for f in dataclasses.fields(ModelConfig)}.get(argument.split(".")[1])
+        source = re.fullmatch(r"\$\{([\w.]+)\}", str(default))
+        if source and str(OmegaConf.select(cfg, source[1])) == str(OmegaConf.select(cfg, argument)):  # nan too
+            return source[1]
         return argument
-    return f"recipe.augment.{cfg.model.name}.mixup" if argument == "mixup" else f"recipe.{argument}"
+    if argument == "mixup":
+        return f"recipe.augment.{augment_name(cfg)}.mixup"
+    return "trainer.max_steps" if argument == "max_steps" else f"recipe.{argument}"
 
 
-def _validate_data(cfg: DictConfig) -> None:
-    from reluvit.data import DATASETS
+def check_data_path(cfg: DictConfig) -> None:
+    """``data.path`` of the datasets read from disk: required, and a folder of the dataset's layout. A data option
+    whose path defaults to an environment variable (``${oc.env:RELUVIT_IMAGENET1K,null}``) names it."""
+    dataset = OmegaConf.select(cfg, "data.dataset", throw_on_missing=False)
+    if dataset not in ("imagefolder", "shards"):
+        return
+    path, variable = cfg.data.path, _path_variable(cfg)
+    if not path:
+        hint = f"set {variable} or data.path=..." if variable else "add data.path=..."
+        raise ConfigError("data.path", f"a value is required for dataset={dataset} ({hint})")
+    origin = f" (from {variable})" if variable and os.environ.get(variable) == path else ""
+    if dataset == "imagefolder" and not all((Path(path) / s).is_dir() for s in ("train", "val")):
+        raise ConfigError("data.path", f"{path!r}{origin} is not a folder with train/ and val/ subfolders")
+    if dataset == "shards" and not (Path(path) / "_info.json").is_file():
+        raise ConfigError("data.path", f"{path!r}{origin} holds no _info.json: write shards with `reluvit shards`")
 
-    _choice(cfg, "data.dataset", DATASETS)
-    if cfg.data.dataset in ("imagefolder", "shards"):
-        path = cfg.data.path
-        if not path:
-            raise ConfigError("data.path", f"a value is required for dataset={cfg.data.dataset} (add data.path=...)")
-        if cfg.data.dataset == "imagefolder" and not all((Path(path) / s).is_dir() for s in ("train", "val")):
-            raise ConfigError("data.path", f"{path!r} is not a folder with train/ and val/ subfolders")
-        if cfg.data.dataset == "shards" and not (Path(path) / "_info.json").is_file():
-            raise ConfigError("data.path", f"{path!r} holds no _info.json: write shards with `reluvit shards`")
-    if not 0 <= cfg.data.max_bad_fraction < 1:
-        raise ConfigError("data.max_bad_fraction", f"{cfg.data.max_bad_fraction} is not in [0, 1)")
-    for key in ("data.num_classes", "data.img_size", "data.shuffle_buffer"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(key, f"{OmegaConf.select(cfg, key)} is not a positive integer")
+
+def _path_variable(cfg: DictConfig) -> str | None:
+    """The environment variable that the data option's ``path`` interpolates, read from its file in ``conf/data``
+    (``data.name`` is the option's name)."""
+    file = CONF_DIR / "data" / f"{OmegaConf.select(cfg, 'data.name', throw_on_missing=False)}.yaml"
+    raw = OmegaConf.to_container(OmegaConf.load(file), resolve=False).get("path") if file.is_file() else None
+    variable = re.match(r"\$\{oc\.env:(\w+)", str(raw))
+    return variable[1] if variable else None
+
+
+def _check_writable(cfg: DictConfig, key: str) -> None:
+    """The directory can be made: its nearest existing ancestor is a directory this process can create in."""
+    path = Path(OmegaConf.select(cfg, key)).absolute()
+    existing = next(p for p in (path, *path.parents) if os.path.exists(p))
+    if not existing.is_dir():
+        raise ConfigError(key, f"cannot create {str(path)!r}: {existing} is not a directory")
+    if not (os.access(existing, os.W_OK | os.X_OK) and _can_create_in(existing)):
+        raise ConfigError(key, f"cannot create {str(path)!r}: {existing} is not writable")
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a directory can be made there (root passes os.access where mkdir fails: /proc, read-only mounts)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".reluvit-check-", dir=directory))
+    except OSError:
+        return False
+    return True
+
+
+def precisions() -> tuple[str, ...]:
+    """``trainer.precision``: ``auto`` (run.train chooses) or a precision that Lightning's Trainer accepts."""
+    from pytorch_lightning.trainer.connectors.accelerator_connector import _PRECISION_INPUT
+
+    names = (str(value) for literal in typing.get_args(_PRECISION_INPUT) for value in typing.get_args(literal))
+    return ("auto", *dict.fromkeys(names))
 
 
 def _validate_trainer(cfg: DictConfig) -> None:
-    """Accelerator and strategy names against Lightning's registries ("gpu" and "auto" are Lightning's aliases)."""
+    """Accelerator and strategy names against Lightning's registries ("gpu" and "auto" are Lightning's aliases),
+    its precision names, and the devices."""
     from pytorch_lightning.accelerators import AcceleratorRegistry
     from pytorch_lightning.strategies import StrategyRegistry
 
     _choice(cfg, "trainer.accelerator", ("auto", "gpu", *AcceleratorRegistry.available_accelerators()))
     _choice(cfg, "trainer.strategy", ("auto", *StrategyRegistry.available_strategies()))
+    _choice(cfg, "trainer.precision", precisions())
+    _check_devices(cfg.trainer)
+
+
+def _check_devices(trainer: DictConfig) -> None:
+    """``auto``, a count (``2``, ``'2'``; -1: every GPU) or device ids (``[0, 1]``, ``'0,1'``); a count on CPUs."""
+    devices = trainer.devices
+    count = int(devices) if isinstance(devices, str) and re.fullmatch(r"\s*-?\d+\s*", devices) else devices
+    if isinstance(devices, str | list | ListConfig) and count is devices and devices != "auto":
+        ids = [i.strip() for i in devices.split(",") if i.strip()] if isinstance(devices, str) else list(devices)
+        ids = [int(i) if isinstance(i, str) and i.isdigit() else i for i in ids]
+        good = bool(ids) and all(i in NON_NEGATIVE for i in ids) and len(set(ids)) == len(ids)
+    else:
+        good = devices == "auto" or count in DEVICE_COUNT
+    if not good:
+        raise ConfigError("trainer.devices", f"{devices!r} is not {DEVICES}")
+    if trainer.accelerator == "cpu" and not (devices == "auto" or count in COUNT):
+        raise ConfigError("trainer.devices", f"{devices!r} is not a count >= 1 of CPU processes (or auto), as "
+                                             "trainer.accelerator=cpu takes")
 
 
 def validate_eval(cfg: DictConfig) -> None:
@@ -97,14 +217,10 @@ def validate_eval(cfg: DictConfig) -> None:
     for name in fewshot.datasets:
         if name not in TRANSFER_SETS:
             raise ConfigError("eval.fewshot.datasets", f"{name!r} is not one of: {', '.join(TRANSFER_SETS)}")
-    if not fewshot.shots or min(fewshot.shots) < 1:
-        raise ConfigError("eval.fewshot.shots", f"{list(fewshot.shots)} is not a non-empty list of counts >= 1")
-    if not fewshot.seeds:
-        raise ConfigError("eval.fewshot.seeds", "at least one seed is required")
-    if fewshot.l2 <= 0:
-        raise ConfigError("eval.fewshot.l2", f"{fewshot.l2} is not > 0")
-    if any(v <= 0 for v in fewshot.l2_grid or []):
-        raise ConfigError("eval.fewshot.l2_grid", f"{list(fewshot.l2_grid)} has a value <= 0")
-    for key, low in (("every_n_steps", 0), ("batch_size", 1)):
-        if fewshot[key] < low:
-            raise ConfigError(f"eval.fewshot.{key}", f"{fewshot[key]} is not an integer >= {low}")
+    _check_ranges(cfg, EVAL_RANGES)
+    for key, allowed in EVAL_ITEMS.items():
+        values = OmegaConf.select(cfg, key)
+        if values is None and key == "eval.fewshot.l2_grid":
+            continue
+        if not values or any(v not in allowed for v in values):
+            raise ConfigError(key, f"{list(values or [])} is not a non-empty list of values {allowed}")

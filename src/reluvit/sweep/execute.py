@@ -12,12 +12,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reluvit.run.compose import compose_points
-from reluvit.run.rundir import check_same_run, read_summary
+from reluvit.run.rundir import FINISHED, check_same_run, read_summary
 from reluvit.run.schema import ConfigError
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm")
-FINISHED = ("completed", "diverged")
 
 
 @dataclass

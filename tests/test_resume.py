@@ -1,0 +1,120 @@
+"""Exact resume under any interruption: a run is interrupted at a chosen point (tests/interrupt.py in a subprocess:
+SIGKILL, or the requeue signal USR2 that submitit forwards), started again, and must end at the recipe's step
+count with weights bit-identical to an uninterrupted run (CPU, deterministic mode). The points cover every phase
+of a run; the interruption is triggered by the run's own progress, never by a timer, so what is checked does not
+depend on load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from reluvit.run.compose import compose
+from reluvit.run.rundir import last_checkpoint, read_summary
+
+log = logging.getLogger(__name__)
+HARNESS = Path(__file__).with_name("interrupt.py")
+
+# 1500 training images at batch 64: 23 steps per epoch, 69 in all; mixup draws from the RNG every step
+BASE = [*TINY, "eval=none", "trainer.deterministic=true", "recipe.epochs=3", "recipe.augment.default.mixup=0.4"]
+CONFIGS = {
+    "epochs": BASE,
+    "max_steps": [*BASE, "trainer.max_steps=50"],  # stops in the middle of epoch 2
+    "max_steps_beyond": [*BASE, "trainer.max_steps=100"],  # more than the recipe's 69: the epochs stop it
+    "fewshot": [*BASE, "eval=embedded", "eval.fewshot.datasets=[digits]", "eval.fewshot.shots=[1,5]",
+                "eval.fewshot.seeds=[0]", "eval.fewshot.every_n_steps=30"],
+}
+POINTS = [  # (where, at): see tests/interrupt.py
+    ("step", 3),  # before the first checkpoint
+    ("step", 17),  # mid-epoch 0
+    ("step", 22),  # usr2: checkpointed at the end of epoch 0's last step, before its validation
+    ("step", 23),  # the last step of epoch 0, before its validation and checkpoint (usr2: checkpointed at step 24)
+    ("step", 45),  # usr2: checkpointed at epoch 1's last step
+    ("validation", 23),  # during epoch 0's validation
+    ("epoch_end", 1),  # after epoch 1's last step, before its checkpoint
+    ("checkpoint", 1),  # halfway through writing the first checkpoint
+    ("checkpoint", 2),
+    *(("step", s) for s in sorted(random.Random(0).sample(range(24, 68), 3))),  # anywhere in epochs 1 and 2
+]
+CASES = [
+    *((config, kind, where, at) for config in ("epochs",) for kind in ("kill", "usr2") for where, at in POINTS),
+    *((config, kind, where, at) for config in ("max_steps", "max_steps_beyond") for kind in ("kill", "usr2")
+      for where, at in (("step", 30), ("validation", 46), ("checkpoint", 2))),
+    ("max_steps", "kill", "step", 50),  # after the final step, before the run is recorded as completed
+    *(("fewshot", kind, "fewshot", 1) for kind in ("kill", "usr2")),
+]
+TABLE: list[dict] = []
+
+
+def train(overrides: list[str], kind: str = "none", where: str = "-", at: int = 0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HARNESS), json.dumps(overrides), kind, where, str(at)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory) -> dict[str, dict]:
+    """The uninterrupted run of each config (trained once, on first use): its summary and final weights."""
+    done = {}
+
+    def reference(config: str) -> dict:
+        if config not in done:
+            overrides = [*CONFIGS[config], f"runs_dir={tmp_path_factory.mktemp('reference')}"]
+            result = train(overrides)
+            assert result.returncode == 0, result.stderr[-2000:]
+            run_dir = compose(overrides).run_dir
+            done[config] = {"summary": read_summary(run_dir), "weights": weights(run_dir)}
+        return done[config]
+
+    return reference
+
+
+def weights(run_dir: str) -> dict[str, torch.Tensor]:
+    return torch.load(last_checkpoint(run_dir), weights_only=True)["state_dict"]
+
+
+def checkpoint_step(run_dir: str) -> int | None:
+    path = last_checkpoint(run_dir)
+    return torch.load(path, weights_only=True)["global_step"] if path.exists() else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("config", "kind", "where", "at"), CASES, ids=["-".join(map(str, c)) for c in CASES])
+def test_interrupted_run_resumes_exactly(references, tmp_path, config, kind, where, at):
+    overrides = [*CONFIGS[config], f"runs_dir={tmp_path}"]
+    run_dir = compose(overrides).run_dir
+    interrupted = train(overrides, kind, where, at)
+    expected_exit = -signal.SIGKILL if kind == "kill" else 128 + signal.SIGUSR2
+    assert interrupted.returncode == expected_exit, f"the interruption did not happen: {interrupted.stderr[-2000:]}"
+    resumed_at = checkpoint_step(run_dir)
+    resumed = train(overrides)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    reference, summary = references(config), read_summary(run_dir)
+    final = weights(run_dir)
+    equal = final.keys() == reference["weights"].keys() and all(
+        torch.equal(final[k], reference["weights"][k]) for k in final)
+    TABLE.append({"config": config, "kind": kind, "point": f"{where} {at}", "resumed step": resumed_at,
+                  "final step": summary["global_step"], "reference step": reference["summary"]["global_step"],
+                  "weights equal": equal})
+    assert summary["status"] == "completed"
+    assert summary["global_step"] == reference["summary"]["global_step"]
+    assert summary["examples_seen"] == reference["summary"]["examples_seen"]
+    assert equal
+    assert summary["metrics"]["val/acc"] == reference["summary"]["metrics"]["val/acc"]
+
+
+def teardown_module() -> None:
+    """The stress table, for the log and the closing note (``pytest --log-cli-level=INFO`` shows it)."""
+    if TABLE:
+        header = list(TABLE[0])
+        lines = [" | ".join(header), *(" | ".join(str(row[k]) for k in header) for row in TABLE)]
+        log.info("resume stress table:\n%s", "\n".join(lines))
