@@ -19,7 +19,9 @@ BASE = ("recipe.epochs=2", "recipe.batch_size=128", "trainer.deterministic=true"
         "recipe.augment.default.mixup=0.4")
 
 
-@pytest.mark.parametrize("signal_at_step", [4, 11, 15])  # mid-epoch 0, the first step of epoch 1, mid-epoch 1
+# mid-epoch 0, the first step of epoch 1, mid-epoch 1 (tests/test_resume.py interrupts at many more points)
+@pytest.mark.parametrize("signal_at_step", [4, pytest.param(11, marks=pytest.mark.slow),
+                                            pytest.param(15, marks=pytest.mark.slow)])
 def test_preempted_run_resumes_exactly(tiny_cfg, tmp_path, monkeypatch, signal_at_step):
     reference = run(tiny_cfg(*BASE, f"runs_dir={tmp_path / 'reference'}"))
 

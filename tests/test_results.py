@@ -4,20 +4,29 @@ summary skipped with a warning."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from reluvit.report.rollup import collect, rollup
 from reluvit.run.compose import compose
+from reluvit.run.lock import LOCK
 
 
 def fake_run(runs_dir: Path, status: str, *overrides: str, val_acc: float | None = 0.5) -> str:
+    """A run's summary; a ``running`` one held by this live process (an ``interrupted`` one: recorded as running,
+    held by no one)."""
     cfg = compose([f"runs_dir={runs_dir}", *overrides])
     from omegaconf import OmegaConf
 
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True)
+    if status == "running":
+        (run_dir / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}))
+    status = "running" if status == "interrupted" else status
     metrics = {} if val_acc is None else {"val/acc": val_acc, "val/loss": 1.0}
     (run_dir / "summary.json").write_text(json.dumps({
         "run_name": cfg.run_name, "run_dir": str(run_dir), "status": status, "metrics": metrics,
@@ -32,6 +41,7 @@ def test_every_status_is_kept_with_grid_columns(tmp_path):
         fake_run(tmp_path, "diverged", "attention=relu2", "attention.alpha=0", val_acc=None): "diverged",
         fake_run(tmp_path, "failed", "attention=gelu", val_acc=None): "failed",
         fake_run(tmp_path, "running", "attention=softmax", val_acc=None): "running",
+        fake_run(tmp_path, "interrupted", "attention=identity", val_acc=None): "interrupted",
     }
     table = collect(tmp_path)
     assert dict(zip(table["run_name"], table["status"], strict=True)) == names

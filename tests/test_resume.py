@@ -30,6 +30,7 @@ CONFIGS = {
     "epochs": BASE,
     "max_steps": [*BASE, "trainer.max_steps=50"],  # stops in the middle of epoch 2
     "max_steps_beyond": [*BASE, "trainer.max_steps=100"],  # more than the recipe's 69: the epochs stop it
+    "accumulate": [*BASE, "trainer.micro_batch_size=32"],  # two forward passes per optimizer step
     "fewshot": [*BASE, "eval=embedded", "eval.fewshot.datasets=[digits]", "eval.fewshot.shots=[1,5]",
                 "eval.fewshot.seeds=[0]", "eval.fewshot.every_n_steps=30"],
 }
@@ -51,6 +52,7 @@ CASES = [
       for where, at in (("step", 30), ("validation", 46), ("checkpoint", 2))),
     ("max_steps", "kill", "step", 50),  # after the final step, before the run is recorded as completed
     *(("fewshot", kind, "fewshot", 1) for kind in ("kill", "usr2")),
+    *(("accumulate", kind, "step", 30) for kind in ("kill", "usr2")),  # usr2: saved after the step's second pass
 ]
 TABLE: list[dict] = []
 

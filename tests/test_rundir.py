@@ -76,7 +76,7 @@ def test_a_second_trainer_of_the_same_run_is_refused(tiny_cfg, tmp_path):
 
 def test_a_killed_run_shows_interrupted_and_resumes(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, *QUICK, "recipe.epochs=2", "trainer.deterministic=true"]
-    killed = subprocess.run([sys.executable, str(HARNESS), json.dumps(overrides), "kill", "step", "25"],
+    killed = subprocess.run([sys.executable, str(HARNESS), json.dumps(overrides), "kill", "step", "30"],
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     table = collect(tmp_path / "runs")

@@ -127,6 +127,7 @@ def _trains(cfg) -> dict:
     return summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["layer", "head"])
 def test_learned_alpha_trains_and_is_logged(tiny_cfg, mode):
     cfg = tiny_cfg("attention=relu_learned", f"attention.learn_alpha={mode}", "trainer.max_steps=40",

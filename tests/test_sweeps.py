@@ -27,7 +27,7 @@ def run_names(sweep, gpu: bool = True, extra=()) -> list[str]:
 PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9, "fig4": 3 * 2 * 2 * 9, "fig5": 5}
 
 
-@pytest.mark.parametrize("figure", FIGURES)
+@pytest.mark.parametrize("figure", [pytest.param(f, marks=pytest.mark.slow) if f == "fig2" else f for f in FIGURES])
 def test_paper_grid_sizes(figure):
     sweep = sweeps.load(figure, "paper")
     assert len(sweep.points(gpu=True)) == PAPER_SIZES[figure]
@@ -54,7 +54,7 @@ def test_every_sweep_point_composes_and_validates(name, scale, tmp_path):
         validate(cfg)
 
 
-@pytest.mark.parametrize("figure", FIGURES)
+@pytest.mark.parametrize("figure", [pytest.param(f, marks=pytest.mark.slow) if f == "fig2" else f for f in FIGURES])
 def test_fast_composition_equals_hydras(figure):
     """Composing each group choice once and setting the keys gives the configs Hydra composes for each point."""
     points = sweeps.load(figure, "smoke").points(gpu=True)

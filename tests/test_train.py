@@ -25,6 +25,8 @@ VARIANTS = [[f"attention={a}"] for a in ACTIVATIONS] + [
     ["attention=relu2", "attention.qk_norm=false", "attention.alpha=1"],
     ["attention=gelu", "attention.gelu_approximate=tanh", "attention.alpha=2"],
 ]
+CORE = {"attention=softmax", "attention=relu", "attention=relu2"}  # the fast suite's; the rest run in make test-all
+VARIANTS = [pytest.param(v, marks=() if ",".join(v) in CORE else pytest.mark.slow) for v in VARIANTS]
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(o))
@@ -50,13 +52,13 @@ def test_a_run_directory_holding_other_training_values_is_refused(tiny_overrides
 
     first = run(tiny_cfg_named(tiny_overrides, "trainer.max_steps=3"))
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", *tiny_overrides, "run_name=mine", "trainer.max_steps=3", "recipe.lr=0"])
+        cli.main(["train", *tiny_overrides, "run_name=mine", "trainer.max_steps=3", "recipe.lr=0.002"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "recipe.lr" in err and "0.001" in err and "resume=false" in err
     assert read_summary(first["run_dir"])["finished"] == first["finished"]  # untouched
-    again = run(tiny_cfg_named(tiny_overrides, "trainer.max_steps=3", "recipe.lr=0", "resume=false"))
-    assert again["config"]["recipe"]["lr"] == 0.0 and again["global_step"] == 3
+    again = run(tiny_cfg_named(tiny_overrides, "trainer.max_steps=3", "recipe.lr=0.002", "resume=false"))
+    assert again["config"]["recipe"]["lr"] == 0.002 and again["global_step"] == 3
 
 
 def tiny_cfg_named(overrides: list[str], *extra: str):

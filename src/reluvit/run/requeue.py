@@ -3,7 +3,7 @@
 Under submitit the job receives USR2 before it is preempted or times out, and submitit's own handler requeues it
 (calling the job's ``checkpoint``) and exits. Saving inside a signal handler can hang or corrupt the file, and
 Lightning's own SLURM requeue is switched off (``SLURMEnvironment(auto_requeue=False)``), so this callback takes
-the signal over: the handler only records it; at the next training-step boundary all ranks agree, ``last.ckpt`` is
+the signal over: the handler only records it; at the next optimizer-step boundary all ranks agree, ``last.ckpt`` is
 written atomically (model, optimizer, schedule, loop counters, callbacks' state such as ``core_hours``), and the
 handler that was there before (submitit's) is called. The requeued job resumes from that checkpoint at that step,
 with the random number generators' states saved in every checkpoint (mixup draws continue as if uninterrupted).
@@ -11,7 +11,6 @@ with the random number generators' states saved in every checkpoint (mixup draws
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 from pathlib import Path
@@ -53,13 +52,11 @@ class CheckpointOnSignal(pl.Callback):
         signal.signal(self.signum, self._previous)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or \
+            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch  # accumulated gradients are not saved
+        if not (stepped and trainer.strategy.reduce_boolean_decision(self._received is not None, all=False)):
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        trainer.save_checkpoint(partial)  # every rank takes part; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)
+        trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes (atomically: run.checkpoint)
         signal.signal(self.signum, self._previous)
         received, self._received = self._received or (self.signum, None), None
         if callable(self._previous):
