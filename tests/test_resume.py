@@ -44,13 +44,15 @@ POINTS = [  # (where, at): see tests/interrupt.py
     ("epoch_end", 1),  # after epoch 1's last step, before its checkpoint
     ("checkpoint", 1),  # halfway through writing the first checkpoint
     ("checkpoint", 2),
-    *(("step", s) for s in sorted(random.Random(0).sample(range(24, 68), 3))),  # anywhere in epochs 1 and 2
+    *(("step", s) for s in sorted(random.Random(0).sample(range(24, 68), 2))),  # anywhere in epochs 1 and 2
 ]
 CASES = [
     *((config, kind, where, at) for config in ("epochs",) for kind in ("kill", "usr2") for where, at in POINTS),
-    *((config, kind, where, at) for config in ("max_steps", "max_steps_beyond") for kind in ("kill", "usr2")
-      for where, at in (("step", 30), ("validation", 46), ("checkpoint", 2))),
-    ("max_steps", "kill", "step", 50),  # after the final step, before the run is recorded as completed
+    *(("max_steps", kind, where, at) for kind, where, at in (
+        ("kill", "validation", 46), ("kill", "checkpoint", 2), ("usr2", "step", 30),
+        ("kill", "step", 50))),  # after the final step, before the run is recorded as completed
+    # an epoch-end checkpoint resumed with Lightning's max_steps ran one epoch short
+    *(("max_steps_beyond", kind, where, at) for kind, where, at in (("kill", "validation", 46), ("usr2", "step", 30))),
     *(("fewshot", kind, "fewshot", 1) for kind in ("kill", "usr2")),
     *(("accumulate", kind, "step", 30) for kind in ("kill", "usr2")),  # usr2: saved after the step's second pass
 ]
