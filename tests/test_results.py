@@ -96,3 +96,25 @@ def test_an_unreadable_summary_is_skipped_with_a_warning_naming_it(tmp_path, cap
     broken.write_text('{"run_name": "trunc')
     assert list(collect(tmp_path)["run_name"]) == [name]
     assert str(broken) in caplog.text
+
+
+def test_rolling_up_again_reads_only_the_summaries_that_changed(tmp_path, monkeypatch):
+    from reluvit.report import rollup as module
+
+    runs, stem = tmp_path / "runs", tmp_path / "results" / "runs"
+    done = fake_run(runs, "completed", "attention=relu")
+    live = fake_run(runs, "running", "attention=relu2", val_acc=None)
+    first = rollup(runs, stem).set_index("run_name")
+    read = []
+    summary_row = module.summary_row
+    monkeypatch.setattr(module, "summary_row", lambda summary: read.append(summary["run_name"]) or summary_row(summary))
+    path = Path(first.loc[done, "run_dir"]) / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["metrics"]["val/acc"] = 0.25
+    path.write_text(json.dumps(summary))
+    (Path(first.loc[live, "run_dir"]) / LOCK).unlink()  # the live run's process is gone: its summary is unchanged
+
+    again = rollup(runs, stem).set_index("run_name")
+    assert read == [done]
+    assert again.loc[done, "val_acc"] == 0.25
+    assert (first.loc[live, "status"], again.loc[live, "status"]) == ("running", "interrupted")

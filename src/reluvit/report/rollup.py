@@ -31,20 +31,38 @@ def summary_row(summary: dict) -> dict:
     return row
 
 
-def summaries(runs_dir: str | Path):
-    """Every readable ``summary.json`` under ``runs_dir``; an unreadable one is skipped with a warning naming it."""
+def run_dirs_with_summaries(runs_dir: str | Path):
+    """Every directory under ``runs_dir`` that holds a ``summary.json`` (a directory of that name too, so that it is
+    reported)."""
     for root, dirs, files in os.walk(runs_dir):
         dirs[:] = [d for d in dirs if d not in ("checkpoints", "csv", "wandb", ".submitit")]  # no summaries there
-        if SUMMARY in files or SUMMARY in dirs:  # a directory of that name is reported too
+        if SUMMARY in files or SUMMARY in dirs:
+            yield root
+
+
+def collect(runs_dir: str | Path, known: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run found under ``runs_dir`` (any status), sorted by run name. A row of ``known`` (an earlier
+    roll-up) is reused while its summary's modification time and size are unchanged, so rolling up again only
+    stats the runs that did not change; the status of a run recorded as running is looked at afresh (its
+    heartbeat). An unreadable summary is skipped with a warning naming it."""
+    cached = {}
+    if known is not None and "summary_stamp" in known:
+        cached = {os.path.abspath(row["run_dir"]): row for row in known.to_dict("records")}
+    rows = []
+    for run_dir in run_dirs_with_summaries(runs_dir):
+        stat = os.stat(os.path.join(run_dir, SUMMARY))
+        stamp = f"{stat.st_mtime_ns}-{stat.st_size}"
+        row = cached.get(os.path.abspath(run_dir))
+        if row is not None and row["summary_stamp"] == stamp:
+            if row["status"] in ("running", "interrupted"):
+                row["status"] = live_status("running", row["run_dir"])
+        else:
             try:
-                yield read_summary(root)
+                row = {**summary_row(read_summary(run_dir)), "summary_stamp": stamp}
             except ConfigError as e:
                 log.warning("skipping %s", e.message)
-
-
-def collect(runs_dir: str | Path) -> pd.DataFrame:
-    """One row per run found under ``runs_dir`` (any status), sorted by run name."""
-    rows = [summary_row(s) for s in summaries(runs_dir)]
+                continue
+        rows.append(row)
     return pd.DataFrame(rows).sort_values("run_name", ignore_index=True) if rows else pd.DataFrame()
 
 
@@ -62,10 +80,10 @@ def rollup(runs_dir: str | Path, stem: str | Path) -> pd.DataFrame:
     """Merge the runs found under ``runs_dir`` into the table at ``<stem>.parquet`` (created if missing): found runs
     replace their rows, rows of runs not found are kept. Writes it back with its CSV twin and returns it."""
     stem = Path(stem)
-    table = collect(runs_dir)
     previous = stem.with_suffix(".parquet")
-    if previous.exists():
-        old = pd.read_parquet(previous)
+    old = pd.read_parquet(previous) if previous.exists() else None
+    table = collect(runs_dir, old)
+    if old is not None:
         gone = old[~old["run_dir"].isin(table.get("run_dir", []))] if "run_dir" in old else old
         table = pd.concat([gone, table], ignore_index=True) if len(table) else gone
     if len(table):

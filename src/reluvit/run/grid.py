@@ -7,6 +7,7 @@ Works on plain resolved configs (``dict``), so reading summaries never needs Hyd
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -99,6 +100,7 @@ def leaves(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+@functools.cache  # a roll-up asks for the same ~90 keys of every run
 def _trains(path: str) -> bool:
     return not any(path == key or path.startswith(f"{key}.") for key in NOT_TRAINING)
 
