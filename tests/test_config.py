@@ -3,8 +3,6 @@ invalid values is tests/test_bad_inputs.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -118,12 +116,3 @@ def test_global_batch_by_accumulation():
 def test_config_error_names_key():
     with pytest.raises(ConfigError, match="attention.alpha"):
         validate(compose(["attention.alpha=-0.5"]))
-
-
-def test_cli_exit_status_is_2(tmp_path):
-    """The real console entry, in a fresh process, before any run directory is made."""
-    result = subprocess.run([sys.executable, "-m", "reluvit", "train", "attention.activation=tanh",
-                             f"runs_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert "attention.activation" in result.stderr
-    assert not any(Path(tmp_path).iterdir())

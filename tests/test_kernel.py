@@ -74,6 +74,7 @@ def test_relu2_matches_reference_interpreted(interpreted, length, dtype):
     assert_matches_reference("cpu", length, dtype, 64, activation="relu2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("length", "dtype"), [(785, torch.float32), (1025, torch.bfloat16)], ids=str)
 def test_long_sequence_interpreted(interpreted, length, dtype):
     """The long lengths once each (785: the /8 models' 784 patches + class token), many blocks on both sides."""

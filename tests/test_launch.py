@@ -101,6 +101,7 @@ def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):
     assert "#SBATCH --array=0-1%2" in script  # the profile's array_parallelism caps the running jobs
 
 
+@pytest.mark.slow
 def test_unknown_cluster_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "reluvit", "sweep", "fig1", "--launcher", "slurm",
                              "--cluster", "nowhere", "--runs-dir", str(tmp_path)], capture_output=True, text=True)

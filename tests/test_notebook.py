@@ -89,6 +89,7 @@ def test_notebook_runs(tmp_path, monkeypatch):
         f"fig{i}.{ext}" for i in range(1, 5) for ext in ("pdf", "png")]
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_a_fresh_clone(tmp_path):
     """With no RELUVIT_* variables and no roll-up of one's own, the notebook shows the committed reference."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True,

@@ -31,6 +31,7 @@ def test_value_range_maps_0_255_to_minus_one_one():
     assert torch.allclose(preprocess.to_unit_range(img).flatten(), torch.tensor([-1.0, 1.0, 127 / 127.5 - 1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(640, 480), (300, 900)])
 def test_inception_crop_boxes_stay_within_area_and_aspect_bounds(size, monkeypatch):
     boxes = []

@@ -74,6 +74,7 @@ def test_a_second_trainer_of_the_same_run_is_refused(tiny_cfg, tmp_path):
     assert not (Path(cfg.run_dir) / SUMMARY).exists()  # the live run's files are left alone
 
 
+@pytest.mark.slow
 def test_a_killed_run_shows_interrupted_and_resumes(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, *QUICK, "recipe.epochs=2", "trainer.deterministic=true"]
     killed = subprocess.run([sys.executable, str(HARNESS), json.dumps(overrides), "kill", "step", "30"],

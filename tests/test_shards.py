@@ -121,6 +121,7 @@ def test_two_ranks_two_workers_see_every_sample_once_with_equal_batch_counts(dig
     assert len(single) == total // 16
 
 
+@pytest.mark.slow
 def test_order_depends_only_on_seed_and_epoch(digit_shards):
     def order(**kw):
         return torch.cat([images for images, _ in _epoch(digit_shards, workers=2, **kw)[0]]).tolist()

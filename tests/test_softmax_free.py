@@ -151,6 +151,7 @@ def test_soft_trains(tiny_cfg):
 # --- Figure 5 --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fig5_smoke_points_run_end_to_end(tmp_path):
     """The smoke block of sweeps/fig5.yaml, cut to SOFT and learned alpha on the 8x8 digits, through `reluvit sweep`:
     both runs complete, the roll-up has them, the figure is drawn."""

@@ -27,7 +27,8 @@ def run_names(sweep, gpu: bool = True, extra=()) -> list[str]:
 PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9, "fig4": 3 * 2 * 2 * 9, "fig5": 5}
 
 
-@pytest.mark.parametrize("figure", [pytest.param(f, marks=pytest.mark.slow) if f == "fig2" else f for f in FIGURES])
+@pytest.mark.parametrize("figure", [pytest.param(f, marks=pytest.mark.slow) if f in ("fig2", "fig3", "fig4") else f
+                                    for f in FIGURES])
 def test_paper_grid_sizes(figure):
     sweep = sweeps.load(figure, "paper")
     assert len(sweep.points(gpu=True)) == PAPER_SIZES[figure]
@@ -54,7 +55,7 @@ def test_every_sweep_point_composes_and_validates(name, scale, tmp_path):
         validate(cfg)
 
 
-@pytest.mark.parametrize("figure", [pytest.param(f, marks=pytest.mark.slow) if f == "fig2" else f for f in FIGURES])
+@pytest.mark.parametrize("figure", [pytest.param(f, marks=pytest.mark.slow) if f != "fig1" else f for f in FIGURES])
 def test_fast_composition_equals_hydras(figure):
     """Composing each group choice once and setting the keys gives the configs Hydra composes for each point."""
     points = sweeps.load(figure, "smoke").points(gpu=True)
@@ -64,6 +65,7 @@ def test_fast_composition_equals_hydras(figure):
         assert {**fast, "run_name": None, "run_dir": None} == {**full, "run_name": None, "run_dir": None}
 
 
+@pytest.mark.slow
 def test_fig2_smoke_grid_has_three_seeds_at_the_short_length():
     sweep = sweeps.load("fig2", "smoke")
     per_model = 2 * (7 * 3 + 1)  # two heads x (7 h x 3 alphas + softmax)
@@ -103,6 +105,7 @@ def _run_sweep(tmp_path, env, *overrides) -> subprocess.CompletedProcess:
          "--results-dir", str(tmp_path / "results"), *overrides], capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_two_point_smoke_sweep_end_to_end(tmp_path):
     """`reluvit sweep` with a 2-point sweep file: both runs, the roll-up table with those 2 rows, the figure."""
     env = sweep_file(tmp_path, TWO_POINTS)
@@ -118,6 +121,7 @@ def test_two_point_smoke_sweep_end_to_end(tmp_path):
         assert (tmp_path / "results" / "smoke" / f"fig3{suffix}").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_bad_point_anywhere_fails_the_sweep_before_anything_runs(tmp_path):
     env = sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu}\n"
                                 "      - {recipe: smoke, data: digits, model: micro2, attention: relu,"
@@ -128,6 +132,7 @@ def test_a_bad_point_anywhere_fails_the_sweep_before_anything_runs(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_block_does_not_stop_the_sweep(tmp_path):
     """Block 1 fails at run time (no TPU here): block 2 still runs, the figure is drawn, the exit status says it."""
     env = sweep_file(tmp_path, "      - {recipe: smoke, data: digits, model: micro2, attention: relu2,"
