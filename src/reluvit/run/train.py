@@ -1,6 +1,7 @@
 """Train one run: ``run(cfg)`` with a composed config (reluvit.run.compose) trains it in ``cfg.run_dir`` and
 ends with ``summary.json``. Running the same config again resumes from ``checkpoints/last.ckpt`` or, when the run
-completed, skips it; a directory holding a run with other training values is refused (reluvit.run.rundir).
+completed (or diverged), skips it; a directory holding a run with other training values is refused
+(reluvit.run.rundir), and so is one that another live process is training (reluvit.run.lock).
 The run's story (config, progress, outcome) is logged to the console and to ``<run_dir>/train.log``.
 """
 
