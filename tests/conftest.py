@@ -6,6 +6,7 @@ the call, and the session fails if anything called them."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -47,6 +48,8 @@ def pytest_collection_modifyitems(items) -> None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     log = os.environ.get(GUARD_LOG)
     calls = Path(log).read_text().strip() if log and Path(log).exists() else ""
+    if log:
+        shutil.rmtree(Path(log).parent, ignore_errors=True)
     if calls:
         session.config.get_terminal_writer().line(
             f"the default suite called commands that change the machine or reach a cluster:\n{calls}", red=True)
