@@ -52,23 +52,21 @@ DEVICE_COUNT = at_least(1, integer=True, also=(-1,))  # -1: every GPU (Lightning
 DEVICES = "auto, -1 (every GPU), a count >= 1, or device ids >= 0 as a list ([0,1]) or a string ('0,1')"
 
 
-def _check(key: str, value, allowed: Range) -> None:
+def _check(check, key: str, value, allowed) -> None:
+    """``check`` (:func:`check_range` or :func:`check_choice`) on a config value, refusing it as a ConfigError."""
     try:
-        check_range(key, value, allowed)
+        check(key, value, allowed)
     except ArgumentError as e:
         raise ConfigError(e.name, e.message) from None
 
 
 def _check_ranges(cfg: DictConfig, table: dict[str, Range]) -> None:
     for key, allowed in table.items():
-        _check(key, OmegaConf.select(cfg, key), allowed)
+        _check(check_range, key, OmegaConf.select(cfg, key), allowed)
 
 
 def _choice(cfg: DictConfig, key: str, allowed) -> None:
-    try:
-        check_choice(key, OmegaConf.select(cfg, key), allowed)
-    except ArgumentError as e:
-        raise ConfigError(e.name, e.message) from None
+    _check(check_choice, key, OmegaConf.select(cfg, key), allowed)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -83,7 +81,7 @@ def validate(cfg: DictConfig) -> None:
     _check_ranges(cfg, RANGES)
     entry = augment_name(cfg)
     for key, allowed in AUGMENT_RANGES.items():
-        _check(f"recipe.augment.{entry}.{key}", cfg.recipe.augment[entry][key], allowed)
+        _check(check_range, f"recipe.augment.{entry}.{key}", cfg.recipe.augment[entry][key], allowed)
     _choice(cfg, "logger.wandb_mode", WANDB_MODES)
     _validate_trainer(cfg)
     _check_writable(cfg, "runs_dir")
@@ -215,8 +213,7 @@ def validate_eval(cfg: DictConfig) -> None:
     _choice(cfg, "eval.i1k.label_set", (None, *TIMM_LISTS))
     _choice(cfg, "eval.i1k.missing", MISSING_POLICIES)
     for name in fewshot.datasets:
-        if name not in TRANSFER_SETS:
-            raise ConfigError("eval.fewshot.datasets", f"{name!r} is not one of: {', '.join(TRANSFER_SETS)}")
+        _check(check_choice, "eval.fewshot.datasets", name, TRANSFER_SETS)
     _check_ranges(cfg, EVAL_RANGES)
     for key, allowed in EVAL_ITEMS.items():
         values = OmegaConf.select(cfg, key)
