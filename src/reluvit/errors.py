@@ -45,10 +45,10 @@ class Range:
     def __contains__(self, value) -> bool:
         if value is None:
             return self.null
+        if not isinstance(value, bool) and value in self.also:
+            return True
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
-        if value in self.also:
-            return True
         if self.integer and not isinstance(value, int):
             return False
         return math.isfinite(value) and (

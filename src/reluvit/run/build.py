@@ -69,7 +69,7 @@ def micro_batch_size(cfg: DictConfig) -> tuple[int, int]:
         raise ConfigError("recipe.batch_size", f"{global_batch} is not divisible by the device count {world} "
                                                f"(trainer.devices x trainer.num_nodes)")
     per_device = global_batch // world
-    micro = cfg.trainer.micro_batch_size or per_device
+    micro = per_device if cfg.trainer.micro_batch_size in (None, "auto") else cfg.trainer.micro_batch_size
     if per_device % micro:
         raise ConfigError("trainer.micro_batch_size", f"{micro} does not divide the per-device batch {per_device}")
     return micro, per_device // micro

@@ -72,6 +72,8 @@ NOT_TRAINING: dict[str, str] = {
     "trainer.num_nodes": "hardware layout",
     "trainer.strategy": "hardware layout",
     "trainer.micro_batch_size": "hardware layout: gradient accumulation keeps the global batch",
+    "trainer.grad_checkpointing": "recomputation: the same activations, computed again in the backward pass",
+    "trainer.compile": "the same function, compiled",
     "trainer.deterministic": "the same algorithms, only their determinism",
     "attention.impl": "the fused kernel and the reference compute the same function",
     "runs_dir": "where runs live",

@@ -118,7 +118,9 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"
-    micro_batch_size: int | None = None
+    micro_batch_size: Any = "auto"  # auto (run.memory: the largest that fits the device) | null (no accumulation) | int
+    grad_checkpointing: Any = "auto"  # auto (when the smallest useful micro-batch does not fit) | true | false
+    compile: Any = "auto"  # torch.compile the model: auto (on CUDA) | true | false
     deterministic: bool = False
     max_steps: int = -1
     check_val_every_n_epoch: int = 1

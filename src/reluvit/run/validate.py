@@ -32,7 +32,7 @@ RANGES: dict[str, Range] = {
     "data.shuffle_buffer": COUNT,
     "data.max_bad_fraction": Range(0, 1, high_open=True),
     "trainer.num_nodes": COUNT,
-    "trainer.micro_batch_size": at_least(1, integer=True, null=True),  # null: the per-device batch
+    "trainer.micro_batch_size": at_least(1, integer=True, null=True, also=("auto",)),  # null: the per-device batch
     "trainer.check_val_every_n_epoch": COUNT,
     "trainer.log_every_n_steps": COUNT,
 }
