@@ -5,26 +5,43 @@ BIN    := $(VENV)/bin
 # torch 2.13.0 is excluded: a local CPU-only wheel of it shadows the registry and torchvision cannot load with it.
 TORCH  ?= torch>=2.4,!=2.13.*
 
-# Figure sweeps: SCALE=smoke (embedded data, CPU) | paper (ImageNet); LAUNCHER=local | slurm; SEEDS=0,1,2 replaces
-# the sweep file's seeds; ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb").
+# Figure sweeps: SCALE=smoke (embedded data, CPU) | paper (ImageNet); LAUNCHER=local | slurm; CLUSTER=<profile name
+# in slurm/profiles> | /path/to/profile.yaml; DRY_RUN=1 prints the SLURM submission to CLUSTER (job arrays, sbatch
+# script, GPU-hours) and submits nothing; NO_WAIT=1 submits and returns; SEEDS=0,1,2 replaces the sweep file's seeds;
+# ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb").
 SCALE    ?= smoke
 LAUNCHER ?= local
 CLUSTER  ?= local
+DRY_RUN  ?=
+NO_WAIT  ?=
 SEEDS    ?=
 ARGS     ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
+LAUNCH_OPTS = --launcher $(LAUNCHER) --cluster $(CLUSTER) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait)
 
-.PHONY: help venv demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli
+# The GPU check (README "GPU check"): the packages a bare GPU machine with torch, timm, Lightning and Triton lacks,
+# as CPython 3.12 wheels at this venv's versions (timm too: the machine's version is unknown). wandb stays behind:
+# it is imported only with logger=wandb; submitit comes for `reluvit sweep --dry-run`. reluvit travels as the working
+# tree (PYTHONPATH=src), not as a wheel: a wheel would go stale and could not find conf/.
+DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
+# published as sdists only: built into wheels here
+DEVICE_SDISTS = antlr4-python3-runtime
+WHEEL_PLATFORMS = $(foreach n,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(n)_x86_64)
+
+.PHONY: help venv demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli device-wheels device-check
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
 	@echo "make test-all     the full suite: + slow and SLURM tests (starts the local cluster: slurm/up.sh, root)"
-	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot"
+	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot;"
+	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
 	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
 	@echo "make wandb-sync   upload offline W&B runs"
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
 	@echo "make bench-data   shard pipeline vs ImageFolder loader: images/s per core"
 	@echo "make bench-cli    wall time of reluvit --help / results / status on 10 000 generated runs"
+	@echo "make device-check everything that needs a GPU, ~8 min on an H200 (CPU: the plumbing at tiny scale); README \"GPU check\""
+	@echo "make device-wheels  the wheels a bare GPU machine lacks, into .whl/ (README \"GPU check\")"
 	@echo "make lint         ruff;  make clean: remove runs/ and results (keeps the virtual environment)"
 
 venv: $(BIN)/.installed
@@ -50,7 +67,7 @@ test-all: venv
 	RELUVIT_SLURM_TESTS=1 $(BIN)/python -m pytest -q --durations=30
 
 fig1 fig2 fig3 fig4 fig5: venv
-	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) --launcher $(LAUNCHER) --cluster $(CLUSTER) $(ARGS)
+	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
 
 plots: venv
 	$(BIN)/reluvit plots $(SWEEP_OPTS)
@@ -73,6 +90,16 @@ bench-data: venv
 
 bench-cli: venv
 	$(BIN)/python bench/cli.py
+
+device-check: venv
+	$(BIN)/python bench/device_check.py
+
+device-wheels: venv
+	rm -rf .whl && mkdir .whl
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(WHEEL_PLATFORMS) -d .whl $$($(BIN)/pip freeze | grep -iE '^($(DEVICE_WHEELS))==')
+	$(BIN)/pip wheel -q --no-deps -w .whl $$($(BIN)/pip freeze | grep -iE '^($(DEVICE_SDISTS))==')
+	ls -s .whl && du -sh .whl
 
 lint: venv
 	$(BIN)/ruff check src tests bench

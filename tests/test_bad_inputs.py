@@ -97,6 +97,9 @@ BAD = [
     ("trainer.micro_batch_size=0", "trainer.micro_batch_size", ">= 1 or null"),
     ("trainer.micro_batch_size=-16", "trainer.micro_batch_size", ">= 1 or null"),
     ("trainer.micro_batch_size=48", "trainer.micro_batch_size", "does not divide"),
+    ("trainer.micro_batch_size=big", "trainer.micro_batch_size", "'big' is not 'auto' or an integer >= 1 or null"),
+    ("trainer.grad_checkpointing=1", "trainer.grad_checkpointing", "1 is not auto, true or false"),
+    ("trainer.grad_checkpointing=always", "trainer.grad_checkpointing", "auto, true or false"),
     ("trainer.max_steps=0", "trainer.max_steps", "-1 or an integer >= 1"),
     ("trainer.max_steps=-5", "trainer.max_steps", "-1 or an integer >= 1"),
     ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch", ">= 1"),
@@ -104,6 +107,7 @@ BAD = [
     ("trainer.precision=fp13", "trainer.precision", "bf16-mixed"),
     ("trainer.accelerator=gpus", "trainer.accelerator", "cuda"),
     ("trainer.strategy=dpp", "trainer.strategy", "ddp"),
+    ("trainer.compile=maybe", "trainer.compile", "auto, true or false"),
     # seeds: what the RNGs accept
     ("seed=-1", "seed", "[0, 4294967295]"),
     ("seed=4294967296", "seed", "[0, 4294967295]"),
@@ -144,9 +148,9 @@ BAD = [
     ("eval.i1k.path=/no/such/dir", "eval.i1k.path", "not a directory"),
     # keys that do not exist, added or deleted
     ("+unknown_key=1", "unknown_key", "no such config key"),
-    ("+trainer.compile=true", "trainer.compile", "no such config key"),
+    ("+trainer.compile=true", "trainer.compile", "without `+`"),
     ("+data.foo=1", "data.foo", "no such config key"),
-    ("trainer.compile=true", "trainer.compile", "TrainerConfig"),
+    ("trainer.compil=true", "trainer.compil", "TrainerConfig"),
     ("+seed=1", "seed", "without `+`"),
     ("~seed", "seed", "cannot be deleted"),
     ("~recipe.lr", "recipe.lr", "cannot be deleted"),
@@ -255,6 +259,9 @@ GOOD = [
     "trainer.max_steps=1",
     "trainer.micro_batch_size=null",
     "trainer.micro_batch_size=128",
+    "trainer.micro_batch_size=auto",
+    "trainer.grad_checkpointing=true",
+    "trainer.grad_checkpointing=false",
     "trainer.precision=32",
     "trainer.precision=bf16-mixed",
     "seed=0",
@@ -281,3 +288,36 @@ GOOD = [
 def test_edge_values_pass(overrides, tmp_path):
     validate(compose([*BASE, *overrides.split(), f"runs_dir={tmp_path / 'runs'}"]))
     assert not any(tmp_path.iterdir())
+
+
+# cluster profiles (slurm/profiles/*.yaml or a file anywhere) and the launch options, refused before composing
+PROFILES = [
+    ("partition: gpu\ngpus_per_nod: 4\n", "bad.yaml", "unknown keys ['gpus_per_nod']"),
+    ("gpus_per_node: 4\n", "bad.yaml: partition", "a partition is required"),
+    ("partition: gpu\ngpus_by_size: {XL: 2}\n", "bad.yaml: gpus_by_size", "unknown model sizes ['XL']"),
+    ("partition: gpu\ngpus_by_size: {B: 0}\n", "bad.yaml: gpus_by_size", "an integer >= 1"),
+    ("partition: gpu\ngpu_tflops: -5\n", "bad.yaml: gpu_tflops", "> 0 or null"),
+    ("partition: gpu\nslurm_additional_parameters: [exclusive]\n", "bad.yaml: slurm_additional_parameters",
+     "mapping"),
+    ("partition: gpu\ngpus_by_size: null\n", "bad.yaml: gpus_by_size", "None is not a mapping"),
+    ("partition: gpu\ngpus_per_node: 8\ngpus_by_size: {micro: 3}\n", "gpus_by_size",
+     "3 GPUs for micro/1 do not divide the global batch recipe.batch_size=128"),
+]
+
+
+@pytest.mark.parametrize("profile,key,hint", PROFILES, ids=[case[1] + ":" + case[2] for case in PROFILES])
+def test_a_bad_profile_exits_2_naming_the_key(profile, key, hint, capsys, tmp_path):
+    (tmp_path / "bad.yaml").write_text(profile)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert_refused(["--dry-run", "--cluster", str(tmp_path / "bad.yaml")], key, hint, capsys, runs)
+
+
+@pytest.mark.parametrize("options,key,hint", [
+    (["--launcher", "slurm", "--cluster", "/no/such/profile.yaml"], "CLUSTER", "no profile /no/such/profile.yaml"),
+    (["--launcher", "slurm", "--cluster", "nowhere"], "CLUSTER", "known: example_gpu, local"),
+    (["--no-wait"], "--no-wait", "--launcher slurm"),
+    (["--launcher", "slurm", "--no-wait", "--dry-run"], "--no-wait", "no --dry-run"),
+])
+def test_bad_launch_options_exit_2(options, key, hint, capsys, tmp_path):
+    assert_refused(options, key, hint, capsys, tmp_path)

@@ -82,6 +82,27 @@ def test_chrono_state_survives_restart(clock):
     assert restarted.examples_seen == 8 * 8
 
 
+def test_warmup_is_recorded_apart_and_accumulates(clock):
+    """From training start to the end of the skipped steps (the first step compiles), at every start."""
+    trainer, module, _ = hooks(world_size=2)
+    first = Chrono(skip_first=2)
+    first.on_train_start(trainer, module)
+    for seconds in (50.0, 30.0, 1.0, 1.0):
+        step(first, trainer, module, clock, seconds)
+    assert (first.warmup_seconds, first.train_seconds, first.core_seconds) == pytest.approx((80.0, 2.0, 4.0))
+    restarted = Chrono(skip_first=2)
+    restarted.load_state_dict(first.state_dict())
+    clock.t += 7.0  # before training starts (setup, checkpoint loading): not counted
+    restarted.on_train_start(trainer, module)
+    for seconds in (20.0, 5.0, 1.0):
+        step(restarted, trainer, module, clock, seconds)
+    assert restarted.summary()["warmup_seconds"] == pytest.approx(80.0 + 25.0)
+    assert restarted.train_seconds == pytest.approx(3.0)
+    old = {k: v for k, v in first.state_dict().items() if k != "warmup_seconds"}  # a checkpoint from before it
+    restarted.load_state_dict(old)
+    assert restarted.warmup_seconds == 0.0
+
+
 def test_sanity_check_does_not_start_the_clock(clock):
     chrono = Chrono(skip_first=0)
     trainer, module, _ = hooks()

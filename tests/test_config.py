@@ -107,7 +107,8 @@ def test_sweep_syntax_expands_into_points_or_is_refused_for_one_run():
 
 def test_global_batch_by_accumulation():
     cfg = compose(["trainer.accelerator=cpu", "trainer.devices=2", "trainer.micro_batch_size=16"])
-    assert micro_batch_size(cfg) == (16, 4)  # 128 = 2 devices x 16 x 4 steps
+    split = micro_batch_size(cfg)
+    assert (split.micro_batch_size, split.accumulate) == (16, 4)  # 128 = 2 devices x 16 x 4 steps
 
 
 # Invalid values, one line naming the key, exit status 2: tests/test_bad_inputs.py.

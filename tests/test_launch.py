@@ -5,16 +5,19 @@ RELUVIT_SLURM_TESTS=1; the default suite skips them and cannot reach any cluster
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import submitit
 
 from conftest import GUARD_LOG, SLURM_TESTS, TWO_POINTS, checkpoint_weights, sweep_file
 from reluvit.run.schema import ConfigError
-from reluvit.sweep.slurm import Profile, Resources, load_profile, resources
+from reluvit.sweep.slurm import GPUS_BY_SIZE, Profile, Resources, load_profile, resources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,24 @@ def test_profiles_load_and_validate(tmp_path):
         load_profile("typo", tmp_path)
     with pytest.raises(ConfigError, match="known: .*local"):
         load_profile("no-such-cluster")
+
+
+def test_a_profile_anywhere_with_every_key(tmp_path):
+    """CLUSTER=/path/to/profile.yaml: a profile outside the repository; gpus_by_size entries replace the defaults'
+    (GPUS_BY_SIZE), the other sizes keep theirs."""
+    path = tmp_path / "site" / "cluster.yaml"
+    path.parent.mkdir()
+    path.write_text("partition: gpu\ngpus_per_node: 4\ngpus_by_size: {B: 2, S: 2}\ngpu_tflops: 400\n"
+                    "slurm_additional_parameters: {exclusive: true, gres: 'nvme:1'}\n")
+    profile = load_profile(str(path))
+    assert profile.gpu_tflops == 400 and profile.slurm_additional_parameters == {"exclusive": True, "gres": "nvme:1"}
+    assert profile.gpus_by_size == {**GPUS_BY_SIZE, "B": 2, "S": 2}
+    assert resources("B/16", profile) == Resources(1, 2, 2) and resources("L/16", profile) == Resources(2, 4, 4)
+    example = load_profile(str(ROOT / "slurm" / "profiles" / "example_gpu.yaml"))
+    assert example == load_profile("example_gpu")
+    documented = {line.split(":")[0] for line in (ROOT / "slurm" / "profiles" / "example_gpu.yaml").read_text()
+                  .splitlines() if line and line[0].isalpha()}
+    assert documented == {f.name for f in fields(Profile)}  # the template shows every key
 
 
 @pytest.mark.parametrize("variant,expected", [
@@ -99,6 +120,29 @@ def test_two_point_sweep_as_a_job_array(slurm_cluster, tmp_path):
     assert len(tasks) == 2 and {t.split("_")[1] for t in tasks} == {"0", "1"}, tasks  # one array, tasks 0 and 1
     script = next((tmp_path / "runs" / ".submitit").glob("*/*/*_submission.sh")).read_text()
     assert "#SBATCH --array=0-1%2" in script  # the profile's array_parallelism caps the running jobs
+
+
+def test_no_wait_submits_and_returns(slurm_cluster, tmp_path):
+    """--no-wait: the command returns once the array is submitted, naming its jobs and how to follow them, and
+    rolls nothing up; the jobs finish on their own, and `reluvit status` counts them."""
+    env = sweep_file(tmp_path, TWO_POINTS)
+    dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    result = subprocess.run(
+        [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--launcher", "slurm", "--cluster", "local", *dirs,
+         "--no-wait", "trainer.max_steps=4", "trainer.enable_progress_bar=false"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    array = re.search(r"array (\d+): 2 jobs, \1_0 \.\.\. \1_1", result.stderr)
+    assert array, result.stderr[-3000:]
+    assert f"follow with `reluvit status fig3 --scale smoke --runs-dir {tmp_path / 'runs'}`" in result.stderr
+    assert not (tmp_path / "results").exists()  # no roll-up, no figure: the command did not wait
+    folder = next((tmp_path / "runs" / ".submitit").glob("fig3-smoke-*"))
+    jobs = [submitit.SlurmJob(folder=folder / "%j", job_id=f"{array[1]}_{task}") for task in (0, 1)]
+    assert [job.result() for job in jobs] == ["completed", "completed"]
+    status = subprocess.run([sys.executable, "-m", "reluvit.cli", "status", "fig3", *dirs], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path, env=env, check=True).stdout
+    assert re.search(r"fig3\s+smoke\s+2\s+2\s", status), status  # 2 runs, 2 completed
 
 
 @pytest.mark.slow

@@ -44,7 +44,13 @@ def _results_dir(path: Path) -> Path:
 
 def _launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default="local", help="local (here, one run after another) | slurm")
-    parser.add_argument("--cluster", default="local", help="SLURM profile: slurm/profiles/<name>.yaml")
+    parser.add_argument("--cluster", default="local",
+                        help="SLURM profile: a name in slurm/profiles/ or the path of a profile file")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the SLURM submission to --cluster (job arrays, sbatch script, GPU-hours and wall "
+                             "time) and submit nothing; needs no cluster and no data")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="with --launcher slurm: submit, print the job ids and return")
 
 
 def _sweep_args(parser: argparse.ArgumentParser, many: bool) -> None:
@@ -105,26 +111,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_launcher(args) -> None:
-    """The launcher and the cluster profile, before anything is composed or submitted."""
+def _check_launcher(args):
+    """The launcher, its options and the cluster profile (returned; None for a local launch), before anything is
+    composed or submitted. A dry run previews a SLURM submission, whichever the launcher."""
     from reluvit.run.schema import ConfigError
     from reluvit.sweep.execute import LAUNCHERS
 
     if args.launcher not in LAUNCHERS:
         raise ConfigError("launcher", f"{args.launcher!r} is not one of: {', '.join(LAUNCHERS)}")
-    if args.launcher == "slurm":
+    if args.no_wait and (args.dry_run or args.launcher != "slurm"):
+        raise ConfigError("--no-wait", "returns after submitting: it takes --launcher slurm and no --dry-run")
+    if args.launcher == "slurm" or args.dry_run:
         from reluvit.sweep.slurm import load_profile
 
-        load_profile(args.cluster)
+        return load_profile(args.cluster)
+    return None
+
+
+def _launch(args, points: list, label: str, follow: str) -> list[str]:
+    """Execute the points, or print their dry run; returns what failed. ``follow``: the command that shows the
+    progress of runs submitted without waiting."""
+    from reluvit.sweep.execute import execute, preview
+
+    if args.dry_run:
+        print(preview(points, args.cluster, label))
+        return []
+    failed = execute(points, args.launcher, args.cluster, label, block=not args.no_wait)
+    if args.no_wait:
+        log.info("follow with `%s`", follow)
+    return failed
 
 
 def _train(args, overrides: list[str]) -> None:
     from reluvit.run.compose import expand
-    from reluvit.sweep.execute import execute, prepare
+    from reluvit.sweep.execute import prepare
 
     _check_launcher(args)
-    points = prepare(expand(overrides))
-    if failed := execute(points, args.launcher, args.cluster, label="train"):
+    points = prepare(expand(overrides), dry_run=args.dry_run)
+    if failed := _launch(args, points, "train", follow="squeue --me; reluvit results"):
         for line in failed:
             log.error("failed: %s", line)
         raise SystemExit(1)
@@ -132,21 +156,24 @@ def _train(args, overrides: list[str]) -> None:
 
 def _sweep(args, overrides: list[str]) -> None:
     from reluvit.sweep import spec
-    from reluvit.sweep.execute import execute, membership, prepare, tag_figures
+    from reluvit.sweep.execute import membership, prepare, tag_figures
 
     results_dir = _results_dir(args.results_dir)
-    _check_launcher(args)
+    profile = _check_launcher(args)
     sweep = spec.load(args.sweep, args.scale, args.seeds)
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
-    gpu = _gpu()
+    gpu = bool(profile.gpus_per_node) if profile else _gpu()  # where the runs will train
     skipped = [b for b in sweep.blocks if b not in sweep.runnable(gpu)]
     for block in skipped:
         log.warning("skipping a block of %d runs that requires a %s", len(block.points()), block.requires)
-    points = prepare(sweep.points(gpu, extra))
-    if any(p.cfg.logger.wandb for p in points):
+    points = prepare(sweep.points(gpu, extra), dry_run=args.dry_run)
+    if any(p.cfg.logger.wandb for p in points) and not args.dry_run:
         tag_figures(points, membership(args.scale, gpu, extra))
     log.info("%s-%s: %d runs", sweep.name, sweep.scale, len(points))
-    failed = execute(points, args.launcher, args.cluster, label=f"{sweep.name}-{sweep.scale}")
+    follow = f"reluvit status {sweep.name} --scale {sweep.scale} --runs-dir {args.runs_dir}"
+    failed = _launch(args, points, f"{sweep.name}-{sweep.scale}", follow)
+    if args.dry_run or args.no_wait:
+        return
     table = _rollup(args.runs_dir, results_dir)
     runs = table[table["run_dir"].isin([p.cfg.run_dir for p in points])] if len(table) else table
     _plot(sweep, runs, results_dir)

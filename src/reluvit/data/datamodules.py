@@ -1,20 +1,22 @@
-"""LightningDataModules: embedded arrays, an ImageFolder tree, webdataset shards. Images reach the model as float
-tensors with values in [-1, 1] (big_vision ``value_range(-1, 1)``); batch sizes here are per device (the global
-batch is the recipe's)."""
+"""LightningDataModules: embedded arrays, an ImageFolder tree, webdataset shards, synthetic images. Images reach the
+model as float tensors with values in [-1, 1] (big_vision ``value_range(-1, 1)``); batch sizes here are per device
+(the global batch is the recipe's)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from reluvit.data.embedded import EMBEDDED, validation_split
 from reluvit.data.preprocess import EvalTransform, TrainTransform
 from reluvit.data.shards import read_info
 from reluvit.data.stream import ShardStream
+from reluvit.errors import COUNT, check_range
 
 
 class EpochSampler(Sampler[int]):
@@ -80,16 +82,19 @@ class EmbeddedDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
-        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True, generator=self._generator(),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
+                          generator=loader_generator(self.seed), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers, generator=self._generator())
+        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
+                          generator=loader_generator(self.seed))
 
-    def _generator(self) -> torch.Generator:
-        """Loaders draw their workers' base seed from this, not from torch's global generator, so where a run
-        creates its loaders (a restart creates one mid-epoch) does not shift the global random stream."""
-        return torch.Generator().manual_seed(self.seed)
+
+def loader_generator(seed: int) -> torch.Generator:
+    """Loaders draw their workers' base seed from this, not from torch's global generator, so where a run creates
+    its loaders (a restart creates one mid-epoch) does not shift the global random stream."""
+    return torch.Generator().manual_seed(seed)
 
 
 def read_bytes(path: str) -> bytes:
@@ -179,7 +184,53 @@ class ShardDataModule(pl.LightningDataModule):
         return EpochLoader(stream, lambda: (0, 0), self.num_workers)
 
 
-DATASETS = (*EMBEDDED, "imagefolder", "shards")
+class SyntheticImages(Dataset):
+    """``size`` random images (uniform in [-1, 1]) with random labels. Item i is drawn, each time it is read, from a
+    generator seeded by (``seed``, ``first`` + i) (numpy's SeedSequence mixes both; torch's CPU generator would keep
+    32 bits of one number): the set is fixed by the seed, yet nothing is held in memory."""
+
+    def __init__(self, size: int, img_size: int, in_chans: int, num_classes: int, seed: int, first: int = 0) -> None:
+        self.size, self.shape, self.num_classes = size, (in_chans, img_size, img_size), num_classes
+        self.seed, self.first = seed, first
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} of {self.size} synthetic images")
+        generator = np.random.default_rng([self.seed, self.first + index])
+        image = generator.random(self.shape, dtype=np.float32) * 2 - 1
+        return torch.from_numpy(image), int(generator.integers(self.num_classes))
+
+
+class SyntheticDataModule(pl.LightningDataModule):
+    """Random images at ``img_size`` for throughput and memory checks without a dataset: ``num_samples`` training
+    and ``val_size`` validation images (disjoint draws), fixed by ``split_seed`` (not the run's ``seed``, which
+    orders the training images as for any dataset)."""
+
+    def __init__(self, batch_size: int, img_size: int, in_chans: int, num_classes: int, num_samples: int,
+                 val_size: int, split_seed: int = 0, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        for name, value in (("num_samples", num_samples), ("val_size", val_size), ("num_classes", num_classes)):
+            check_range(name, value, COUNT)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        images = {"img_size": img_size, "in_chans": in_chans, "num_classes": num_classes, "seed": split_seed}
+        self.train_set = SyntheticImages(num_samples, **images)
+        self.val_set = SyntheticImages(val_size, **images, first=num_samples)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
+        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
+                          generator=loader_generator(self.seed), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
+                          generator=loader_generator(self.seed), pin_memory=torch.cuda.is_available())
+
+
+DATASETS = (*EMBEDDED, "imagefolder", "shards", "synthetic")
 
 
 def build_datamodule(data_cfg, batch_size: int, randaug: tuple[int, int], seed: int) -> pl.LightningDataModule:
@@ -188,6 +239,10 @@ def build_datamodule(data_cfg, batch_size: int, randaug: tuple[int, int], seed: 
         return ShardDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.in_chans,
                                data_cfg.num_classes, data_cfg.num_workers, *randaug, seed=seed,
                                shuffle_buffer=data_cfg.shuffle_buffer, max_bad_fraction=data_cfg.max_bad_fraction)
+    if data_cfg.dataset == "synthetic":
+        return SyntheticDataModule(batch_size, data_cfg.img_size, data_cfg.in_chans, data_cfg.num_classes,
+                                   data_cfg.num_samples, data_cfg.val_size, data_cfg.split_seed,
+                                   data_cfg.num_workers, seed)
     if data_cfg.dataset == "imagefolder":
         return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, *randaug,
                                      seed=seed)

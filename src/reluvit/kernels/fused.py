@@ -1,4 +1,6 @@
-"""The Triton kernels of :mod:`reluvit.kernels.triton_pointwise` as a differentiable function of (q, k, v).
+"""The Triton kernels of :mod:`reluvit.kernels.triton_pointwise` as a differentiable function of (q, k, v): two
+``torch.library`` custom ops (``reluvit::fused_pointwise_attention`` and its ``_backward``), which torch.compile
+keeps whole in its graphs.
 
 Triton is imported on first call, so CPU-only installs never need it.
 """
@@ -14,13 +16,21 @@ FUSED_ACTIVATIONS = ("relu", "relu2")  # the h with a kernel (positive part, and
 MAX_HEAD_DIM = 256  # one tile of the head dim; 32, 64, 128 are exact, others are padded to a power of two
 
 
+# torch.compile calls these two once, when tracing (it cannot trace triton's knobs, nor find_spec): a compiled
+# graph keeps the answer of its tracing
+@torch.compiler.assume_constant_result
 def interpreter_enabled() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, read at each call)."""
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, read at each eager call)."""
     if "TRITON_INTERPRET" not in os.environ:  # spares importing triton on the common path
         return False
     import triton
 
     return triton.knobs.runtime.interpret
+
+
+@torch.compiler.assume_constant_result
+def _triton_installed() -> bool:
+    return find_spec("triton") is not None
 
 
 def unfusable_reason(activation: str, device: torch.device, *, masked: bool = False,
@@ -33,7 +43,7 @@ def unfusable_reason(activation: str, device: torch.device, *, masked: bool = Fa
     if dropout:
         return "the fused kernel has no attention dropout"
     if device.type == "cuda":
-        return None if find_spec("triton") else "triton is not installed"
+        return None if _triton_installed() else "triton is not installed"
     if device.type == "cpu" and interpreter_enabled():
         return None
     return (f"tensors are on {device.type}; the kernel needs CUDA, or on CPU the Triton interpreter "
@@ -69,34 +79,62 @@ def fused_pointwise_attention(
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     inside = 1.0 if isinstance(length_factor, torch.Tensor) else float(length_factor)
-    out = _FusedPointwiseAttention.apply(q.to(dtype), k.to(dtype), v.to(dtype), activation, scale, inside)
+    out = _attention(q.to(dtype), k.to(dtype), v.to(dtype), activation, scale, inside)
     return out * length_factor if isinstance(length_factor, torch.Tensor) else out
 
 
-class _FusedPointwiseAttention(torch.autograd.Function):
-    """Saves only q, k, v: the backward recomputes each tile of weights, and, with no normaliser, needs neither
-    the output nor per-row statistics."""
+# The kernels as torch.library custom ops, forward and backward, so that torch.compile traces attention as one
+# opaque call (no graph break) from the fake functions' shapes, and autograd reaches the backward kernels. The
+# forward saves only q, k, v: the backward recomputes each tile of weights, and, with no normaliser, needs neither
+# the output nor per-row statistics.
+@torch.library.custom_op("reluvit::fused_pointwise_attention", mutates_args=())
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, activation: str, scale: float,
+               length_factor: float) -> torch.Tensor:
+    out = _empty_like(q)
+    meta = _launch_args(q, k, activation, scale, length_factor)
+    _kernel(q, "forward")[_grid(q, q.shape[2], "BLOCK_M")](q, k, v, out, *_strides(q, k, v, out), **meta)
+    return out
 
-    @staticmethod
-    def forward(ctx, q, k, v, activation, scale, length_factor):
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        meta = _launch_args(q, k, activation, scale, length_factor)
-        _kernel(q, "forward")[_grid(q, q.shape[2], "BLOCK_M")](q, k, v, out, *_strides(q, k, v, out), **meta)
-        ctx.save_for_backward(q, k, v)
-        ctx.meta = meta
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        q, k, v = ctx.saved_tensors
-        grad_out = grad_out.to(q.dtype)
-        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        _kernel(q, "dk_dv")[_grid(q, k.shape[2], "BLOCK_N")](
-            q, k, v, grad_out, dk, dv, *_strides(q, k, v, grad_out, dk, dv), **ctx.meta)
-        _kernel(q, "dq")[_grid(q, q.shape[2], "BLOCK_M")](
-            q, k, v, grad_out, dq, *_strides(q, k, v, grad_out, dq), **ctx.meta)
-        return dq, dk, dv, None, None, None
+@_attention.register_fake
+def _(q, k, v, activation, scale, length_factor):
+    return _empty_like(q)
+
+
+@torch.library.custom_op("reluvit::fused_pointwise_attention_backward", mutates_args=())
+def _attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, activation: str,
+                        scale: float, length_factor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = (_empty_like(t) for t in (q, k, v))
+    meta = _launch_args(q, k, activation, scale, length_factor)
+    _kernel(q, "dk_dv")[_grid(q, k.shape[2], "BLOCK_N")](
+        q, k, v, grad_out, dk, dv, *_strides(q, k, v, grad_out, dk, dv), **meta)
+    _kernel(q, "dq")[_grid(q, q.shape[2], "BLOCK_M")](
+        q, k, v, grad_out, dq, *_strides(q, k, v, grad_out, dq), **meta)
+    return dq, dk, dv
+
+
+@_attention_backward.register_fake
+def _(grad_out, q, k, v, activation, scale, length_factor):
+    return _empty_like(q), _empty_like(k), _empty_like(v)
+
+
+def _save_for_backward(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    q, k, v, *ctx.options = inputs  # options: activation, scale, length_factor
+    ctx.save_for_backward(q, k, v)
+
+
+def _differentiate(ctx, grad_out: torch.Tensor) -> tuple:
+    q, k, v = ctx.saved_tensors
+    return *_attention_backward(grad_out.to(q.dtype), q, k, v, *ctx.options), None, None, None
+
+
+_attention.register_autograd(_differentiate, setup_context=_save_for_backward)
+
+
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor of ``t``'s shape, dtype and device: the layout the kernels write, whatever ``t``'s
+    strides (the fake functions must give the same)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
 def _kernel(q: torch.Tensor, name: str):

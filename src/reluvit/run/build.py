@@ -1,13 +1,15 @@
-"""What a config builds: the model's arguments, the LightningModule, the recipe's augmentation for the model, and
-the split of the global batch over devices and accumulation steps. Used to train (reluvit.run.train) and, on the
-meta device, to validate (reluvit.run.validate)."""
+"""What a config builds: the model's arguments, the LightningModule, the recipe's augmentation for the model, the
+precision, and the split of the global batch over devices and accumulation steps (reluvit.run.memory's plan). Used
+to train (reluvit.run.train) and, on the meta device, to validate (reluvit.run.validate)."""
 
 from __future__ import annotations
 
 import inspect
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reluvit.run import memory
 from reluvit.run.schema import AugmentConfig, ConfigError
 
 
@@ -35,23 +37,35 @@ def augment_for(cfg: DictConfig) -> AugmentConfig:
     return cfg.recipe.augment[augment_name(cfg)]
 
 
-def build_module(cfg: DictConfig):
+def build_module(cfg: DictConfig, grad_checkpointing: bool = False):
     """The :class:`reluvit.run.module.ViTClassifier` of a config: its recipe keys are the module's arguments, with
-    the model's augmentation and ``trainer.max_steps``."""
+    the model's augmentation and ``trainer.max_steps``; ``grad_checkpointing``: timm's, recomputing each block's
+    activations in the backward pass."""
     from reluvit.run.module import ViTClassifier
 
     recipe = OmegaConf.to_container(cfg.recipe, resolve=True)
     arguments = {k: recipe[k] for k in inspect.signature(ViTClassifier).parameters if k in recipe}
-    return ViTClassifier(architecture(cfg), mixup=augment_for(cfg).mixup, max_steps=cfg.trainer.max_steps,
-                         **arguments)
+    module = ViTClassifier(architecture(cfg), mixup=augment_for(cfg).mixup, max_steps=cfg.trainer.max_steps,
+                           **arguments)
+    module.model.set_grad_checkpointing(grad_checkpointing)
+    return module
+
+
+def trains_on_cuda(cfg: DictConfig) -> bool:
+    return cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
+
+
+def resolve_precision(cfg: DictConfig) -> str:
+    """``trainer.precision``: auto is bf16-mixed on CUDA, 32-true on CPU."""
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    return "bf16-mixed" if trains_on_cuda(cfg) else "32-true"
 
 
 def world_size(trainer: DictConfig) -> int:
     """Number of training processes the trainer config asks for ('auto' devices: all GPUs, else 1 CPU process)."""
     devices = trainer.devices
     if devices in ("auto", -1, "-1"):
-        import torch
-
         on_gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         devices = torch.cuda.device_count() if on_gpu else 1
     elif isinstance(devices, list | ListConfig):  # device ids
@@ -61,15 +75,19 @@ def world_size(trainer: DictConfig) -> int:
     return int(devices) * trainer.num_nodes
 
 
-def micro_batch_size(cfg: DictConfig) -> tuple[int, int]:
-    """(per-device batch, gradient-accumulation steps) that reach the recipe's global batch on this world size."""
+def micro_batch_size(cfg: DictConfig, budget_bytes: float | None = None) -> memory.Plan:
+    """How each device takes its share of the recipe's global batch on this world size: micro-batch, accumulation
+    steps and gradient checkpointing (:func:`reluvit.run.memory.plan` of ``trainer.micro_batch_size`` and
+    ``trainer.grad_checkpointing``). ``budget_bytes``: the device memory to plan for; None: this process's device's
+    (:func:`reluvit.run.memory.device_budget`)."""
     world = world_size(cfg.trainer)
     global_batch = cfg.recipe.batch_size
     if global_batch % world:
         raise ConfigError("recipe.batch_size", f"{global_batch} is not divisible by the device count {world} "
                                                f"(trainer.devices x trainer.num_nodes)")
-    per_device = global_batch // world
-    micro = per_device if cfg.trainer.micro_batch_size in (None, "auto") else cfg.trainer.micro_batch_size
-    if per_device % micro:
-        raise ConfigError("trainer.micro_batch_size", f"{micro} does not divide the per-device batch {per_device}")
-    return micro, per_device // micro
+    device = "cuda" if trains_on_cuda(cfg) else "cpu"
+    if budget_bytes is None:
+        budget_bytes = memory.device_budget(device, processes_per_host=world // cfg.trainer.num_nodes)
+    step = memory.TrainingStep.of(architecture(cfg), resolve_precision(cfg), device, world)
+    return memory.plan(step, global_batch // world, budget_bytes, cfg.trainer.micro_batch_size,
+                       cfg.trainer.grad_checkpointing)

@@ -1,6 +1,7 @@
 """Compute accounting after big_vision's ``utils.Chrono``: training wall time measured step end to step end (so
 data loading counts), with evaluation and the first steps of every (re)start (compilation, cache warm-up) left out.
-``core_hours`` is that time x the number of devices / 3600, accumulated across restarts through the checkpoint."""
+``core_hours`` is that time x the number of devices / 3600, accumulated across restarts through the checkpoint, and
+so is ``warmup_seconds``, the wall time of the steps left out (with trainer.compile, mostly compilation)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 
 
 class Chrono(pl.Callback):
-    """Logs ``core_hours``, ``examples_seen``, ``train_flops`` (analytic) and ``img_per_sec_per_device``.
+    """Logs ``core_hours``, ``examples_seen``, ``train_flops`` (analytic) and ``img_per_sec_per_device``; the
+    summary adds ``train_seconds`` and ``warmup_seconds``.
 
     Args:
         flops_per_example: analytic training FLOPs of one example (6 x forward MACs).
@@ -23,8 +25,9 @@ class Chrono(pl.Callback):
         self.skip_first = skip_first
         self.core_seconds = 0.0  # sum over counted intervals of wall time x world size
         self.train_seconds = 0.0
+        self.warmup_seconds = 0.0  # wall time of the first skip_first steps of every start, not in core_seconds
         self.examples_seen = 0
-        self._last: float | None = None  # time of the previous step end, None while paused
+        self._last: float | None = None  # time of the previous step end (or of training start), None while paused
         self._ticks = 0  # step ends seen since this process started
 
     @property
@@ -33,11 +36,12 @@ class Chrono(pl.Callback):
 
     def state_dict(self) -> dict:
         return {"core_seconds": self.core_seconds, "train_seconds": self.train_seconds,
-                "examples_seen": self.examples_seen}
+                "warmup_seconds": self.warmup_seconds, "examples_seen": self.examples_seen}
 
     def load_state_dict(self, state: dict) -> None:
         self.core_seconds = state["core_seconds"]
         self.train_seconds = state["train_seconds"]
+        self.warmup_seconds = state.get("warmup_seconds", 0.0)  # absent from checkpoints written before it existed
         self.examples_seen = state["examples_seen"]
 
     @staticmethod
@@ -46,15 +50,28 @@ class Chrono(pl.Callback):
             torch.cuda.synchronize(pl_module.device)  # time the work, not its queueing
         return time.perf_counter()
 
+    def _elapse(self, trainer, now: float) -> float | None:
+        """Book the time since ``_last``: training once the first steps are done, warm-up before; the counted
+        interval, or None."""
+        if self._last is None:
+            return None
+        interval = now - self._last
+        if self._ticks < self.skip_first:
+            self.warmup_seconds += interval
+            return None
+        self.train_seconds += interval
+        self.core_seconds += interval * trainer.world_size
+        return interval
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = self._now(pl_module)  # the first step's interval (its compilation) is warm-up
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = self._now(pl_module)
         per_device = len(batch[0])
         self.examples_seen += per_device * trainer.world_size
         metrics = {"core_hours": self.core_hours}
-        if self._last is not None and self._ticks >= self.skip_first:
-            interval = now - self._last
-            self.train_seconds += interval
-            self.core_seconds += interval * trainer.world_size
+        if (interval := self._elapse(trainer, now)) is not None:
             metrics["img_per_sec_per_device"] = per_device / interval
         self._ticks += 1
         self._last = now
@@ -66,10 +83,7 @@ class Chrono(pl.Callback):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         """Pause: the time since the last step end was training (epoch-end hooks); evaluation is not."""
-        if self._last is not None and self._ticks >= self.skip_first:
-            interval = self._now(pl_module) - self._last
-            self.train_seconds += interval
-            self.core_seconds += interval * trainer.world_size
+        self._elapse(trainer, self._now(pl_module))
         self._last = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -78,4 +92,5 @@ class Chrono(pl.Callback):
 
     def summary(self) -> dict:
         return {"core_hours": self.core_hours, "train_seconds": self.train_seconds,
-                "examples_seen": self.examples_seen, "train_flops": self.examples_seen * self.flops_per_example}
+                "warmup_seconds": self.warmup_seconds, "examples_seen": self.examples_seen,
+                "train_flops": self.examples_seen * self.flops_per_example}

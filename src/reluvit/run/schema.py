@@ -105,6 +105,9 @@ class DataConfig:
     in_chans: int = MISSING
     num_classes: int = MISSING
     val_size: int | None = None  # embedded datasets: None = their fixed split (data.embedded.VAL_SIZES)
+    # training images per epoch: synthetic draws this many; the other datasets count their own, and this is only
+    # the cost estimate's (reluvit.sweep.cost) while their data is absent
+    num_samples: int | None = None
     split_seed: int = 0
     num_workers: int = 0
     shuffle_buffer: int = 2000

@@ -27,7 +27,14 @@ from reluvit.data import build_datamodule
 from reluvit.data.stream import SkippedSamples
 from reluvit.evaluate.callbacks import FewshotProbe, evaluation_callbacks
 from reluvit.models import forward_macs
-from reluvit.run.build import architecture, augment_for, build_module, micro_batch_size
+from reluvit.run.build import (
+    architecture,
+    augment_for,
+    build_module,
+    micro_batch_size,
+    resolve_precision,
+    trains_on_cuda,
+)
 from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from reluvit.run.compute import Chrono
 from reluvit.run.grid import identity, wandb_config, wandb_group, wandb_tags
@@ -134,9 +141,14 @@ def setup(cfg: DictConfig, run_dir: Path) -> tuple:
     """The run's module, data module, trainer with its callbacks (Chrono, checkpoints, evaluation, progress), the
     Chrono and evaluation callbacks, and the facts the summary records about them."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    micro, accumulate = micro_batch_size(cfg)
+    plan = micro_batch_size(cfg)
+    micro = plan.micro_batch_size
+    log.info("memory plan: %s", plan)
     augment = augment_for(cfg)
-    module = build_module(cfg)
+    module = build_module(cfg, plan.grad_checkpointing)
+    compiled = resolve_compile(cfg)
+    if compiled:  # in place: the state-dict keys, so the checkpoints, stay the eager model's (no `_orig_mod.`)
+        module.model.compile(dynamic=False)  # train batches are whole (drop_last); eval's last one recompiles once
     datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude), cfg.seed)
     macs = forward_macs(**architecture(cfg))
     chrono = Chrono(flops_per_example=6 * macs)
@@ -147,7 +159,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> tuple:
         default_root_dir=str(run_dir),
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy, precision=resolve_precision(cfg),
-        max_epochs=cfg.recipe.epochs, accumulate_grad_batches=accumulate,  # the module counts max_steps
+        max_epochs=cfg.recipe.epochs, accumulate_grad_batches=plan.accumulate,  # the module counts max_steps
         gradient_clip_val=cfg.recipe.grad_clip_norm, gradient_clip_algorithm="norm",
         deterministic=cfg.trainer.deterministic, check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
         log_every_n_steps=cfg.trainer.log_every_n_steps, enable_progress_bar=progress_bar,
@@ -161,15 +173,13 @@ def setup(cfg: DictConfig, run_dir: Path) -> tuple:
                    *evaluation,
                    *([LogProgress()] if cfg.trainer.enable_progress_bar and not progress_bar else [])],
     )
-    facts = {"forward_macs": macs, "micro_batch_size": micro, "accumulate_grad_batches": accumulate}
+    facts = {"forward_macs": macs, **plan.facts(), "compile": compiled}
     return module, datamodule, trainer, chrono, evaluation, facts
 
 
-def resolve_precision(cfg: DictConfig) -> str:
-    if cfg.trainer.precision != "auto":
-        return cfg.trainer.precision
-    on_gpu = cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu else "32-true"
+def resolve_compile(cfg: DictConfig) -> bool:
+    """``trainer.compile``: auto compiles the runs that train on CUDA."""
+    return trains_on_cuda(cfg) if cfg.trainer.compile == "auto" else cfg.trainer.compile
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

@@ -6,6 +6,8 @@ checked by their constructors, built here on the meta device; this module checks
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import re
 import tempfile
@@ -15,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reluvit.errors import COUNT, ArgumentError, Range, above, at_least, check_choice, check_range
-from reluvit.run.build import augment_name, build_module, micro_batch_size
+from reluvit.run.build import architecture, augment_name, build_module, micro_batch_size
 from reluvit.run.schema import CONF_DIR, WANDB_MODES, ConfigError, ModelConfig
 
 SEED = Range(0, 2**32 - 1, integer=True)  # what Lightning's seed_everything and numpy's RNGs accept
@@ -27,12 +29,14 @@ RANGES: dict[str, Range] = {
     "recipe.batch_size": COUNT,
     "recipe.grad_clip_norm": above(0, null=True),  # null: no clipping
     "data.val_size": at_least(1, integer=True, null=True),  # null: the embedded dataset's fixed split
+    "data.num_samples": at_least(1, integer=True, null=True),  # synthetic's training images
     "data.split_seed": SEED,
     "data.num_workers": NON_NEGATIVE,
     "data.shuffle_buffer": COUNT,
     "data.max_bad_fraction": Range(0, 1, high_open=True),
     "trainer.num_nodes": COUNT,
-    "trainer.micro_batch_size": at_least(1, integer=True, null=True, also=("auto",)),  # null: the per-device batch
+    # auto: the largest that fits the device (run.memory); null: the per-device batch
+    "trainer.micro_batch_size": at_least(1, integer=True, null=True, also=("auto",)),
     "trainer.check_val_every_n_epoch": COUNT,
     "trainer.log_every_n_steps": COUNT,
 }
@@ -69,12 +73,14 @@ def _choice(cfg: DictConfig, key: str, allowed) -> None:
     _check(check_choice, key, OmegaConf.select(cfg, key), allowed)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every value the run depends on; raise :class:`ConfigError` on the first bad one."""
+def validate(cfg: DictConfig, data_path: bool = True) -> None:
+    """Check every value the run depends on; raise :class:`ConfigError` on the first bad one. ``data_path=False``
+    leaves the data path out (a dry run needs no data)."""
     from reluvit.data import DATASETS
 
     _choice(cfg, "data.dataset", DATASETS)
-    check_data_path(cfg)
+    if data_path:
+        check_data_path(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
@@ -87,20 +93,29 @@ def validate(cfg: DictConfig) -> None:
     _check_writable(cfg, "runs_dir")
     if not Path(cfg.run_dir).absolute().is_relative_to(Path(cfg.runs_dir).absolute()):
         _check_writable(cfg, "run_dir")
-    micro_batch_size(cfg)
     _build_on_meta(cfg)
+    micro_batch_size(cfg, budget_bytes=math.inf)  # the split; what fits is planned on the device (run.train)
     validate_eval(cfg)
 
 
 def _build_on_meta(cfg: DictConfig) -> None:
-    """Build the LightningModule without memory: its constructors refuse what they cannot build."""
+    """Build the LightningModule without memory: its constructors refuse what they cannot build. What it is built
+    from (the recipe, the model, the attention, max_steps) is built once per process: a sweep's points share them."""
     import torch
 
+    arguments = json.dumps([architecture(cfg), OmegaConf.to_container(cfg.recipe, resolve=True),
+                            cfg.model.name, cfg.trainer.max_steps], sort_keys=True)
+    if arguments in _BUILT:
+        return
     try:
         with torch.device("meta"):
             build_module(cfg)
     except ArgumentError as e:
         raise ConfigError(_config_key(e.name, cfg), e.message) from None
+    _BUILT.add(arguments)
+
+
+_BUILT: set[str] = set()  # the arguments _build_on_meta has built without a refusal
 
 
 def _config_key(argument: str, cfg: DictConfig) -> str:
@@ -175,7 +190,7 @@ def precisions() -> tuple[str, ...]:
 
 def _validate_trainer(cfg: DictConfig) -> None:
     """Accelerator and strategy names against Lightning's registries ("gpu" and "auto" are Lightning's aliases),
-    its precision names, and the devices."""
+    its precision names, the devices, compile and gradient checkpointing."""
     from pytorch_lightning.accelerators import AcceleratorRegistry
     from pytorch_lightning.strategies import StrategyRegistry
 
@@ -183,6 +198,10 @@ def _validate_trainer(cfg: DictConfig) -> None:
     _choice(cfg, "trainer.strategy", ("auto", *StrategyRegistry.available_strategies()))
     _choice(cfg, "trainer.precision", precisions())
     _check_devices(cfg.trainer)
+    for key in ("trainer.compile", "trainer.grad_checkpointing"):
+        value = OmegaConf.select(cfg, key)
+        if not (value == "auto" or isinstance(value, bool)):  # a bool, not the 1 or 0 equal to one
+            raise ConfigError(key, f"{value!r} is not auto, true or false")
 
 
 def _check_devices(trainer: DictConfig) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,21 +30,48 @@ class Point:
         return self.cfg.run_name
 
 
-def prepare(points: list[list[str]]) -> list[Point]:
+def prepare(points: list[list[str]], dry_run: bool = False) -> list[Point]:
     """Compose and validate every point, and check that each run directory holds that run or none: a bad value
-    anywhere fails here, naming the key and the run. Points that name the same run directory are one run."""
+    anywhere fails here, naming the key and the run. Points that name the same run directory are one run. A missing
+    dataset fails first, within seconds (:func:`check_data`); a dry run only warns about it."""
     from reluvit.run.validate import validate
 
+    check_data(points, warn=dry_run)
     prepared: dict[str, Point] = {}
     for overrides, cfg in zip(points, compose_points(points), strict=True):
         try:
-            validate(cfg)
+            validate(cfg, data_path=not dry_run)
             if cfg.resume:
                 check_same_run(read_summary(cfg.run_dir), OmegaConf.to_container(cfg))
         except ConfigError as e:
             raise ConfigError(e.key, f"{e.message} (in run {cfg.run_name})") from None
         prepared.setdefault(cfg.run_dir, Point(overrides, cfg))
     return list(prepared.values())
+
+
+def _data_selection(point: list[str]) -> tuple[str, ...]:
+    """The overrides of a point that choose its data: the ``data`` group and ``data.*`` keys."""
+    keys = [override.split("=", 1)[0].lstrip("+~") for override in point]
+    return tuple(o for o, key in zip(point, keys, strict=True) if key == "data" or key.startswith("data."))
+
+
+def check_data(points: list[list[str]], warn: bool = False) -> None:
+    """``data.path`` of each data selection among the points, from its first point, composed alone: a sweep of
+    hundreds of points takes tens of seconds to compose, so a missing dataset is found before, naming its
+    environment variable. ``warn``: log it instead (a dry run needs no data)."""
+    from reluvit.run.validate import check_data_path
+
+    runs = Counter(_data_selection(point) for point in points)
+    firsts: dict[tuple[str, ...], list[str]] = {}
+    for point in points:
+        firsts.setdefault(_data_selection(point), point)
+    for selection, cfg in zip(firsts, compose_points(list(firsts.values())), strict=True):
+        try:
+            check_data_path(cfg)
+        except ConfigError as e:
+            if not warn:
+                raise ConfigError(e.key, f"{e.message} (in run {cfg.run_name})") from None
+            log.warning("%s: the %d runs of data=%s cannot start without it", e, runs[selection], cfg.data.name)
 
 
 def membership(scale: str, gpu: bool, extra: list[str] = ()) -> dict[str, list[str]]:
@@ -65,26 +93,40 @@ def tag_figures(points: list[Point], membership: dict[str, list[str]]) -> None:
         point.cfg.logger.figures = membership.get(point.cfg.run_dir, [])
 
 
-def execute(points: list[Point], launcher: str = "local", cluster: str = "local", label: str = "runs") -> list[str]:
+def submission(points: list[Point], label: str) -> tuple[Path, str]:
+    """submitit's folder and the job name of a SLURM launch: a fresh folder per launch, since after a cluster reset
+    job ids restart and an old folder would hand back stale results."""
+    runs_dir = Path(points[0].cfg.runs_dir).resolve() if points else Path("runs").resolve()
+    return runs_dir / ".submitit" / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}", f"reluvit-{label}"
+
+
+def execute(points: list[Point], launcher: str = "local", cluster: str = "local", label: str = "runs",
+            block: bool = True) -> list[str]:
     """Train every point, ``local``: one after another in this process; ``slurm``: as jobs of the cluster profile
-    ``cluster`` (``slurm/profiles/<name>.yaml``), waiting for them. A failed run does not stop the others;
-    completed runs are skipped by the runs themselves, so executing again resumes. Returns what failed, one line
-    each."""
+    ``cluster`` (:func:`reluvit.sweep.slurm.load_profile`), waiting for them unless not ``block``. A failed run does
+    not stop the others; completed runs are skipped by the runs themselves, so executing again resumes. Returns what
+    failed, one line each."""
     if launcher not in LAUNCHERS:
         raise ConfigError("launcher", f"{launcher!r} is not one of: {', '.join(LAUNCHERS)}")
     if launcher == "slurm":
         from reluvit.sweep.slurm import run_on_slurm
 
-        runs_dir = Path(points[0].cfg.runs_dir).resolve() if points else Path("runs").resolve()
-        # a fresh submitit folder per launch: after a cluster reset job ids restart, and an old folder would hand
-        # back stale results
-        folder = runs_dir / ".submitit" / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
         configs = [OmegaConf.to_container(p.cfg) for p in points]
-        outcomes = run_on_slurm(configs, cluster, folder, name=f"reluvit-{label}")
+        outcomes = run_on_slurm(configs, cluster, *submission(points, label), block)
+        if not block:
+            return []
         failed = [f"job {job}: {out}" for job, out in outcomes.items() if out not in FINISHED]
         log.info("%d of %d jobs finished", len(outcomes) - len(failed), len(outcomes))
         return failed
     return run_here(points)
+
+
+def preview(points: list[Point], cluster: str, label: str = "runs") -> str:
+    """What ``execute(points, "slurm", cluster, label)`` would submit, and its cost, as text; submits nothing."""
+    from reluvit.sweep.slurm import load_profile
+    from reluvit.sweep.slurm import preview as slurm_preview
+
+    return slurm_preview([p.cfg for p in points], load_profile(cluster), *submission(points, label))
 
 
 def run_here(points: list[Point]) -> list[str]:

@@ -1,0 +1,125 @@
+"""What a sweep costs before it runs. A run trains 6 x forward MACs (:func:`reluvit.models.forward_macs`) FLOPs per
+example, epochs x training-set size examples (fewer with ``trainer.max_steps``), at the profile's achieved training
+throughput per device (``gpu_tflops``, measured with ``make bench`` or ``make device-check`` on that GPU); its
+devices share the work evenly.
+
+Wall time: SLURM starts an array's jobs in order, at most ``array_parallelism`` at a time, each as soon as a running
+one ends; the arrays of a sweep run side by side. Queue waits, requeue restarts and evaluation are not counted, and
+the cluster is assumed to have room for every array at its limit: the wall time is a lower bound."""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from reluvit.data.embedded import EMBEDDED, VAL_SIZES
+from reluvit.models import forward_macs
+from reluvit.run.build import architecture
+
+
+@functools.cache
+def _embedded_images(name: str) -> int:
+    return len(EMBEDDED[name]().labels)
+
+
+def _shard_images(path: str) -> int | None:
+    """The training images the shards' ``_info.json`` counts; None without one."""
+    info = Path(path) / "_info.json"
+    train = json.loads(info.read_text()).get("splits", {}).get("train", {}) if info.is_file() else {}
+    return train.get("num_samples")
+
+
+def train_images(data: DictConfig) -> int | None:
+    """Training images per epoch: what the data itself holds (an embedded dataset, shards with their ``_info.json``),
+    else ``data.num_samples``; None when neither says."""
+    if data.dataset in EMBEDDED:
+        return _embedded_images(data.dataset) - (VAL_SIZES[data.dataset] if data.val_size is None else data.val_size)
+    counted = _shard_images(data.path) if data.dataset == "shards" and data.path else None
+    return counted or data.num_samples
+
+
+def examples_trained(cfg: DictConfig) -> int | None:
+    """Examples a run trains on: epochs x training images, or fewer with ``trainer.max_steps``."""
+    images = train_images(cfg.data)
+    if images is None:
+        return None
+    examples = cfg.recipe.epochs * images
+    if cfg.trainer.max_steps > 0:
+        examples = min(examples, cfg.trainer.max_steps * cfg.recipe.batch_size)
+    return examples
+
+
+def device_hours(cfg: DictConfig, tflops: float) -> float | None:
+    """Device-hours a run needs at ``tflops`` achieved TFLOP/s per device; None when its training-set size is
+    unknown."""
+    examples = examples_trained(cfg)
+    if examples is None:
+        return None
+    return 6 * forward_macs(**architecture(cfg)) * examples / (tflops * 1e12) / 3600
+
+
+def makespan(durations: list[float], parallelism: int) -> float:
+    """Wall time of jobs started in order, at most ``parallelism`` at a time, each when a running one ends."""
+    ends = [0.0] * min(parallelism, len(durations))  # a heap: the earliest end first
+    for duration in durations:
+        heapq.heapreplace(ends, ends[0] + duration)
+    return max(ends, default=0.0)
+
+
+@dataclass(frozen=True)
+class ArrayCost:
+    jobs: int
+    device_hours: float | None  # of the jobs whose cost is known; None: no throughput in the profile
+    unknown: int  # jobs whose training-set size is unknown (left out of the hours)
+    longest_hours: float  # wall time of the longest job
+    wall_hours: float  # of the whole array
+
+    def starts(self, timeout_min: int) -> int:
+        """Starts (the first and its requeues) that the longest job needs at this time limit per job."""
+        return math.ceil(self.longest_hours * 60 / timeout_min)
+
+    def describe(self, unit: str, tflops: float | None, timeout_min: int) -> str:
+        if self.device_hours is None:
+            return "none: the profile has no gpu_tflops (achieved training TFLOP/s per device)"
+        starts = plural(self.starts(timeout_min), "start")
+        return (f"{_hours(self.device_hours)} {unit}-hours at {tflops:g} TFLOP/s per {unit}; longest job "
+                f"{_hours(self.longest_hours)} h ({starts} of at most {timeout_min} min); wall "
+                f"{_hours(self.wall_hours)} h" + _unknown(self.unknown))
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
+
+
+def plural(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' if number != 1 else ''}"
+
+
+def _unknown(jobs: int) -> str:
+    return f"; {plural(jobs, 'job')} not counted: no training-set size (set data.num_samples)" if jobs else ""
+
+
+def array_cost(cfgs: list[DictConfig], devices_per_job: int, parallelism: int, tflops: float | None) -> ArrayCost:
+    """The cost of one job array of runs that each get ``devices_per_job`` devices."""
+    hours = [device_hours(cfg, tflops) for cfg in cfgs] if tflops else []
+    known = [h for h in hours if h is not None]
+    walls = [h / devices_per_job for h in known]
+    return ArrayCost(len(cfgs), sum(known) if tflops else None, len(hours) - len(known), max(walls, default=0.0),
+                     makespan(walls, parallelism))
+
+
+def total(arrays: list[ArrayCost], unit: str) -> str:
+    """The sweep's jobs, device-hours and wall time (its arrays side by side), and what the wall time leaves out."""
+    jobs = sum(a.jobs for a in arrays)
+    if any(a.device_hours is None for a in arrays):
+        return f"{jobs} jobs; no estimate: the profile has no gpu_tflops"
+    wall = max((a.wall_hours for a in arrays), default=0.0)
+    return (f"{jobs} jobs, {_hours(sum(a.device_hours for a in arrays))} {unit}-hours, wall {_hours(wall)} h "
+            f"({wall / 24:,.1f} days)" + _unknown(sum(a.unknown for a in arrays))
+            + "\n  (wall: every array at its limit, side by side; queue waits, requeues and evaluation not counted)")

@@ -1,0 +1,188 @@
+"""The dry run (``reluvit sweep|train --dry-run``): it prints each job array, the sbatch script submitit would write and
+the cost estimate, submits nothing (conftest's guard fails the session on any SLURM command) and needs no data; the
+cost model against an independent computation; profile keys reaching submitit's executor; a missing dataset found
+before the whole sweep is composed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+
+import pytest
+import submitit
+
+from conftest import TINY
+from reluvit import cli
+from reluvit.models import forward_macs
+from reluvit.run.compose import compose
+from reluvit.sweep import cost, execute
+from reluvit.sweep.slurm import PreviewExecutor, Profile, Resources, sbatch_script, submit
+
+# paper.md §2 "Steps": ImageNet-1k train[:99%]; ImageNet-21k full[51200:] as a scenic config counts it
+PAPER_IMAGES = {"imagenet21k": 12_743_321, "imagenet1k": 1_268_355}
+# the recipes' epochs and heads (paper.md §3) and the datasets' classes
+PAPER_RUNS = {"imagenet21k": {"epochs": 30, "pool": "gap", "rep_size": False, "num_classes": 21843},
+              "imagenet1k": {"epochs": 300, "pool": "tok", "rep_size": True, "num_classes": 1000}}
+EXAMPLE_TFLOPS = 250  # slurm/profiles/example_gpu.yaml
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    for variable in ("RELUVIT_IMAGENET1K", "RELUVIT_IMAGENET21K"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def paper_gpu_hours(variant: str, data: str, tflops: float = EXAMPLE_TFLOPS) -> float:
+    """6 x forward MACs x epochs x training images / throughput, for one paper-scale run."""
+    run = PAPER_RUNS[data]
+    macs = forward_macs(variant, img_size=224, num_classes=run["num_classes"], pool=run["pool"],
+                        rep_size=run["rep_size"])
+    return 6 * macs * run["epochs"] * PAPER_IMAGES[data] / (tflops * 1e12) / 3600
+
+
+def printed_number(text: str, pattern: str) -> float:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in:\n{text}"
+    return float(match[1].replace(",", ""))
+
+
+def dry_run(args: list[str], capsys) -> str:
+    cli.main([*args, "--dry-run"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.slow  # composes and validates 384 points
+def test_fig2_at_paper_scale(no_data, tmp_path, capsys, caplog):
+    out = dry_run(["sweep", "fig2", "--scale", "paper", "--cluster", "example_gpu",
+                   "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")], capsys)
+    assert "384 runs in 1 job array on partition 'gpu'" in out
+    assert "array 1: 384 jobs (S/32: 128, S/16: 128, S/8: 128), at most 64 at a time" in out
+    for line in ("#SBATCH --array=0-383%64", "#SBATCH --gpus-per-node=1", "#SBATCH --time=1440", "-m submitit.core"):
+        assert line in out
+    expected = sum(64 * paper_gpu_hours(v, d) for v in ("S/32", "S/16", "S/8") for d in PAPER_IMAGES)
+    assert printed_number(out, r"total: 384 jobs, ([\d,.]+) GPU-hours") == pytest.approx(expected, abs=0.5)
+    assert "the 192 runs of data=imagenet21k" in caplog.text and "RELUVIT_IMAGENET21K" in caplog.text
+    assert "RELUVIT_IMAGENET1K" in caplog.text
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()  # nothing written
+
+
+def test_a_few_paper_runs_in_two_arrays(no_data, tmp_path, capsys):
+    """S runs get 1 GPU each, B runs 4 (the default gpus_by_size): two arrays, each with its sbatch script."""
+    out = dry_run(["train", "recipe=i21k_30ep", "data=imagenet21k", "model=s32,s16,b16", "attention=relu,softmax",
+                   f"runs_dir={tmp_path / 'runs'}", "--cluster", "example_gpu"], capsys)
+    assert "6 runs in 2 job arrays" in out
+    assert "array 1: 4 jobs (S/32: 2, S/16: 2)" in out and "array 2: 2 jobs (B/16: 2)" in out
+    assert "each: 1 node x 4 GPUs; 8 CPUs and 60 GB per task" in out
+    assert out.count("#!/bin/bash") == 2
+    for line in ("--array=0-3%4", "--array=0-1%2", "--ntasks-per-node=4", "--gpus-per-node=4", "--mem=240GB"):
+        assert f"#SBATCH {line}" in out  # the array's size caps the jobs at a time
+    expected = sum(2 * paper_gpu_hours(v, "imagenet21k") for v in ("S/32", "S/16", "B/16"))
+    assert printed_number(out, r"total: 6 jobs, ([\d,.]+) GPU-hours") == pytest.approx(expected, abs=0.5)
+    b16 = 2 * paper_gpu_hours("B/16", "imagenet21k")
+    assert printed_number(out, r"array 2.*\n.*\n  estimate: ([\d,.]+) GPU-hours") == pytest.approx(b16, abs=0.5)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_cpu_profile_given_by_path(tmp_path, capsys):
+    """A profile outside the repository; the embedded dataset counts its own training images (digits: 1797 - 297
+    held out)."""
+    profile = tmp_path / "elsewhere" / "cpus.yaml"
+    profile.parent.mkdir()
+    profile.write_text("partition: cpu\ngpu_tflops: 1.0e-6\narray_parallelism: 1\ntimeout_min: 600\n"
+                       "max_num_timeout: 2\n")
+    out = dry_run(["train", *TINY, "seed=0,1,2", f"runs_dir={tmp_path / 'runs'}", "--cluster", str(profile)], capsys)
+    assert "3 runs in 1 job array on partition 'cpu'" in out and "each: 1 node x 1 CPU task" in out
+    assert "#SBATCH --partition=cpu" in out and "gpus-per-node" not in out
+    hours = 6 * forward_macs("mini/2", img_size=8, in_chans=1, num_classes=10) * 8 * 1500 / 1e6 / 3600
+    assert printed_number(out, r"total: 3 jobs, ([\d,.]+) CPU task-hours") == pytest.approx(3 * hours, rel=1e-3)
+    assert printed_number(out, r"wall ([\d,.]+) h") == pytest.approx(3 * hours, rel=1e-3)  # one job at a time
+    starts = math.ceil(hours * 60 / 600)
+    assert starts > 3 and f"warning: the longest job needs {starts} starts of 600 min" in out  # 3 at most
+
+
+def test_training_images_come_from_the_data_when_it_is_there(tmp_path):
+    assert cost.train_images(compose(TINY).data) == 1797 - 297
+    assert cost.train_images(compose([*TINY, "data.val_size=100"]).data) == 1797 - 100
+    shards = ["data=imagenet21k", f"data.path={tmp_path}"]
+    assert cost.train_images(compose(shards).data) == PAPER_IMAGES["imagenet21k"]  # no _info.json: the config's
+    (tmp_path / "_info.json").write_text(json.dumps({"splits": {"train": {"num_samples": 5000}}}))
+    assert cost.train_images(compose(shards).data) == 5000
+    assert cost.examples_trained(compose([*TINY, "trainer.max_steps=3"])) == 3 * 64  # max_steps stops earlier
+
+
+@pytest.mark.parametrize("durations,parallelism,wall", [
+    ([3, 1, 1, 1], 2, 3), ([2, 2, 2], 2, 4), ([1, 2, 3], 1, 6), ([1, 2, 3], 5, 3), ([], 4, 0),
+    ([1, 1, 1, 1, 4], 2, 6),  # in order: the long job starts last, when a slot frees at 2
+])
+def test_array_wall_time_runs_jobs_in_order_at_the_limit(durations, parallelism, wall):
+    assert cost.makespan(durations, parallelism) == wall
+
+
+def test_profile_keys_reach_submitits_executor(tmp_path, monkeypatch):
+    profile = Profile(partition="gpu", account="acc", qos="high", constraint="h100", gpus_per_node=8,
+                      mem_gb_per_task=50, gpus_by_size={"B": 2},
+                      slurm_additional_parameters={"exclusive": True, "reservation": "paper", "exclude": "n[1-2]"})
+    submitted = []
+    monkeypatch.setattr(submitit.SlurmExecutor, "map_array",
+                        lambda executor, fn, configs: submitted.append((executor.parameters, configs)) or [])
+    config = {"model": {"variant": "B/16"}, "trainer": {"devices": "auto", "num_nodes": 1},
+              "recipe": {"batch_size": 4096}}
+    submit([config], profile, tmp_path, "reluvit-test")
+    (parameters, configs), = submitted
+    assert {k: parameters[k] for k in ("partition", "account", "qos", "constraint", "nodes", "ntasks_per_node",
+                                       "gpus_per_node", "mem", "additional_parameters")} == {
+        "partition": "gpu", "account": "acc", "qos": "high", "constraint": "h100", "nodes": 1, "ntasks_per_node": 2,
+        "gpus_per_node": 2, "mem": "100GB",
+        "additional_parameters": {"exclusive": True, "reservation": "paper", "exclude": "n[1-2]"}}
+    assert configs[0]["trainer"] == {"devices": 2, "num_nodes": 1, "accelerator": "gpu", "strategy": "ddp"}
+    script = sbatch_script(profile, Resources(1, 2, 2), tmp_path, "reluvit-test", 3)
+    for line in ("--account=acc", "--qos=high", "--constraint=h100", "--exclusive\n", "--reservation=paper",
+                 "--exclude='n[1-2]'", "--gpus-per-node=2", "--array=0-2%3", "--job-name=reluvit-test"):
+        assert f"#SBATCH {line}" in script
+
+
+def test_the_sbatch_script_needs_no_slurm(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    with pytest.raises(RuntimeError, match="srun"):
+        submitit.SlurmExecutor(tmp_path)
+    script = sbatch_script(Profile(partition="debug"), Resources(1, 1, 0), tmp_path, "one", 1)
+    assert "#SBATCH --partition=debug" in script and "--array" not in script  # one job: no array
+    with pytest.raises(RuntimeError, match="submits nothing"):
+        PreviewExecutor(tmp_path)._submit_command("true")
+
+
+def test_a_missing_dataset_fails_before_the_sweep_is_composed(no_data, tmp_path, monkeypatch, capsys):
+    """Figure 2 at paper scale without RELUVIT_IMAGENET21K: one line naming it, after composing one point per data
+    selection (2), not the sweep's 384."""
+    composed = []
+    compose_points = execute.compose_points
+    monkeypatch.setattr(execute, "compose_points",
+                        lambda points: composed.append(len(points)) or compose_points(points))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", "fig2", "--scale", "paper", "--runs-dir", str(tmp_path / "runs"),
+                  "--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.path" in err and "set RELUVIT_IMAGENET21K" in err, err
+    assert composed == [2]
+
+
+def test_no_wait_logs_each_arrays_job_ids(tmp_path, monkeypatch, caplog):
+    """The real submission path up to sbatch, which is a stand-in here (sinfo and sbatch of a one-partition CPU
+    cluster): the command returns at once with each array's first and last job ids and how to follow them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, output in (("sinfo", "debug*|(null)"), ("sbatch", "Submitted batch job 4242")):
+        (bin_dir / name).write_text(f"#!/bin/sh\necho '{output}'\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    caplog.set_level(logging.INFO)
+    cli.main(["train", *TINY, "seed=0,1", f"runs_dir={tmp_path / 'runs'}", "--launcher", "slurm", "--no-wait"])
+    assert "array 4242: 2 jobs, 4242_0 ... 4242_1" in caplog.text
+    assert "follow with `squeue --me; reluvit results`" in caplog.text
+    script = next((tmp_path / "runs" / ".submitit").glob("train-*/*/*.sh")).read_text()
+    assert "#SBATCH --array=0-1%2" in script  # the local profile's array_parallelism
+    assert not any((tmp_path / "runs").glob("smoke-*"))  # nothing trained here
