@@ -214,6 +214,21 @@ def test_a_dataset_path_from_the_environment_names_the_variable(capsys, tmp_path
     assert_refused(["data=imagenet1k"], "data.path", "(from RELUVIT_IMAGENET1K)", capsys, runs)
 
 
+@pytest.mark.parametrize("bad,key", [
+    ("attention.alpha=-1", "attention.alpha"),
+    ("attention.gelu_approximate=fast", "attention.gelu_approximate"),
+    ("attention.seq_len=queries", "attention.seq_len"),
+])
+def test_a_bad_value_option_is_refused_after_a_good_point_of_the_same_model(bad, key, tmp_path):
+    """Points that differ only in the attention's value options build the model once (validate._build_on_meta):
+    the later point's options are still checked, with the same key."""
+    good = ["attention=gelu", "attention.alpha=0.5", f"runs_dir={tmp_path}"]
+    validate(compose([*BASE, *good]))
+    with pytest.raises(ConfigError) as error:
+        validate(compose([*BASE, *good, bad]))
+    assert error.value.key == key
+
+
 @pytest.mark.parametrize("overrides,key", [
     (["seed=0,1"], "seed"),
     (["attention.alpha=range(0,3)"], "attention.alpha"),

@@ -55,6 +55,9 @@ GATE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 SEQ_LEN_MODES = ("keys", "patches")
 GELU_APPROXIMATIONS = ("none", "tanh")
+# Options that change values only: no parameter, no tensor's shape, nothing autograd saves (a learned alpha's
+# starting value too). Layers that differ only in them are built alike (Figure 2's alpha axis).
+VALUE_OPTIONS = ("alpha", "seq_len", "sigmoid_bias", "gelu_approximate")
 
 
 class PointwiseAttention(nn.Module):
@@ -238,6 +241,11 @@ def attention_layer(activation: str = "relu", *, soft: Mapping | None = None, **
     PointwiseAttention(8, 1, **options)  # fail fast on bad options, with the same messages as the layer
     name = "".join(part.capitalize() for part in activation.split("_")) + "Attention"
     return bound_layer(PointwiseAttention, name, options)
+
+
+def structure(attention: Mapping) -> dict:
+    """An ``attention`` config without its :data:`VALUE_OPTIONS`: what decides the layer's parameters and tensors."""
+    return {k: v for k, v in attention.items() if k not in VALUE_OPTIONS}
 
 
 def bound_layer(base: type[nn.Module], name: str, options: dict) -> type[nn.Module]:

@@ -96,12 +96,7 @@ def create_model(
     check_range("head_bias_init", head_bias_init, Range())
     if img_size % patch:
         raise ArgumentError("variant", f"patch size {patch} does not divide img_size {img_size}")
-    attention = dict(attention or {})
-    qk_norm = attention.pop("qk_norm", True)  # timm passes it to every attention layer it builds
-    try:
-        attn_layer = attention_layer(**attention, num_prefix_tokens=prefix_tokens(pool))
-    except ArgumentError as e:
-        raise e.within("attention") from None
+    attn_layer, qk_norm = attention_class(attention, pool)
     kwargs = dict(
         img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
         embed_dim=size.width, depth=size.depth, num_heads=size.heads, mlp_ratio=size.mlp_dim / size.width,
@@ -118,6 +113,17 @@ def create_model(
         model.fc_norm = PreLogits(model.embed_dim, device=model.head.weight.device, dtype=model.head.weight.dtype)
     init_big_vision(model, head_bias_init)
     return model
+
+
+def attention_class(attention: Mapping | None, pool: str) -> tuple[type[nn.Module], bool]:
+    """The ``attn_layer`` class of an ``attention`` config for a model of ``pool`` pooling, and its ``qk_norm`` (timm
+    passes that to every attention layer it builds). Refusals are named ``attention.<option>``."""
+    attention = dict(attention or {})
+    qk_norm = attention.pop("qk_norm", True)
+    try:
+        return attention_layer(**attention, num_prefix_tokens=prefix_tokens(pool)), qk_norm
+    except ArgumentError as e:
+        raise e.within("attention") from None
 
 
 def prefix_tokens(pool: str) -> int:

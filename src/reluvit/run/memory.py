@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reluvit.attention import POINTWISE, SIGMOID_ATTENTION
+from reluvit.attention import POINTWISE, SIGMOID_ATTENTION, structure
 from reluvit.kernels import reference, select_impl
 from reluvit.models import PreLogits, create_model
 from reluvit.run.schema import ConfigError
@@ -108,7 +108,7 @@ class ViTShape:
     def of(cls, architecture: Mapping, device_type: str) -> ViTShape:
         """From the arguments of :func:`reluvit.models.create_model`, for a run on ``device_type`` (read once per
         process: the points of a sweep share a few)."""
-        return _vit_shape(json.dumps(architecture, sort_keys=True), device_type)
+        return _vit_shape(json.dumps(_structure(architecture), sort_keys=True), device_type)
 
     @classmethod
     def _read(cls, architecture: Mapping, device_type: str) -> ViTShape:
@@ -132,6 +132,12 @@ class ViTShape:
             landmarks=math.prod(math.ceil(side / attn.sr) for side in grid) if soft else 0,
             local_term=soft and attn.local is not None,
         )
+
+
+def _structure(architecture: Mapping) -> dict:
+    """The model's arguments less the attention's value-only options, which change no tensor (Figure 2's alphas
+    share one reading)."""
+    return {**architecture, "attention": structure(architecture.get("attention") or {})}
 
 
 @functools.cache

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reluvit.attention import structure
 from reluvit.errors import COUNT, ArgumentError, Range, above, at_least, check_choice, check_range
+from reluvit.models import attention_class
 from reluvit.run.build import architecture, augment_name, build_module, micro_batch_size
 from reluvit.run.schema import CONF_DIR, WANDB_MODES, ConfigError, ModelConfig
 
@@ -99,15 +101,21 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
 
 
 def _build_on_meta(cfg: DictConfig) -> None:
-    """Build the LightningModule without memory: its constructors refuse what they cannot build. What it is built
-    from (the recipe, the model, the attention, max_steps) is built once per process: a sweep's points share them."""
+    """Build the LightningModule without memory: its constructors refuse what they cannot build. Points that differ
+    only in the attention's value-only options (Figure 2's alphas) build it once; each one's attention options are
+    still checked, by building its attention class."""
     import torch
 
-    arguments = json.dumps([architecture(cfg), OmegaConf.to_container(cfg.recipe, resolve=True),
-                            cfg.model.name, cfg.trainer.max_steps], sort_keys=True)
-    if arguments in _BUILT:
-        return
+    model = architecture(cfg)
+    arguments = json.dumps([{**model, "attention": structure(model["attention"])}, cfg.model.name,
+                            OmegaConf.to_container(cfg.recipe, resolve=True), cfg.trainer.max_steps], sort_keys=True)
     try:
+        if arguments in _BUILT:
+            try:
+                attention_class(model["attention"], model["pool"])
+            except ArgumentError as e:
+                raise e.within("model") from None  # named as the module names it
+            return
         with torch.device("meta"):
             build_module(cfg)
     except ArgumentError as e:
@@ -115,7 +123,7 @@ def _build_on_meta(cfg: DictConfig) -> None:
     _BUILT.add(arguments)
 
 
-_BUILT: set[str] = set()  # the arguments _build_on_meta has built without a refusal
+_BUILT: set[str] = set()  # what _build_on_meta has built without a refusal, less the attention's value options
 
 
 def _config_key(argument: str, cfg: DictConfig) -> str:
