@@ -287,16 +287,12 @@ def micro_batch_goal(row: dict) -> dict:
 # Part 5, in its own process: the planner's choice and the largest micro-batch that fits.
 
 
-def planned(cfg) -> tuple[int | None, float | None, bool, str]:
-    """(micro-batch, estimated bytes, grad checkpointing, note) of the memory planner for a composed config."""
+def planned(cfg) -> tuple[int, float, bool]:
+    """(micro-batch, estimated bytes, grad checkpointing) of the memory planner for a composed config."""
     from reluvit.run.build import micro_batch_size
 
-    if importlib.util.find_spec("reluvit.run.memory") is None:
-        return None, None, False, "planner not available (no reluvit.run.memory)"
     plan = micro_batch_size(cfg)
-    if not hasattr(plan, "estimate_bytes"):  # (micro-batch, accumulation): the per-device batch, not a plan
-        return plan[0], None, False, "build.micro_batch_size does not plan yet (auto = the per-device batch)"
-    return plan.micro_batch_size, plan.estimate_bytes, plan.grad_checkpointing, ""
+    return plan.micro_batch_size, plan.estimate_bytes, plan.grad_checkpointing
 
 
 def largest_fitting(fits: Callable[[int], bool], start: int, limit: int) -> int:
@@ -354,19 +350,18 @@ def search_largest(overrides: list[str], label: str, cuda: bool) -> dict:
 
     cfg = compose(overrides)
     per_device = cfg.recipe.batch_size // world_size(cfg.trainer)
-    micro, estimate, checkpointing, note = planned(cfg)
+    micro, estimate, checkpointing = planned(cfg)
     row = {"attention": label, "per_device_batch": per_device, "planned": micro, "grad_checkpointing": checkpointing,
-           "estimate_gib": estimate / 2**30 if estimate else None, "largest_fitting": None, "largest_divisor": None,
-           "probes": "", "note": note}
+           "estimate_gib": estimate / 2**30, "largest_fitting": None, "largest_divisor": None, "probes": "", "note": ""}
     if not cuda:
-        return {**row, "note": "; ".join(filter(None, [note, "largest fitting: skipped (no CUDA)"]))}
+        return {**row, "note": "largest fitting: skipped (no CUDA)"}
     module = build_module(cfg).cuda().train()
     if checkpointing:
         module.model.set_grad_checkpointing(True)
     optimizer, _ = train_step.harness_optimizer(module, 1)
     probes: list[dict] = []
     fits = lambda n: step_fits(module, optimizer, n, cfg.data.img_size, cfg.data.in_chans, probes)  # noqa: E731
-    largest = largest_fitting(fits, start=micro or 256, limit=per_device)
+    largest = largest_fitting(fits, start=micro, limit=per_device)
     divisor = max((d for d in range(1, per_device + 1) if per_device % d == 0 and d <= largest), default=0)
     probes_text = " ".join(f"{p['batch']}:{'ok' if p['fits'] else 'oom'}:{p['peak_gib']:.1f}GiB" for p in probes)
     return {**row, "largest_fitting": largest, "largest_divisor": divisor, "probes": probes_text}

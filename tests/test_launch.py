@@ -135,13 +135,15 @@ def test_no_wait_submits_and_returns(slurm_cluster, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     array = re.search(r"array (\d+): 2 jobs, \1_0 \.\.\. \1_1", result.stderr)
     assert array, result.stderr[-3000:]
-    assert f"follow with `reluvit status fig3 --scale smoke --runs-dir {tmp_path / 'runs'}`" in result.stderr
+    follow = (f"reluvit status fig3 --scale smoke --runs-dir {tmp_path / 'runs'} trainer.max_steps=4 "
+              "trainer.enable_progress_bar=false")
+    assert f"follow with `{follow}`" in result.stderr
     assert not (tmp_path / "results").exists()  # no roll-up, no figure: the command did not wait
     folder = next((tmp_path / "runs" / ".submitit").glob("fig3-smoke-*"))
     jobs = [submitit.SlurmJob(folder=folder / "%j", job_id=f"{array[1]}_{task}") for task in (0, 1)]
     assert [job.result() for job in jobs] == ["completed", "completed"]
-    status = subprocess.run([sys.executable, "-m", "reluvit.cli", "status", "fig3", *dirs], capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path, env=env, check=True).stdout
+    status = subprocess.run([sys.executable, "-m", "reluvit.cli", "status", "fig3", *dirs, "trainer.max_steps=4"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=True).stdout
     assert re.search(r"fig3\s+smoke\s+2\s+2\s", status), status  # 2 runs, 2 completed
 
 

@@ -3,14 +3,17 @@ Hydra's, and a small smoke sweep runs end to end through the real CLI into a tab
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import TWO_POINTS, sweep_file
+from reluvit import cli
 from reluvit.report.status import status_table
 from reluvit.run.compose import compose, compose_all, compose_points
 from reluvit.run.schema import ConfigError
@@ -160,3 +163,19 @@ def test_status_counts_runs(tmp_path):
 def test_sweep_points_name_distinct_runs():
     cfgs = [compose(p) for p in sweeps.load("fig4", "smoke").blocks[0].points()[:4]]
     assert len({c.run_name for c in cfgs}) == 4
+
+
+def test_status_takes_the_overrides_the_sweep_was_launched_with(tmp_path, capsys):
+    """`reluvit status demo trainer.max_steps=4` counts the runs `reluvit sweep demo trainer.max_steps=4` trained
+    (their names carry the override); without it they are other runs, missing."""
+    runs = tmp_path / "runs"
+    override = "trainer.max_steps=4"
+    cfg = compose_points(sweeps.load("demo", "smoke").points(False, [f"runs_dir={runs.resolve()}", override]))[0]
+    Path(cfg.run_dir).mkdir(parents=True)
+    summary = {"run_name": cfg.run_name, "run_dir": cfg.run_dir, "status": "completed",
+               "config": OmegaConf.to_container(cfg, resolve=True)}
+    (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary))
+    for extra, completed in (([override], 1), ([], 0)):
+        cli.main(["status", "demo", "--runs-dir", str(runs), *extra])
+        row = capsys.readouterr().out.splitlines()[1].split()
+        assert row[:2] == ["demo", "smoke"] and int(row[3]) == completed, row

@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.epilog = "Further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
                        ("plots", "roll up and plot what exists")):
-        _sweep_args(sub.add_parser(name, help=text), many=True)
+        command = sub.add_parser(name, help=text)
+        _sweep_args(command, many=True)
+        command.epilog = "Further key=value arguments: the Hydra overrides the sweep was launched with."
     _dirs(sub.add_parser("results", help="roll every summary.json up into <results-dir>/runs.{parquet,csv}"))
 
     evaluate = sub.add_parser("evaluate", help="few-shot probe and i1k accuracy of a run; updates its summary.json")
@@ -170,7 +172,8 @@ def _sweep(args, overrides: list[str]) -> None:
     if any(p.cfg.logger.wandb for p in points) and not args.dry_run:
         tag_figures(points, membership(args.scale, gpu, extra))
     log.info("%s-%s: %d runs", sweep.name, sweep.scale, len(points))
-    follow = f"reluvit status {sweep.name} --scale {sweep.scale} --runs-dir {args.runs_dir}"
+    follow = " ".join(["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(args.runs_dir),
+                       *overrides])
     failed = _launch(args, points, f"{sweep.name}-{sweep.scale}", follow)
     if args.dry_run or args.no_wait:
         return
@@ -217,20 +220,20 @@ def _sweeps(args) -> list:
             if args.sweeps or spec.has_scale(name, args.scale)]
 
 
-def _status(args) -> None:
+def _status(args, overrides: list[str]) -> None:
     from reluvit.report.rollup import collect
     from reluvit.report.status import status_table
 
-    extra = [f"runs_dir={args.runs_dir.resolve()}"]
+    extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
     print(status_table(_sweeps(args), collect(args.runs_dir), gpu=True, extra=extra).to_string(index=False))
 
 
-def _plots(args) -> None:
+def _plots(args, overrides: list[str]) -> None:
     from reluvit.report.status import run_dirs
 
     results_dir = _results_dir(args.results_dir)
     table = _rollup(args.runs_dir, results_dir)
-    extra = [f"runs_dir={args.runs_dir.resolve()}"]
+    extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
     for sweep in _sweeps(args):
         runs = table[table["run_dir"].isin(run_dirs(sweep, True, extra))] if len(table) else table
         _plot(sweep, runs, results_dir)
@@ -265,7 +268,10 @@ def _shards(args, parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
-    takes_overrides = ("train", "sweep", "evaluate")
+    if args.command in ("status", "plots"):  # the positional SWEEP list takes the key=value overrides too
+        overrides += [name for name in args.sweeps if "=" in name]
+        args.sweeps = [name for name in args.sweeps if "=" not in name]
+    takes_overrides = ("train", "sweep", "evaluate", "status", "plots")
     if overrides and (args.command not in takes_overrides or any(o.startswith("-") for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -278,9 +284,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "sweep":
             _sweep(args, overrides)
         elif args.command == "status":
-            _status(args)
+            _status(args, overrides)
         elif args.command == "plots":
-            _plots(args)
+            _plots(args, overrides)
         elif args.command == "results":
             _rollup(args.runs_dir, _results_dir(args.results_dir))
         elif args.command == "evaluate":
