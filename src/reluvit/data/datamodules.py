@@ -60,7 +60,27 @@ def training_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tup
     return loop.epoch_progress.current.processed, done if 0 < done < batches_per_epoch else 0
 
 
-class EmbeddedDataModule(pl.LightningDataModule):
+class IndexedDataModule(pl.LightningDataModule):
+    """The loaders of map-style ``train_set`` and ``val_set``: training in the :class:`EpochSampler`'s order (rank,
+    epoch, mid-epoch position), workers seeded by :func:`loader_generator`."""
+
+    batch_size: int
+    num_workers: int
+    seed: int
+    pin_memory = False  # page-locked batches: worth it for images made by workers, not for tensors in memory
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
+        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
+                          generator=loader_generator(self.seed), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
+                          generator=loader_generator(self.seed), pin_memory=self.pin_memory)
+
+
+class EmbeddedDataModule(IndexedDataModule):
     """An embedded dataset held in memory as tensors, split once by ``split_seed`` (independent of the run's
     ``seed``, so every run of a sweep validates on the same images)."""
 
@@ -80,15 +100,6 @@ class EmbeddedDataModule(pl.LightningDataModule):
         self.train_set = TensorDataset(images[train], labels[train])
         self.val_set = TensorDataset(images[val], labels[val])
 
-    def train_dataloader(self) -> DataLoader:
-        sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
-        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
-                          generator=loader_generator(self.seed), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
-                          generator=loader_generator(self.seed))
 
 
 def loader_generator(seed: int) -> torch.Generator:
@@ -204,7 +215,7 @@ class SyntheticImages(Dataset):
         return torch.from_numpy(image), int(generator.integers(self.num_classes))
 
 
-class SyntheticDataModule(pl.LightningDataModule):
+class SyntheticDataModule(IndexedDataModule):
     """Random images at ``img_size`` for throughput and memory checks without a dataset: ``num_samples`` training
     and ``val_size`` validation images (disjoint draws), fixed by ``split_seed`` (not the run's ``seed``, which
     orders the training images as for any dataset)."""
@@ -215,19 +226,11 @@ class SyntheticDataModule(pl.LightningDataModule):
         for name, value in (("num_samples", num_samples), ("val_size", val_size), ("num_classes", num_classes)):
             check_range(name, value, COUNT)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pin_memory = torch.cuda.is_available()
         images = {"img_size": img_size, "in_chans": in_chans, "num_classes": num_classes, "seed": split_seed}
         self.train_set = SyntheticImages(num_samples, **images)
         self.val_set = SyntheticImages(val_size, **images, first=num_samples)
 
-    def train_dataloader(self) -> DataLoader:
-        sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
-        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
-                          generator=loader_generator(self.seed), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
-                          generator=loader_generator(self.seed), pin_memory=torch.cuda.is_available())
 
 
 DATASETS = (*EMBEDDED, "imagefolder", "shards", "synthetic")
