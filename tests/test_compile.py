@@ -14,8 +14,9 @@ from torch._dynamo.utils import counters
 
 from reluvit.kernels import fused_pointwise_attention
 from reluvit.models import create_model
+from reluvit.run.build import resolve_compile
 from reluvit.run.rundir import last_checkpoint, read_summary
-from reluvit.run.train import resolve_compile, run
+from reluvit.run.train import run
 from test_kernel import interpreted, relative_error  # noqa: F401  (interpreted: a fixture)
 
 # (activation, attention impl): SDPA, the reference path, the fused kernel (in the interpreter on CPU)

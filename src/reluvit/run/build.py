@@ -62,6 +62,11 @@ def resolve_precision(cfg: DictConfig) -> str:
     return "bf16-mixed" if trains_on_cuda(cfg) else "32-true"
 
 
+def resolve_compile(cfg: DictConfig) -> bool:
+    """``trainer.compile``: auto compiles the runs that train on CUDA."""
+    return trains_on_cuda(cfg) if cfg.trainer.compile == "auto" else cfg.trainer.compile
+
+
 def world_size(trainer: DictConfig) -> int:
     """Number of training processes the trainer config asks for ('auto' devices: all GPUs, else 1 CPU process)."""
     devices = trainer.devices

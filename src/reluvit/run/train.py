@@ -32,8 +32,8 @@ from reluvit.run.build import (
     augment_for,
     build_module,
     micro_batch_size,
+    resolve_compile,
     resolve_precision,
-    trains_on_cuda,
 )
 from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from reluvit.run.compute import Chrono
@@ -175,11 +175,6 @@ def setup(cfg: DictConfig, run_dir: Path) -> tuple:
     )
     facts = {"forward_macs": macs, **plan.facts(), "compile": compiled}
     return module, datamodule, trainer, chrono, evaluation, facts
-
-
-def resolve_compile(cfg: DictConfig) -> bool:
-    """``trainer.compile``: auto compiles the runs that train on CUDA."""
-    return trains_on_cuda(cfg) if cfg.trainer.compile == "auto" else cfg.trainer.compile
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
