@@ -28,11 +28,12 @@ DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
 DEVICE_SDISTS = antlr4-python3-runtime
 WHEEL_PLATFORMS = $(foreach n,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(n)_x86_64)
 
-.PHONY: help venv demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli device-wheels device-check
+.PHONY: help venv venv-parity demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli device-wheels device-check
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
-	@echo "make test-all     the full suite: + slow and SLURM tests (starts the local cluster: slurm/up.sh, root)"
+	@echo "make test-all     the full suite: + slow, TensorFlow parity and SLURM tests (starts the local cluster: slurm/up.sh, root)"
+	@echo "make venv-parity  add TensorFlow to the venv: the default suite then runs the preprocessing parity tests too"
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot;"
 	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
 	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
@@ -53,6 +54,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, timm, reluvit, animal_mnist"
 	touch $@
 
+# TensorFlow (~600 MB, about a minute) for the preprocessing parity tests, which skip without it; make test-all adds it.
+venv-parity: $(BIN)/.parity-installed
+$(BIN)/.parity-installed: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[dev,parity]"
+	$(BIN)/python -c "import tensorflow"
+	touch $@
+
 demo: venv
 	$(BIN)/reluvit sweep demo $(ARGS)
 
@@ -60,9 +68,10 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow and not slurm" --durations=15
 
-# The full suite: adds the slow tests and the SLURM tests, on the one-node cluster slurm/up.sh starts (root; it
-# installs slurm-wlm, munge and mariadb with apt-get and writes /etc/slurm). CI runs this (.ci/run).
-test-all: venv
+# The full suite: adds the slow tests, TensorFlow for the parity tests and the SLURM tests, on the one-node cluster
+# slurm/up.sh starts (root; it installs slurm-wlm, munge and mariadb with apt-get and writes /etc/slurm). CI runs
+# this (.ci/run).
+test-all: venv venv-parity
 	bash slurm/up.sh
 	RELUVIT_SLURM_TESTS=1 $(BIN)/python -m pytest -q --durations=30
 
