@@ -5,6 +5,7 @@ the call, and the session fails if anything called them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -13,6 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision  # noqa: F401 - before TensorFlow (below)
+
+# TensorFlow, the parity tests' reference, crashes the interpreter when torchvision or triton load after it
+# (tensorflow-cpu 2.21, torchvision 0.29, triton 3.8): both load first, whichever test module imports TensorFlow.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 
 from reluvit.run.compose import compose
 from reluvit.run.rundir import last_checkpoint

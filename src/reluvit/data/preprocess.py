@@ -1,39 +1,131 @@
-"""big_vision's image preprocessing (paper.md §3), on PIL images, for the shard and ImageFolder pipelines.
+"""big_vision's image preprocessing (paper.md §3) for the shard and ImageFolder pipelines; uint8 CHW tensors until
+``value_range``.
 
-* train: ``decode_jpeg_and_inception_crop(size)`` (area 5-100 %, aspect 3/4-4/3, bilinear), ``flip_lr``,
-  ``randaug(n, m)`` (timm's ``rand-m{m}-n{n}``; equivalence to big_vision's TF RandAugment UNCONFIRMED),
-  ``value_range(-1, 1)``;
-* eval: ``decode``, ``resize_small(256 * size / 224)`` (shorter side; "area" when shrinking), ``central_crop(size)``,
-  ``value_range(-1, 1)``.
+* train: ``decode_jpeg_and_inception_crop(size)``, ``flip_lr``, ``randaug(n, m)`` (:mod:`reluvit.data.randaug`,
+  big_vision's op for op; timm's ``rand-m{m}-n{n}`` with ``augment_impl="timm"``), ``value_range(-1, 1)``;
+* eval: ``decode``, ``resize_small(256 * size / 224)`` ("area"), ``central_crop(size)``, ``value_range(-1, 1)``.
 
-Decoding asks the JPEG decoder for a reduced size (``Image.draft``: DCT scaling by 1/2, 1/4 or 1/8) whenever the
-region that is kept still has at least the output's resolution after the reduction: the result then differs from a
-full decode only by the resampling filter, and decoding is several times faster on large photos.
+The Inception crop box follows TensorFlow's ``sample_distorted_bounding_box`` (no object boxes, area 5-100 %, TF's
+default aspect range 0.75-1.33, 100 attempts), not torchvision's ``RandomResizedCrop``: the aspect ratio is drawn
+uniformly (not log-uniformly); the crop height is drawn uniformly between the heights of the smallest and the largest
+area that fit (so the area is not uniform: mean 0.34 of a 4:3 image, torchvision's 0.42); the width is
+``round(height * aspect)``; offsets are drawn from ``[0, free space)``, so a crop narrower than the image never
+touches its right or bottom edge; after 100 misses the crop is the whole image (torchvision: 10 tries, then a
+central crop clamped to the aspect range).
+
+Resizes compute what ``tf.image.resize`` computes, in its float32 arithmetic (equal to TF's output in
+tests/test_parity_crop.py), then cast back as big_vision does: clip, then truncate (on average half a grey level
+darker than rounding). The crop's "bilinear" has no antialiasing (half-pixel centres, two neighbours per axis), so
+shrinking a large crop aliases; the eval "area" averages the covered input area exactly. Both need the full decode.
+``inception_crop(antialias=True)`` is the faster variant: a JPEG decoded at a reduced size (``Image.draft``: DCT
+scaling by 1/2, 1/4 or 1/8) whenever the crop keeps the output's resolution, then PIL's antialiased bilinear.
+Left different: PIL decodes JPEGs as TF's ``dct_method="INTEGER_ACCURATE"``; big_vision's default decode (TF's
+INTEGER_FAST) is darker by 0.8 grey levels on average, up to 5.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import functional as F
 
-CROP_SCALE = (0.05, 1.0)
-CROP_RATIO = (3 / 4, 4 / 3)
+from reluvit.data.randaug import RandAugment
+from reluvit.errors import check_choice
+
+CROP_AREA = (0.05, 1.0)  # big_vision's area_min=5, area_max=100 (%)
+CROP_ASPECT = (0.75, 1.33)  # TF's default aspect_ratio_range, also big_vision's ratio_min/ratio_max
+CROP_ATTEMPTS = 100  # TF's default max_attempts
 MODES = {1: "L", 3: "RGB"}  # PIL mode by channel count
 
 
-def to_unit_range(img: Image.Image) -> torch.Tensor:
-    """``value_range(-1, 1)``: uint8 pixels to a float CHW tensor in [-1, 1]."""
-    return F.pil_to_tensor(img).float().div_(127.5).sub_(1.0)
+def to_unit_range(image: torch.Tensor) -> torch.Tensor:
+    """``value_range(-1, 1)``: a uint8 tensor to a float tensor in [-1, 1]."""
+    return image.float().div_(127.5).sub_(1.0)
 
 
 def open_image(data: bytes) -> Image.Image:
     """The image header only: size and format are known, pixels are decoded on first access."""
     return Image.open(io.BytesIO(data))
+
+
+def sample_distorted_box(height: int, width: int, generator: torch.Generator | None = None,
+                         area_range: tuple[float, float] = CROP_AREA, aspect_range: tuple[float, float] = CROP_ASPECT,
+                         max_attempts: int = CROP_ATTEMPTS) -> tuple[int, int, int, int]:
+    """TF's ``sample_distorted_bounding_box`` without object boxes: ``(top, left, crop_height, crop_width)`` drawn
+    from torch's ``generator`` (None: the global one, seeded per worker by the loader); the whole image when
+    ``max_attempts`` aspect ratios all miss."""
+    if not (0 < area_range[0] <= 1 and 0 < area_range[1] <= 1 and min(aspect_range) > 0):
+        raise ValueError(f"area_range must lie in (0, 1] and aspect_range be positive: {area_range}, {aspect_range}")
+    low, high = np.float32(aspect_range[0]), np.float32(aspect_range[1])
+    for _ in range(max_attempts):
+        aspect = np.float32(torch.rand((), generator=generator).item()) * (high - low) + low
+        box = _random_box(height, width, area_range, aspect, generator)
+        if box is not None:
+            return box
+    return 0, 0, height, width
+
+
+def _random_box(height: int, width: int, area_range: tuple[float, float], aspect: np.float32,
+                generator: torch.Generator | None) -> tuple[int, int, int, int] | None:
+    """One attempt of TF's ``GenerateRandomCrop``, with its float32 arithmetic and round-half-even (``lrintf``):
+    a crop height uniform between those giving the smallest and the largest area at ``aspect``; None on a miss."""
+    f32 = np.float32
+    min_area = f32(area_range[0]) * f32(width) * f32(height)
+    max_area = f32(area_range[1]) * f32(width) * f32(height)
+    crop_h = int(np.rint(np.sqrt(min_area / aspect)))
+    max_h = int(np.rint(np.sqrt(max_area / aspect)))
+    if np.rint(f32(max_h) * aspect) > width:  # the widest crop must fit: TF's bound, in double, then a check
+        max_h = int((width + 0.5 - float(f32(1e-7))) / float(aspect))
+        if np.rint(f32(max_h) * aspect) > width:
+            max_h -= 1
+    max_h = min(max_h, height)
+    crop_h = min(crop_h, max_h)
+    crop_h += _below(max_h - crop_h + 1, generator)
+    crop_w = int(np.rint(f32(crop_h) * aspect))
+    # TF's repair of rounding: one row more when under the area range, one less when over
+    if crop_w * crop_h < min_area:
+        crop_h += 1
+        crop_w = int(np.rint(f32(crop_h) * aspect))
+    if crop_w * crop_h > max_area:
+        crop_h -= 1
+        crop_w = int(np.rint(f32(crop_h) * aspect))
+    if not (min_area <= crop_w * crop_h <= max_area and 0 < crop_w <= width and 0 < crop_h <= height):
+        return None
+    return _below(height - crop_h, generator), _below(width - crop_w, generator), crop_h, crop_w
+
+
+def _below(n: int, generator: torch.Generator | None) -> int:
+    """A uniform integer in [0, n); 0 without a draw when n <= 1."""
+    return int(torch.randint(n, (), generator=generator)) if n > 1 else 0
+
+
+def _interpolation(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TF's half-pixel bilinear weights along one axis, in float32: lower and upper source indices and the fraction
+    of the upper one."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    source = torch.from_numpy((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5))
+    floor = source.floor()
+    return floor.long().clamp(min=0), source.ceil().long().clamp(max=in_size - 1), source - floor
+
+
+def resize_bilinear(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``tf.image.resize(image, (size, size), "bilinear")`` (no antialias) and big_vision's cast back (clip, then
+    truncate) on a uint8 CHW tensor. Interpolates as TF does, ``a + (b - a) * t``, so flat regions stay exact
+    (``F.interpolate`` on one thread, as in data workers, truncates ~2 % of their pixels to one grey level less)."""
+    y0, y1, ty = _interpolation(image.shape[-2], size)
+    x0, x1, tx = _interpolation(image.shape[-1], size)
+    # gathering whole rows is fast: take the rows, then work column-major (C, W, rows) to take the columns
+    rows = image.index_select(-2, torch.cat([y0, y1])).float().transpose(-1, -2).contiguous()
+    left, right = rows.index_select(-2, x0), rows.index_select(-2, x1)
+    across = left + (right - left) * tx[:, None]
+    top, bottom = across[..., :size], across[..., size:]
+    out = top + (bottom - top) * ty
+    return out.transpose(-1, -2).clamp_(0, 255).to(torch.uint8, memory_format=torch.contiguous_format)
 
 
 def _reduced(img: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int], mode: str
@@ -49,45 +141,95 @@ def _reduced(img: Image.Image, box: tuple[int, int, int, int], size: tuple[int, 
     return img, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def inception_crop(img: Image.Image, size: int, mode: str = "RGB") -> Image.Image:
-    """A random crop of 5-100 % of the area with aspect ratio 3/4-4/3, resized to ``size`` x ``size`` (bilinear);
-    draws from torch's generator (seeded per worker and epoch by the loader)."""
-    top, left, h, w = RandomResizedCrop.get_params(img, CROP_SCALE, CROP_RATIO)
-    img, box = _reduced(img, (left, top, left + w, top + h), (size, size), mode)
-    return img.resize((size, size), Image.BILINEAR, box=box)
+def inception_crop(img: Image.Image, size: int, mode: str = "RGB", antialias: bool = False) -> torch.Tensor:
+    """big_vision's ``decode_jpeg_and_inception_crop(size)``: a crop box from ``sample_distorted_box`` resized to
+    ``size`` x ``size``, a uint8 CHW tensor. ``antialias=False`` (big_vision's default): full decode and
+    ``resize_bilinear``; True: reduced JPEG decode and PIL's antialiased bilinear (faster, no aliasing)."""
+    top, left, h, w = sample_distorted_box(img.height, img.width)
+    box = (left, top, left + w, top + h)
+    if antialias:
+        img, box = _reduced(img, box, (size, size), mode)
+        return F.pil_to_tensor(img.resize((size, size), Image.BILINEAR, box=box))
+    return resize_bilinear(F.pil_to_tensor(img.convert(mode).crop(box)), size)
 
 
-def resize_small_center_crop(img: Image.Image, size: int, mode: str = "RGB") -> Image.Image:
-    """Shorter side to ``size * 256 / 224`` (box filter when shrinking, as TF's "area"), then the central
-    ``size`` x ``size``."""
+def _area_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, np.float32]:
+    """TF's "area" weights along one axis, in float32: output pixel ``i`` covers ``[i * scale, (i + 1) * scale)`` of
+    the input; returns the covered input indices (out_size, taps), the covered fraction of each (0 for padding) and
+    the scale."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    edges = np.arange(out_size + 1, dtype=np.float32) * scale
+    start, end = np.floor(edges[:-1]).astype(np.int64), np.ceil(edges[1:]).astype(np.int64)
+    index = start[:, None] + np.arange((end - start).max())
+    pixel, low, high = index.astype(np.float32), edges[:-1, None], edges[1:, None]
+    fraction = np.where(pixel < low, np.where(pixel + 1 > high, scale, pixel + 1 - low),
+                        np.where(pixel + 1 > high, high - pixel, np.float32(1)))
+    fraction[index >= end[:, None]] = 0
+    return torch.from_numpy(index.clip(0, in_size - 1)), torch.from_numpy(fraction.astype(np.float32)), scale
+
+
+def resize_area(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``tf.image.resize(image, (height, width), "area")`` and big_vision's cast back (clip, then truncate) on a
+    uint8 CHW tensor: each output pixel is the mean of the input area it covers. Sums in TF's order (each row across
+    x, then the rows), so the float32 result and its truncation match TF's (a flat region may lose a grey level)."""
+    ys, y_fraction, y_scale = _area_taps(image.shape[-2], height)
+    xs, x_fraction, x_scale = _area_taps(image.shape[-1], width)
+    columns = image.float().transpose(-1, -2).contiguous()  # (C, W, H): whole columns are gathered fast
+    rows = columns.index_select(-2, xs[:, 0]) * x_fraction[:, :1]
+    for k in range(1, xs.shape[1]):
+        rows = rows + columns.index_select(-2, xs[:, k]) * x_fraction[:, k:k + 1]
+    rows = rows.transpose(-1, -2).contiguous()  # (C, H, width)
+    total = rows.index_select(-2, ys[:, 0]) * y_fraction[:, :1]
+    for k in range(1, ys.shape[1]):
+        total = total + rows.index_select(-2, ys[:, k]) * y_fraction[:, k:k + 1]
+    inverse_area = np.float32(1.0 / float(y_scale * x_scale))
+    return (total * float(inverse_area)).clamp_(0, 255).to(torch.uint8)
+
+
+def resize_small_center_crop(img: Image.Image, size: int, mode: str = "RGB") -> torch.Tensor:
+    """big_vision's ``resize_small(size * 256 / 224)`` ("area") and ``central_crop(size)`` on the full decode, a
+    uint8 CHW tensor."""
     small = round(size * 256 / 224)
     w, h = img.size
     scale = small / min(w, h)
-    img, _ = _reduced(img, (0, 0, w, h), (math.ceil(w * scale), math.ceil(h * scale)), mode)
-    new = (max(small, round(w * scale)), max(small, round(h * scale)))
-    img = img.resize(new, Image.BOX if new[0] < img.size[0] else Image.BILINEAR)
-    return F.center_crop(img, [size, size])
+    image = resize_area(F.pil_to_tensor(img.convert(mode)), round(h * scale), round(w * scale))
+    top, left = (image.shape[-2] - size) // 2, (image.shape[-1] - size) // 2
+    return image[:, top:top + size, left:left + size]
+
+
+def _through_pil(op, image: torch.Tensor) -> torch.Tensor:
+    """Apply a PIL-image op (timm's RandAugment) to a uint8 CHW tensor."""
+    return F.pil_to_tensor(op(F.to_pil_image(image)))
+
+
+AUGMENT_IMPLS = ("big_vision", "timm")  # RandAugment: reluvit.data.randaug (big_vision's) | timm's rand-m{m}-n{n}
 
 
 class TrainTransform:
-    """big_vision's training preprocessing for one encoded image; picklable (runs in loader workers)."""
+    """big_vision's training preprocessing for one encoded image; picklable (runs in loader workers).
+    ``augment_impl``: whose RandAugment (:data:`AUGMENT_IMPLS`); ``crop_antialias``: see :func:`inception_crop`."""
 
-    def __init__(self, size: int, in_chans: int = 3, randaug_layers: int = 0, randaug_magnitude: int = 0) -> None:
-        self.size, self.mode = size, MODES[in_chans]
+    def __init__(self, size: int, in_chans: int = 3, randaug_layers: int = 0, randaug_magnitude: int = 0,
+                 augment_impl: str = "big_vision", crop_antialias: bool = False) -> None:
+        check_choice("augment_impl", augment_impl, AUGMENT_IMPLS)
+        self.size, self.mode, self.antialias = size, MODES[in_chans], crop_antialias
         self.randaug = None
-        if randaug_layers:
+        if randaug_layers and augment_impl == "timm":
             from timm.data.auto_augment import rand_augment_transform
 
-            self.randaug = rand_augment_transform(f"rand-m{randaug_magnitude}-n{randaug_layers}",
+            timm_randaug = rand_augment_transform(f"rand-m{randaug_magnitude}-n{randaug_layers}",
                                                   {"img_mean": (128, 128, 128)})
+            self.randaug = functools.partial(_through_pil, timm_randaug)
+        elif randaug_layers:
+            self.randaug = RandAugment(randaug_layers, randaug_magnitude)
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        img = inception_crop(open_image(data), self.size, self.mode)
+        image = inception_crop(open_image(data), self.size, self.mode, self.antialias)
         if torch.rand(()) < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            image = image.flip(-1)
         if self.randaug is not None:
-            img = self.randaug(img)
-        return to_unit_range(img)
+            image = self.randaug(image)
+        return to_unit_range(image)
 
 
 class EvalTransform:
