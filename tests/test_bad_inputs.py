@@ -42,6 +42,7 @@ BAD = [
     ("recipe.grad_clip_norm=-1", "recipe.grad_clip_norm", "> 0 or null"),
     ("recipe.grad_clip_norm=0", "recipe.grad_clip_norm", "> 0 or null"),
     ("recipe.augment.default.randaug_layers=-1", "recipe.augment.default.randaug_layers", ">= 0"),
+    ("recipe.augment_impl=tf", "recipe.augment_impl", "'tf' is not one of: big_vision, timm"),
     ("recipe.augment.default.randaug_magnitude=-3", "recipe.augment.default.randaug_magnitude", ">= 0"),
     # the model: create_model's arguments, named by the keys the model config interpolates
     ("model=s99", "model", "micro1"),

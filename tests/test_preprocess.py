@@ -215,8 +215,12 @@ def test_draft_decode_is_used_only_when_the_kept_region_keeps_its_resolution():
 
 
 @pytest.mark.parametrize("antialias", [False, True])
-def test_greyscale_shards_keep_one_channel(antialias):
+@pytest.mark.parametrize("impl", ["big_vision", "timm"])
+def test_greyscale_shards_keep_one_channel(antialias, impl):
     buf = io.BytesIO()
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(buf, "PNG")
-    assert TrainTransform(8, in_chans=1, crop_antialias=antialias)(buf.getvalue()).shape == (1, 8, 8)
+    augment = {"randaug_layers": 2, "randaug_magnitude": 15, "augment_impl": impl, "crop_antialias": antialias}
+    for seed in range(8):  # RandAugment's ops on three equal channels, the first kept
+        torch.manual_seed(seed)
+        assert TrainTransform(8, in_chans=1, **augment)(buf.getvalue()).shape == (1, 8, 8)
     assert EvalTransform(8, in_chans=1)(buf.getvalue()).shape == (1, 8, 8)

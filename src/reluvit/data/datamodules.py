@@ -1,6 +1,12 @@
 """LightningDataModules: embedded arrays, an ImageFolder tree, webdataset shards, synthetic images. Images reach the
 model as float tensors with values in [-1, 1] (big_vision ``value_range(-1, 1)``); batch sizes here are per device
-(the global batch is the recipe's)."""
+(the global batch is the recipe's).
+
+The tree and the shards train on ``train_split`` (``train`` or a slice such as big_vision's ``train[:99%]``,
+:mod:`reluvit.data.splits`) and, with ``minival_split`` (``train[99%:]``), validate on those held-out training images
+as a second loader beside ``val``. A slice is taken over the split's samples in a fixed order: the shards' file
+order (:mod:`reluvit.data.stream`), or for a tree a permutation of its sorted files seeded by ``split_seed`` (the
+sorted order would put whole classes in minival)."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from reluvit.data.embedded import EMBEDDED, validation_split
 from reluvit.data.preprocess import EvalTransform, TrainTransform
 from reluvit.data.shards import read_info
+from reluvit.data.splits import parse_split
 from reluvit.data.stream import ShardStream
 from reluvit.errors import COUNT, check_range
 
@@ -113,31 +120,84 @@ def read_bytes(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
+def training_files(path: str | Path) -> list[tuple[str, int]]:
+    """The training images of an ImageFolder tree, (file, class index), in torchvision's sorted order."""
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(str(Path(path) / "train")).samples
+
+
+def split_size(dataset: str, path: str | Path) -> int | None:
+    """The samples of the ``train`` split of a tree or a shard directory, what its slices are taken of; None when
+    it lists none (no train split in ``_info.json``, no class folders)."""
+    if dataset == "shards":
+        return read_info(path).get("splits", {}).get("train", {}).get("num_samples")
+    try:
+        return len(training_files(path))
+    except FileNotFoundError:  # torchvision's, for a tree without class folders
+        return None
+
+
+def folder_selection(size: int, split: str, seed: int) -> np.ndarray:
+    """The file indices of ``split`` (``train`` or a slice of it) of a tree of ``size`` training files: the slice of
+    a permutation seeded by ``seed``. The whole split keeps the sorted order (the sampler shuffles it anyway, and runs
+    trained before slices existed resume in the same order)."""
+    selected = parse_split(split)
+    if selected.whole:
+        return np.arange(size)
+    lo, hi = selected.bounds(size)
+    return np.random.default_rng(seed).permutation(size)[lo:hi]
+
+
+class FolderImages(Dataset):
+    """The files ``files[i]`` (path, class index) for i in ``indices``, read and transformed on access."""
+
+    def __init__(self, files: list[tuple[str, int]], indices: np.ndarray, transform: Callable) -> None:
+        self.files, self.indices, self.transform = files, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.files[self.indices[i]]
+        return self.transform(read_bytes(path)), label
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """A torchvision ``ImageFolder`` tree with ``train/`` and ``val/`` subfolders, preprocessed as big_vision does
-    (:mod:`reluvit.data.preprocess`)."""
+    (:mod:`reluvit.data.preprocess`); training on ``train_split`` of ``train/``, and validating on ``val/`` and, when
+    given, ``minival_split`` of ``train/``."""
 
     def __init__(self, path: str, batch_size: int, img_size: int = 224, num_workers: int = 8,
-                 randaug_layers: int = 0, randaug_magnitude: int = 0, seed: int = 0) -> None:
+                 augment: dict | None = None, seed: int = 0, train_split: str = "train",
+                 minival_split: str | None = None, split_seed: int = 0) -> None:
         super().__init__()
         self.path, self.batch_size, self.img_size, self.num_workers = Path(path), batch_size, img_size, num_workers
         self.seed = seed
-        self.randaug_layers, self.randaug_magnitude = randaug_layers, randaug_magnitude
+        self.augment = augment or {}  # TrainTransform's augmentation arguments (RandAugment, crop_antialias)
+        self.train_split, self.minival_split, self.split_seed = train_split, minival_split, split_seed
 
     def setup(self, stage: str | None = None) -> None:
         from torchvision.datasets import ImageFolder
 
-        train = TrainTransform(self.img_size, 3, self.randaug_layers, self.randaug_magnitude)
-        self.train_set = ImageFolder(str(self.path / "train"), train, loader=read_bytes)
+        files = training_files(self.path)
+        train = TrainTransform(self.img_size, 3, **self.augment)
+        self.train_set = FolderImages(files, folder_selection(len(files), self.train_split, self.split_seed), train)
         self.val_set = ImageFolder(str(self.path / "val"), EvalTransform(self.img_size), loader=read_bytes)
+        self.minival_set = None
+        if self.minival_split:
+            minival = folder_selection(len(files), self.minival_split, self.split_seed)
+            self.minival_set = FolderImages(files, minival, EvalTransform(self.img_size))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, self.batch_size, drop_last=True, pin_memory=True,
                           sampler=training_sampler(self, len(self.train_set), self.seed, self.batch_size),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers, pin_memory=True)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [DataLoader(images, self.batch_size, num_workers=self.num_workers, pin_memory=True)
+                   for images in (self.val_set, self.minival_set) if images is not None]
+        return loaders if len(loaders) > 1 else loaders[0]
 
 
 class EpochLoader(DataLoader):
@@ -155,15 +215,18 @@ class EpochLoader(DataLoader):
 
 class ShardDataModule(pl.LightningDataModule):
     """Webdataset shards written by ``reluvit shards`` (``<path>/{train,val}-NNNNNN.tar`` + ``_info.json``),
-    streamed by :class:`ShardStream` with big_vision's preprocessing."""
+    streamed by :class:`ShardStream` with big_vision's preprocessing: training on ``train_split``, validating on
+    ``val`` and, when given, ``minival_split``."""
 
     def __init__(self, path: str, batch_size: int, img_size: int, in_chans: int, num_classes: int,
-                 num_workers: int = 8, randaug_layers: int = 0, randaug_magnitude: int = 0, seed: int = 0,
-                 shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01) -> None:
+                 num_workers: int = 8, augment: dict | None = None, seed: int = 0,
+                 shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01, train_split: str = "train",
+                 minival_split: str | None = None) -> None:
         super().__init__()
         self.path, self.batch_size, self.img_size, self.in_chans = path, batch_size, img_size, in_chans
         self.num_classes, self.num_workers, self.seed = num_classes, num_workers, seed
-        self.randaug = (randaug_layers, randaug_magnitude)
+        self.train_split, self.minival_split = train_split, minival_split
+        self.augment = augment or {}  # TrainTransform's augmentation arguments (RandAugment, crop_antialias)
         self.stream_options = {"shuffle_buffer": shuffle_buffer, "max_bad_fraction": max_bad_fraction}
         self.info = read_info(path)  # a missing directory fails here, at start, with the path named
         if self.info["num_classes"] != num_classes:
@@ -187,12 +250,15 @@ class ShardDataModule(pl.LightningDataModule):
         return stream
 
     def train_dataloader(self) -> DataLoader:
-        stream = self._stream("train", TrainTransform(self.img_size, self.in_chans, *self.randaug), train=True)
+        transform = TrainTransform(self.img_size, self.in_chans, **self.augment)
+        stream = self._stream(self.train_split, transform, train=True)
         return EpochLoader(stream, lambda: training_position(self.trainer, len(stream)), self.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        stream = self._stream("val", EvalTransform(self.img_size, self.in_chans), train=False)
-        return EpochLoader(stream, lambda: (0, 0), self.num_workers)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        splits = ["val", *([self.minival_split] if self.minival_split else [])]
+        loaders = [EpochLoader(self._stream(split, EvalTransform(self.img_size, self.in_chans), train=False),
+                               lambda: (0, 0), self.num_workers) for split in splits]
+        return loaders if len(loaders) > 1 else loaders[0]
 
 
 class SyntheticImages(Dataset):
@@ -236,18 +302,21 @@ class SyntheticDataModule(IndexedDataModule):
 DATASETS = (*EMBEDDED, "imagefolder", "shards", "synthetic")
 
 
-def build_datamodule(data_cfg, batch_size: int, randaug: tuple[int, int], seed: int) -> pl.LightningDataModule:
-    """The data module a ``data`` config describes, with the per-device batch and the recipe's RandAugment."""
+def build_datamodule(data_cfg, batch_size: int, augment: dict, seed: int) -> pl.LightningDataModule:
+    """The data module a ``data`` config describes, with the per-device batch and the training images' augmentation
+    (:func:`reluvit.run.build.train_augmentation`: TrainTransform's arguments)."""
     if data_cfg.dataset == "shards":
         return ShardDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.in_chans,
-                               data_cfg.num_classes, data_cfg.num_workers, *randaug, seed=seed,
-                               shuffle_buffer=data_cfg.shuffle_buffer, max_bad_fraction=data_cfg.max_bad_fraction)
+                               data_cfg.num_classes, data_cfg.num_workers, augment, seed=seed,
+                               shuffle_buffer=data_cfg.shuffle_buffer, max_bad_fraction=data_cfg.max_bad_fraction,
+                               train_split=data_cfg.train_split, minival_split=data_cfg.minival_split)
     if data_cfg.dataset == "synthetic":
         return SyntheticDataModule(batch_size, data_cfg.img_size, data_cfg.in_chans, data_cfg.num_classes,
                                    data_cfg.num_samples, data_cfg.val_size, data_cfg.split_seed,
                                    data_cfg.num_workers, seed)
     if data_cfg.dataset == "imagefolder":
-        return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, *randaug,
-                                     seed=seed)
+        return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, augment,
+                                     seed=seed, train_split=data_cfg.train_split,
+                                     minival_split=data_cfg.minival_split, split_seed=data_cfg.split_seed)
     return EmbeddedDataModule(data_cfg.dataset, batch_size, data_cfg.val_size, data_cfg.split_seed,
                               data_cfg.num_workers, seed)

@@ -198,8 +198,10 @@ def resize_small_center_crop(img: Image.Image, size: int, mode: str = "RGB") -> 
 
 
 def _through_pil(op, image: torch.Tensor) -> torch.Tensor:
-    """Apply a PIL-image op (timm's RandAugment) to a uint8 CHW tensor."""
-    return F.pil_to_tensor(op(F.to_pil_image(image)))
+    """Apply a PIL-image op on RGB images (timm's RandAugment) to a uint8 CHW tensor; a greyscale one as three equal
+    channels (which the op keeps equal)."""
+    rgb = F.pil_to_tensor(op(F.to_pil_image(image.expand(3, -1, -1))))
+    return rgb[:image.shape[0]]
 
 
 AUGMENT_IMPLS = ("big_vision", "timm")  # RandAugment: reluvit.data.randaug (big_vision's) | timm's rand-m{m}-n{n}

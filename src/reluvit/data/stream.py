@@ -1,19 +1,24 @@
 """Streaming webdataset shards into Lightning, correct under DDP and multi-worker loading.
 
-An epoch's stream is every shard in one order that depends only on (seed, epoch). Each (rank, worker) slot reads
-its own contiguous range of that stream, so every training sample is read once per epoch across all ranks and
-workers; the ranges are whole batches and every rank gets the same number of batches (the last partial global
-batch is dropped: no rank waits at a collective for one that has run dry). Within its range a slot shuffles through
-a seeded buffer of encoded samples and decodes after it, so a run resumed mid-epoch replays the same order and
-skips the batches already trained without decoding them. The epoch length is the loader's, set from
-``_info.json``, never counted per worker.
+A stream reads one split of the shards or a slice of it (``train[:99%]``, :mod:`reluvit.data.splits`): the slice is
+a range of sample positions across the split's shards in file order, which is the seeded random order ``reluvit
+shards`` wrote (every shard mixes all classes), so the first 99 % holds every class in proportion. It may start and
+end inside a shard: the stream's piece of that shard is only its part of the slice.
+
+An epoch's stream is every shard (piece) in one order that depends only on (seed, epoch). Each (rank, worker) slot
+reads its own contiguous range of that stream, so every training sample is read once per epoch across all ranks and
+workers; the ranges are whole batches and every rank gets the same number of batches (the last partial global batch
+is dropped: no rank waits at a collective for one that has run dry). Within its range a slot shuffles through a
+seeded buffer of encoded samples and decodes after it, so a run resumed mid-epoch replays the same order and skips
+the batches already trained without decoding them. The epoch length is the loader's, set from ``_info.json``, never
+counted per worker.
 
 Bad data (an undecodable image, a sample without one, a class id outside the label set, a missing or truncated
 shard) is skipped and counted (``data/skipped``); a slot that comes up short repeats its own last good samples so
 the batch count stays equal, and the run stops with the count once more than ``max_bad_fraction`` of a slot's
 samples were bad. A shard holding more samples than ``_info.json`` lists has the surplus counted too, once an
-epoch, and logged; it is never read, and it does not count against ``max_bad_fraction``, since the epoch still
-reads every sample it was planned with.
+epoch, and logged (by the stream whose slice holds the shard's last listed sample); it is never read, and it does
+not count against ``max_bad_fraction``, since the epoch still reads every sample it was planned with.
 
 Validation reads every sample exactly once (no shuffle, no drop): ranks take contiguous ranges, each cut into
 whole batches (only its last may be partial) that its workers share as contiguous stretches, so the loader's
@@ -30,6 +35,7 @@ import random
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -38,6 +44,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from reluvit.data.shards import IMAGE_SUFFIXES, read_info
+from reluvit.data.splits import parse_split
 
 IMAGE_KEYS = tuple(s.lstrip(".") for s in IMAGE_SUFFIXES)
 
@@ -49,17 +56,24 @@ class BadDataError(RuntimeError):
 
 
 class ShardStream(IterableDataset):
-    """One split of a shard directory as batches ``(images, labels)`` for rank ``rank`` of ``world``."""
+    """One split of a shard directory, or a slice of it (``split``: ``val``, ``train[:99%]``), as batches ``(images,
+    labels)`` for rank ``rank`` of ``world``. ``target``: a sample's label from its raw webdataset sample (default:
+    its class id, checked against ``num_classes``)."""
 
     def __init__(self, root: str | Path, split: str, transform: Callable[[bytes], torch.Tensor], batch_size: int, *,
                  train: bool, num_classes: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01) -> None:
+                 shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01,
+                 target: Callable[[dict], int] | None = None) -> None:
         info = read_info(root)
-        if split not in info["splits"]:
-            raise ValueError(f"{root}: no split {split!r} in _info.json (it has {', '.join(info['splits'])})")
-        self.shards = [(str(Path(root) / s["file"]), s["num_samples"]) for s in info["splits"][split]["shards"]]
-        self.total = sum(n for _, n in self.shards)
+        selected = parse_split(split)
+        if selected.name not in info["splits"]:
+            raise ValueError(f"{root}: no split {selected.name!r} in _info.json (it has {', '.join(info['splits'])})")
+        listed = info["splits"][selected.name]["shards"]
+        self.shards = _pieces([(str(Path(root) / s["file"]), s["num_samples"]) for s in listed],
+                              *selected.bounds(sum(s["num_samples"] for s in listed)))
+        self.total = sum(piece.count for piece in self.shards)
         self.transform, self.batch_size, self.train, self.num_classes = transform, batch_size, train, num_classes
+        self.target = target
         self.seed, self.rank, self.world = seed, rank, world
         self.shuffle_buffer, self.max_bad_fraction = shuffle_buffer, max_bad_fraction
         self.epoch, self.done = 0, 0  # set by the loader when an epoch starts
@@ -140,11 +154,12 @@ class ShardStream(IterableDataset):
         self._count_surplus(order, start, start + count, stream_end)
         position = 0
         for i in order:
-            path, n = self.shards[i]
+            path, _, first, n = self.shards[i]
             lo, hi = max(start - position, 0), min(start + count - position, n)
             position += n
             if lo >= hi:
                 continue
+            lo, hi = first + lo, first + hi  # positions in the shard's tar
             read = 0
             try:
                 with open(path, "rb") as stream:
@@ -168,12 +183,13 @@ class ShardStream(IterableDataset):
         slot reading ``[start, stop)`` checks: those whose last listed sample it reads, and, if it reads the
         epoch's last sample, those that end past it (training drops the partial global batch). One slot per shard,
         so a surplus is counted once an epoch; up front, from the tar headers, so a loader that stops at its
-        length still counts it."""
+        length still counts it. A shard whose listed end lies past this stream's slice is left to the stream that
+        reads that end."""
         end = 0
         for i in order:
-            path, listed = self.shards[i]
-            end += listed
-            if not start <= min(max(end - 1, 0), stream_end - 1) < stop:
+            path, listed, first, count = self.shards[i]
+            end += count
+            if first + count < listed or not start <= min(max(end - 1, 0), stream_end - 1) < stop:
                 continue
             surplus = _samples_in(path) - listed
             if surplus > 0:
@@ -188,20 +204,27 @@ class ShardStream(IterableDataset):
         bad = 0
         for sample in raw:
             try:
-                image = next(sample[k] for k in IMAGE_KEYS if k in sample)
-                label = int(sample["cls"])
-                if not 0 <= label < self.num_classes:
-                    raise ValueError(f"class id {label} outside 0..{self.num_classes - 1}")
-                yield self.transform(image), label
+                image = next((sample[k] for k in IMAGE_KEYS if k in sample), None) if sample else None
+                if image is None:
+                    raise ValueError("no image in the sample")
+                yield self.transform(image), self._label(sample)
             except Exception as e:  # noqa: BLE001 - every kind of bad sample is skipped and counted
                 bad += 1
                 with self._skipped.get_lock():
                     self._skipped.value += 1
                 if bad > budget:
                     where = sample.get("__url__") if isinstance(sample, dict) else "a missing or truncated shard"
-                    error = "no image in the sample" if isinstance(e, StopIteration | TypeError) else e
+                    error = e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
                     raise BadDataError(f"{bad} bad samples, more than max_bad_fraction={self.max_bad_fraction} "
                                        f"allows; the last: {error} ({where})") from None
+
+    def _label(self, sample: dict) -> int:
+        if self.target is not None:
+            return self.target(sample)
+        label = int(sample["cls"])
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"class id {label} outside 0..{self.num_classes - 1}")
+        return label
 
 
 class SkippedSamples(pl.Callback):
@@ -211,6 +234,27 @@ class SkippedSamples(pl.Callback):
         skipped = getattr(trainer.datamodule, "skipped", None)
         if skipped is not None:
             pl_module.log("data/skipped", float(skipped))
+
+
+class Piece(NamedTuple):
+    """The part of one shard a stream reads: ``count`` samples from position ``first`` of the ``listed`` that
+    ``_info.json`` lists for it."""
+
+    path: str
+    listed: int
+    first: int
+    count: int
+
+
+def _pieces(shards: list[tuple[str, int]], lo: int, hi: int) -> list[Piece]:
+    """The pieces of ``shards`` (path, listed samples) in file order that hold sample positions ``[lo, hi)``."""
+    pieces, offset = [], 0
+    for path, listed in shards:
+        first, last = max(lo - offset, 0), min(hi - offset, listed)
+        if first < last:
+            pieces.append(Piece(path, listed, first, last - first))
+        offset += listed
+    return pieces
 
 
 def _split(total: int, parts: int, i: int) -> tuple[int, int]:

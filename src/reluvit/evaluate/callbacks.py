@@ -1,14 +1,17 @@
-"""The evaluation a training run carries out, from its ``eval`` config: ``val/i1k_acc`` at every validation and
-the few-shot probe every ``eval.fewshot.every_n_steps`` and at the end (Lightning callbacks), and the evaluators
-that ``reluvit evaluate`` uses on a finished run."""
+"""The evaluation a training run carries out, from its ``eval`` config: at every validation ``val/i1k_acc`` (21k
+runs), ``val/real_acc`` and ``val/v2_acc`` (ImageNet-ReaL and -v2), and the few-shot probe every
+``eval.fewshot.every_n_steps`` and at the end (Lightning callbacks), and the evaluators that ``reluvit evaluate``
+uses on a finished run."""
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from reluvit.evaluate.fewshot import FewshotEvaluator
-from reluvit.evaluate.i1k import I1kAccuracy, I1kRestriction, is_21k_label_set, run_wnids
+from reluvit.evaluate.i1k import I1kEvaluation, I1kRestriction, is_21k_label_set, run_wnids
+from reluvit.evaluate.imagenet import Evaluation, RealEvaluation, V2Evaluation, accuracy_counts, read_real_labels
 from reluvit.run.compute import Chrono
 
 
@@ -27,6 +30,55 @@ def i1k_restriction(cfg: DictConfig) -> I1kRestriction | None:
         return None
     wnids = run_wnids(cfg.data, cfg.eval.i1k.label_set)
     return I1kRestriction(wnids, cfg.eval.i1k.missing) if is_21k_label_set(wnids) else None
+
+
+def imagenet_restriction(cfg: DictConfig) -> I1kRestriction | None:
+    """How a run's logits predict ImageNet-1k classes (ReaL, v2): all of them on ImageNet-1k, those of the i1k
+    classes for a 21k label set; None when the run's classes hold no ImageNet-1k class."""
+    wnids = run_wnids(cfg.data, cfg.eval.i1k.label_set)
+    restriction = I1kRestriction(wnids, cfg.eval.i1k.missing) if wnids else None
+    return restriction if restriction is not None and len(restriction.present) else None
+
+
+def real_images(cfg: DictConfig) -> str | None:
+    """Where ReaL's images are: the run's own validation images on ImageNet-1k, ``eval.i1k.path`` for a run on
+    another label set."""
+    own = not is_21k_label_set(run_wnids(cfg.data, cfg.eval.i1k.label_set))
+    return cfg.data.path if own else cfg.eval.i1k.path
+
+
+def held_out_evaluations(cfg: DictConfig, batch_size: int) -> list[Evaluation]:
+    """The held-out accuracies of the ``eval`` config (validated: :func:`reluvit.run.validate.validate_eval`)."""
+    shape = (cfg.model.img_size, cfg.model.in_chans, batch_size, cfg.data.num_workers)
+    evaluations = []
+    if restriction := i1k_restriction(cfg):
+        evaluations.append(I1kEvaluation(restriction, cfg.eval.i1k.path, *shape))
+    if not (cfg.eval.real.labels or cfg.eval.v2.path) or (restriction := imagenet_restriction(cfg)) is None:
+        return evaluations  # ReaL and v2 score ImageNet-1k classes: runs without them skip both
+    if cfg.eval.real.labels:
+        evaluations.append(RealEvaluation(read_real_labels(cfg.eval.real.labels), restriction, real_images(cfg),
+                                          *shape))
+    if cfg.eval.v2.path:
+        evaluations.append(V2Evaluation(restriction, cfg.eval.v2.path, *shape))
+    return evaluations
+
+
+class HeldOutAccuracy(pl.Callback):
+    """Logs an :class:`Evaluation`'s accuracy at the end of every validation (not the sanity check), every rank
+    scoring its share of the images."""
+
+    def __init__(self, evaluation: Evaluation) -> None:
+        self.evaluation = evaluation
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        with trainer.precision_plugin.forward_context():  # the loop has set eval mode and inference mode
+            correct, counted = accuracy_counts(pl_module, self.evaluation, pl_module.device, trainer.global_rank,
+                                               trainer.world_size)
+        totals = trainer.strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64,
+                                                      device=pl_module.device), reduce_op="sum")
+        pl_module.log(self.evaluation.metric, float(totals[0] / totals[1].clamp(min=1)))  # the same on every rank
 
 
 class FewshotProbe(pl.Callback):
@@ -64,7 +116,5 @@ def evaluation_callbacks(cfg: DictConfig, batch_size: int) -> list[pl.Callback]:
     callbacks = []
     if evaluator := fewshot_evaluator(cfg):
         callbacks.append(FewshotProbe(evaluator, cfg.eval.fewshot.every_n_steps))
-    if restriction := i1k_restriction(cfg):
-        callbacks.append(I1kAccuracy(restriction, cfg.eval.i1k.path, cfg.model.img_size, cfg.model.in_chans,
-                                     batch_size, cfg.data.num_workers))
+    callbacks += [HeldOutAccuracy(evaluation) for evaluation in held_out_evaluations(cfg, batch_size)]
     return callbacks

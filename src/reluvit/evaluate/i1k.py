@@ -1,13 +1,17 @@
 """ImageNet-1k accuracy of a model trained on an ImageNet-21k label set, without fine-tuning (paper.md §5b): the
 argmax of the logits restricted to the ImageNet-1k classes the run's label set contains, scored on ImageNet-1k
 validation images. An i1k class the label set lacks (n04399382, teddy bear, for both 21k lists) can never be
-predicted; its images count by the policy of :data:`reluvit.data.labels.MISSING_POLICIES` (default ``wrong``)."""
+predicted; its images count by the policy of :data:`reluvit.data.labels.MISSING_POLICIES` (default ``wrong``).
+The validation images' loader also serves ImageNet-ReaL (:mod:`reluvit.evaluate.imagenet`), which labels each image
+by its ILSVRC2012 val number."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
@@ -63,22 +67,42 @@ def run_wnids(data_cfg, label_set: str | None = None) -> tuple[str, ...] | None:
     return None
 
 
+VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")
+
+
+def val_number(name: str) -> int:
+    """The ILSVRC2012 validation image number (1 ... 50 000) in a file name or shard sample key."""
+    found = VAL_NUMBER.search(name)
+    if not found:
+        raise ValueError(f"{name!r} holds no ILSVRC2012_val_NNNNNNNN number (ImageNet's validation file names)")
+    return int(found[1])
+
+
+def sample_val_number(sample: dict) -> int:
+    """A shard sample's ILSVRC2012 val number, from its key (``<wnid>_ILSVRC2012_val_00000001``)."""
+    return val_number(sample["__key__"])
+
+
 def i1k_val_loader(path: str, img_size: int, in_chans: int, batch_size: int, num_workers: int = 0,
-                   rank: int = 0, world: int = 1) -> tuple[DataLoader, torch.Tensor]:
+                   rank: int = 0, world: int = 1, numbered: bool = False) -> tuple[DataLoader, torch.Tensor]:
     """ImageNet-1k validation images (this rank's share) with big_vision's eval preprocessing, and the i1k class
     id of each of the loader's labels. ``path``: a shard directory (its val split), an ImageFolder tree with
-    ``val/``, or a folder of ``<wnid>/`` class folders."""
+    ``val/``, or a folder of ``<wnid>/`` class folders. ``numbered``: the loader's labels are instead each image's
+    ILSVRC2012 val number (:func:`val_number`)."""
     transform = EvalTransform(img_size, in_chans)
     if (Path(path) / INFO).exists():
         info = read_info(path)
         stream = ShardStream(path, "val", transform, batch_size, train=False, num_classes=info["num_classes"],
-                             rank=rank, world=world)
+                             rank=rank, world=world, target=sample_val_number if numbered else None)
         loader, wnids = DataLoader(stream, batch_size=None, num_workers=num_workers), info["wnids"]
     else:
-        items, wnids, _ = list_source(path, "folder")
-        items = items.get("val", items.get("all"))
+        val = Path(path) / "val"  # listed alone: a tree's train/ would cost a stat of every training image
+        items, wnids, _ = list_source(str(val if val.is_dir() else path), "folder")
+        items = items.get("all")
         if items is None:
             raise ValueError(f"{path}: no val/ folder and no class folders")
+        if numbered:
+            items = [dataclasses.replace(it, label=val_number(it.key)) for it in items]
         loader = DataLoader(EncodedImages(items[rank::world], transform), batch_size, num_workers=num_workers)
     index = {w: i for i, w in enumerate(wordnet_ids("imagenet1k"))}
     unknown = sorted(set(wnids or ["(no WordNet ids)"]) - set(index))
@@ -87,33 +111,22 @@ def i1k_val_loader(path: str, img_size: int, in_chans: int, batch_size: int, num
     return loader, torch.tensor([index[w] for w in wnids])
 
 
-def i1k_counts(model: torch.nn.Module, loader: DataLoader, to_i1k: torch.Tensor, restriction: I1kRestriction,
-               device: torch.device) -> tuple[int, int]:
-    """(correct, counted) over ``loader``, whose labels ``to_i1k`` maps to i1k class ids (the caller sets eval
-    mode, no-grad and precision)."""
-    correct = counted = 0
-    for images, labels in loader:
-        c, n = restriction.score(model(images.to(device, non_blocking=True)).float(), to_i1k[labels].to(device))
-        correct, counted = correct + c, counted + n
-    return correct, counted
+class I1kEvaluation:
+    """``val/i1k_acc``: a 21k run's accuracy on the ImageNet-1k validation images at ``path`` (an
+    :class:`reluvit.evaluate.imagenet.Evaluation`)."""
 
-
-class I1kAccuracy(pl.Callback):
-    """Logs ``val/i1k_acc`` at the end of every validation (not the sanity check), every rank scoring its share of
-    the ImageNet-1k validation images."""
+    metric = "val/i1k_acc"
 
     def __init__(self, restriction: I1kRestriction, path: str, img_size: int, in_chans: int, batch_size: int,
                  num_workers: int = 0) -> None:
         self.restriction, self.path, self.num_workers = restriction, path, num_workers
         self.img_size, self.in_chans, self.batch_size = img_size, in_chans, batch_size
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        loader, to_i1k = i1k_val_loader(self.path, self.img_size, self.in_chans, self.batch_size,
-                                        self.num_workers, trainer.global_rank, trainer.world_size)
-        with trainer.precision_plugin.forward_context():  # the loop has set eval mode and inference mode
-            correct, counted = i1k_counts(pl_module, loader, to_i1k, self.restriction, pl_module.device)
-        totals = trainer.strategy.reduce(torch.tensor([correct, counted], dtype=torch.float64,
-                                                      device=pl_module.device), reduce_op="sum")
-        pl_module.log("val/i1k_acc", float(totals[0] / totals[1].clamp(min=1)))  # the same on every rank
+    def batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share: (images, i1k class ids)."""
+        loader, to_i1k = i1k_val_loader(self.path, self.img_size, self.in_chans, self.batch_size, self.num_workers,
+                                        rank, world)
+        return ((images, to_i1k[labels]) for images, labels in loader)
+
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+        return self.restriction.score(logits, targets)

@@ -1,5 +1,5 @@
-"""``reluvit evaluate``: the few-shot probe and i1k accuracy of a finished run's checkpoint, added to its
-``summary.json`` (the roll-up then carries them into the figures)."""
+"""``reluvit evaluate``: the few-shot probe and the held-out accuracies (i1k of a 21k run, ImageNet-ReaL, -v2) of a
+finished run's checkpoint, added to its ``summary.json`` (the roll-up then carries them into the figures)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from reluvit.evaluate.callbacks import fewshot_evaluator, i1k_restriction
+from reluvit.evaluate.callbacks import fewshot_evaluator, held_out_evaluations
 from reluvit.evaluate.fewshot import evaluating
-from reluvit.evaluate.i1k import i1k_counts, i1k_val_loader
+from reluvit.evaluate.imagenet import accuracy_counts
 from reluvit.run.checkpoint import load_checkpoint
 from reluvit.run.module import ViTClassifier
 from reluvit.run.rundir import SUMMARY, last_checkpoint, read_summary, write_json_atomic
@@ -47,12 +47,10 @@ def evaluate_run(target: str | Path, eval_config: dict, device: str | None = Non
     metrics = {}
     if evaluator := fewshot_evaluator(cfg):
         metrics.update(evaluator(module.model, device))
-    if restriction := i1k_restriction(cfg):
-        loader, to_i1k = i1k_val_loader(cfg.eval.i1k.path, cfg.model.img_size, cfg.model.in_chans,
-                                        cfg.eval.fewshot.batch_size, cfg.data.num_workers)
+    for evaluation in held_out_evaluations(cfg, cfg.eval.fewshot.batch_size):
         with evaluating(module.model), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            correct, counted = i1k_counts(module.model, loader, to_i1k, restriction, device)
-        metrics["val/i1k_acc"] = correct / max(counted, 1)
+            correct, counted = accuracy_counts(module.model, evaluation, device)
+        metrics[evaluation.metric] = correct / max(counted, 1)
     summary.setdefault("metrics", {}).update(metrics)
     summary["evaluation"] = {"checkpoint": str(ckpt), "global_step": checkpoint.get("global_step"),
                              "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -37,6 +37,14 @@ def augment_for(cfg: DictConfig) -> AugmentConfig:
     return cfg.recipe.augment[augment_name(cfg)]
 
 
+def train_augmentation(cfg: DictConfig) -> dict:
+    """The augmentation arguments of :class:`reluvit.data.preprocess.TrainTransform`: the model's RandAugment entry
+    and the recipe's ``augment_impl`` and ``crop_antialias``."""
+    entry = augment_for(cfg)
+    return {"randaug_layers": entry.randaug_layers, "randaug_magnitude": entry.randaug_magnitude,
+            "augment_impl": cfg.recipe.augment_impl, "crop_antialias": cfg.recipe.crop_antialias}
+
+
 def build_module(cfg: DictConfig, grad_checkpointing: bool = False):
     """The :class:`reluvit.run.module.ViTClassifier` of a config: its recipe keys are the module's arguments, with
     the model's augmentation and ``trainer.max_steps``; ``grad_checkpointing``: timm's, recomputing each block's

@@ -63,6 +63,7 @@ GRID: dict[str, GridKey] = {
 # run's identity (tests/test_grid.py walks the schema to hold this).
 NOT_TRAINING: dict[str, str] = {
     "eval": "how a run is evaluated: `reluvit evaluate` re-evaluates a finished run",
+    "data.minival_split": "held-out training samples that are only validated on: data.train_split says what trains",
     "logger": "where metrics go",
     "trainer.enable_progress_bar": "display",
     "trainer.log_every_n_steps": "logging frequency",

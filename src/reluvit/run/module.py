@@ -34,7 +34,7 @@ def mixup(images: torch.Tensor, targets: torch.Tensor, p: float) -> tuple[torch.
 
 class ViTClassifier(pl.LightningModule):
     """Trains a ViT with sigmoid (or softmax) cross-entropy, AdamW with decoupled weight decay on weight matrices,
-    linear warm-up then cosine decay per optimizer step, and logs top-1 validation accuracy.
+    linear warm-up then cosine decay per optimizer step, and logs top-1 validation accuracy (and minival's).
 
     Args:
         model: keyword arguments of :func:`reluvit.create_model` (refused ones raise ``ArgumentError`` named
@@ -72,7 +72,9 @@ class ViTClassifier(pl.LightningModule):
         except ArgumentError as e:
             raise e.within("model") from None
         self.num_classes = model["num_classes"]
+        # one per validation loader: val, and minival (held-out training samples) when the data module has it
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.minival_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.diverged = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -126,13 +128,16 @@ class ViTClassifier(pl.LightningModule):
         out["attn/alpha_mean"] = float(torch.stack([a.mean() for a in alphas]).mean())
         return out
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loader 0 (val) logs ``val/acc`` and ``val/loss``, loader 1 (minival) ``val/minival_acc`` and
+        ``val/minival_loss``."""
         images, labels = batch
         logits = self(images).float()
-        self.val_acc(logits, labels)
+        prefix, accuracy = (("val/", self.val_acc), ("val/minival_", self.minival_acc))[dataloader_idx]
+        accuracy(logits, labels)
         targets = F.one_hot(labels, self.num_classes).float()
-        self.log("val/loss", self.loss_fn(logits, targets), sync_dist=True)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log(f"{prefix}loss", self.loss_fn(logits, targets), sync_dist=True, add_dataloader_idx=False)
+        self.log(f"{prefix}acc", accuracy, prog_bar=dataloader_idx == 0, add_dataloader_idx=False)
 
     def configure_optimizers(self):
         decay, no_decay = [], []

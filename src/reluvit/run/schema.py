@@ -94,6 +94,8 @@ class RecipeConfig:
     rep_size: bool = False
     head_bias_init: float = 0.0
     augment: dict[str, AugmentConfig] = field(default_factory=dict)
+    augment_impl: str = "big_vision"  # whose RandAugment: big_vision (reluvit.data.randaug) | timm
+    crop_antialias: bool = False  # the Inception crop's resize: TF's bilinear without antialiasing (big_vision's)
 
 
 @dataclass
@@ -108,7 +110,11 @@ class DataConfig:
     # training images per epoch: synthetic draws this many; the other datasets count their own, and this is only
     # the cost estimate's (reluvit.sweep.cost) while their data is absent
     num_samples: int | None = None
-    split_seed: int = 0
+    # trees and shards: the training samples, ``train`` or a TFDS-style slice of it (train[:99%], reluvit.data.splits)
+    train_split: str = "train"
+    # held-out training samples (train[99%:]) validated beside val as val/minival_acc, val/minival_loss; None: none
+    minival_split: str | None = None
+    split_seed: int = 0  # embedded and synthetic: their fixed split; a tree: the order its slices are taken in
     num_workers: int = 0
     shuffle_buffer: int = 2000
     max_bad_fraction: float = 0.01
@@ -153,6 +159,16 @@ class I1kEvalConfig:
 
 
 @dataclass
+class RealEvalConfig:
+    labels: str | None = None  # ImageNet-ReaL's real.json (reluvit.evaluate.imagenet); None: off
+
+
+@dataclass
+class V2EvalConfig:
+    path: str | None = None  # ImageNet-v2's folder of class-index folders 0/ ... 999/; None: off
+
+
+@dataclass
 class FewshotConfig:
     datasets: list[str] = field(default_factory=list)
     paths: dict[str, str | None] = field(default_factory=dict)
@@ -168,6 +184,8 @@ class FewshotConfig:
 @dataclass
 class EvalConfig:
     i1k: I1kEvalConfig = field(default_factory=I1kEvalConfig)
+    real: RealEvalConfig = field(default_factory=RealEvalConfig)
+    v2: V2EvalConfig = field(default_factory=V2EvalConfig)
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
 
 

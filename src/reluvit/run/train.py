@@ -29,11 +29,11 @@ from reluvit.evaluate.callbacks import FewshotProbe, evaluation_callbacks
 from reluvit.models import forward_macs
 from reluvit.run.build import (
     architecture,
-    augment_for,
     build_module,
     micro_batch_size,
     resolve_compile,
     resolve_precision,
+    train_augmentation,
 )
 from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from reluvit.run.compute import Chrono
@@ -101,7 +101,8 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None) 
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
         metrics = dict(trainer.callback_metrics)
         if not module.diverged and "val/acc" not in metrics:  # stopped by max_steps mid-epoch: validate the end
-            metrics.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+            for loader_metrics in trainer.validate(module, datamodule=datamodule, verbose=False):  # val, minival
+                metrics.update(loader_metrics)
         if not module.diverged:  # the few-shot probe of the final weights
             for probe in (c for c in evaluation if isinstance(c, FewshotProbe)):
                 metrics.update(probe.probe(trainer, module))
@@ -144,12 +145,11 @@ def setup(cfg: DictConfig, run_dir: Path) -> tuple:
     plan = micro_batch_size(cfg)
     micro = plan.micro_batch_size
     log.info("memory plan: %s", plan)
-    augment = augment_for(cfg)
     module = build_module(cfg, plan.grad_checkpointing)
     compiled = resolve_compile(cfg)
     if compiled:  # in place: the state-dict keys, so the checkpoints, stay the eager model's (no `_orig_mod.`)
         module.model.compile(dynamic=False)  # train batches are whole (drop_last); eval's last one recompiles once
-    datamodule = build_datamodule(cfg.data, micro, (augment.randaug_layers, augment.randaug_magnitude), cfg.seed)
+    datamodule = build_datamodule(cfg.data, micro, train_augmentation(cfg), cfg.seed)
     macs = forward_macs(**architecture(cfg))
     chrono = Chrono(flops_per_example=6 * macs)
     evaluation = evaluation_callbacks(cfg, micro)  # after chrono: a probe during training pauses its clock

@@ -6,6 +6,7 @@ checked by their constructors, built here on the meta device; this module checks
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -17,9 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reluvit.attention import structure
+from reluvit.data.preprocess import TrainTransform
 from reluvit.errors import COUNT, ArgumentError, Range, above, at_least, check_choice, check_range
 from reluvit.models import attention_class
-from reluvit.run.build import architecture, augment_name, build_module, micro_batch_size
+from reluvit.run.build import architecture, augment_name, build_module, micro_batch_size, train_augmentation
 from reluvit.run.schema import CONF_DIR, WANDB_MODES, ConfigError, ModelConfig
 
 SEED = Range(0, 2**32 - 1, integer=True)  # what Lightning's seed_everything and numpy's RNGs accept
@@ -54,6 +56,7 @@ EVAL_ITEMS: dict[str, Range] = {  # lists: non-empty, each item in range (l2_gri
     "eval.fewshot.seeds": SEED,
     "eval.fewshot.l2_grid": above(0),
 }
+ON_DISK = ("imagefolder", "shards")  # the datasets read from data.path, the only ones sliced (data.train_split)
 DEVICE_COUNT = at_least(1, integer=True, also=(-1,))  # -1: every GPU (Lightning's)
 DEVICES = "auto, -1 (every GPU), a count >= 1, or device ids >= 0 as a list ([0,1]) or a string ('0,1')"
 
@@ -87,9 +90,14 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
     if missing:
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
     _check_ranges(cfg, RANGES)
+    check_splits(cfg, sized=data_path)
     entry = augment_name(cfg)
     for key, allowed in AUGMENT_RANGES.items():
         _check(check_range, f"recipe.augment.{entry}.{key}", cfg.recipe.augment[entry][key], allowed)
+    try:  # the training transform's constructor refuses the rest (augment_impl)
+        TrainTransform(8, **train_augmentation(cfg))
+    except ArgumentError as e:
+        raise ConfigError(f"recipe.{e.name}", e.message) from None
     _choice(cfg, "logger.wandb_mode", WANDB_MODES)
     _validate_trainer(cfg)
     _check_writable(cfg, "runs_dir")
@@ -97,7 +105,7 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
         _check_writable(cfg, "run_dir")
     _build_on_meta(cfg)
     micro_batch_size(cfg, budget_bytes=math.inf)  # the split; what fits is planned on the device (run.train)
-    validate_eval(cfg)
+    validate_eval(cfg, data=data_path)
 
 
 def _build_on_meta(cfg: DictConfig) -> None:
@@ -147,7 +155,7 @@ def check_data_path(cfg: DictConfig) -> None:
     """``data.path`` of the datasets read from disk: required, and a folder of the dataset's layout. A data option
     whose path defaults to an environment variable (``${oc.env:RELUVIT_IMAGENET1K,null}``) names it."""
     dataset = OmegaConf.select(cfg, "data.dataset", throw_on_missing=False)
-    if dataset not in ("imagefolder", "shards"):
+    if dataset not in ON_DISK:
         return
     path, variable = cfg.data.path, _path_variable(cfg)
     if not path:
@@ -158,6 +166,57 @@ def check_data_path(cfg: DictConfig) -> None:
         raise ConfigError("data.path", f"{path!r}{origin} is not a folder with train/ and val/ subfolders")
     if dataset == "shards" and not (Path(path) / "_info.json").is_file():
         raise ConfigError("data.path", f"{path!r}{origin} holds no _info.json: write shards with `reluvit shards`")
+
+
+def check_splits(cfg: DictConfig, sized: bool = True) -> None:
+    """``data.train_split`` and ``data.minival_split``: the syntax, the ``train`` split, a slice only on trees and
+    shards, and no sample in both. ``sized``: the data is there (:func:`check_data_path`), so the slices are checked
+    against the split's size; without it only a whole train split beside a minival is refused."""
+    from reluvit.data.splits import overlap, parse_split
+
+    splits = {}
+    for key in ("data.train_split", "data.minival_split"):
+        text = OmegaConf.select(cfg, key)
+        if text is None:
+            continue
+        try:
+            splits[key] = parse_split(text)
+        except ValueError as e:
+            raise ConfigError(key, str(e)) from None
+        if splits[key].name != "train":
+            raise ConfigError(key, f"{text!r} is a slice of {splits[key].name!r}: only the train split is sliced")
+        if cfg.data.dataset not in ON_DISK and (key == "data.minival_split" or not splits[key].whole):
+            raise ConfigError(key, f"{text!r}: dataset={cfg.data.dataset} has its own fixed split (only "
+                                   "data.train_split=train and data.minival_split=null)")
+    train, minival = splits["data.train_split"], splits.get("data.minival_split")
+    if cfg.data.dataset not in ON_DISK or train.whole and minival is None:
+        return
+    from reluvit.data.datamodules import split_size
+
+    size = None
+    if sized:  # None still where the data lists no training samples: its data module names what is wrong
+        size = split_size("shards", cfg.data.path) if cfg.data.dataset == "shards" else _tree_size(cfg.data.path)
+    if size is None:
+        if minival and (train.whole or minival.whole):
+            raise ConfigError("data.minival_split", f"{minival} overlaps data.train_split={train}")
+        return
+    for key, split in splits.items():
+        try:
+            split.bounds(size)
+        except ValueError as e:
+            raise ConfigError(key, str(e)) from None
+    if minival and overlap(train, minival, size):
+        (lo_train, hi_train), (lo_minival, hi_minival) = train.bounds(size), minival.bounds(size)
+        lo, hi = max(lo_train, lo_minival), min(hi_train, hi_minival)
+        raise ConfigError("data.minival_split", f"{minival} overlaps data.train_split={train} (samples {lo}..{hi - 1} "
+                                                f"of {size})")
+
+
+@functools.cache  # a sweep validates many points of one tree, and listing ImageNet's takes seconds
+def _tree_size(path: str) -> int | None:
+    from reluvit.data.datamodules import split_size
+
+    return split_size("imagefolder", path)
 
 
 def _path_variable(cfg: DictConfig) -> str | None:
@@ -229,8 +288,10 @@ def _check_devices(trainer: DictConfig) -> None:
                                              "trainer.accelerator=cpu takes")
 
 
-def validate_eval(cfg: DictConfig) -> None:
-    """The ``eval`` keys: i1k accuracy of 21k runs and the few-shot probe (reluvit/evaluate)."""
+def validate_eval(cfg: DictConfig, data: bool = True) -> None:
+    """The ``eval`` keys: i1k accuracy of 21k runs, ImageNet-ReaL and -v2, and the few-shot probe
+    (reluvit/evaluate). ``data=False``: the run's data is absent, so whether its classes are ImageNet-1k's is
+    checked only where that needs no data."""
     from reluvit.data.labels import MISSING_POLICIES, TIMM_LISTS
     from reluvit.evaluate.transfer import NAMES as TRANSFER_SETS
 
@@ -239,6 +300,7 @@ def validate_eval(cfg: DictConfig) -> None:
         raise ConfigError("eval.i1k.path", f"{i1k.path!r} is not a directory (ImageNet-1k val: shards or folders)")
     _choice(cfg, "eval.i1k.label_set", (None, *TIMM_LISTS))
     _choice(cfg, "eval.i1k.missing", MISSING_POLICIES)
+    _validate_imagenet_evals(cfg, data)
     for name in fewshot.datasets:
         _check(check_choice, "eval.fewshot.datasets", name, TRANSFER_SETS)
     _check_ranges(cfg, EVAL_RANGES)
@@ -248,3 +310,26 @@ def validate_eval(cfg: DictConfig) -> None:
             continue
         if not values or any(v not in allowed for v in values):
             raise ConfigError(key, f"{list(values or [])} is not a non-empty list of values {allowed}")
+
+
+def _validate_imagenet_evals(cfg: DictConfig, data: bool) -> None:
+    """``eval.real.labels`` (a real.json) and ``eval.v2.path`` (class-id folders); a run on a 21k label set scores
+    ReaL on ``eval.i1k.path``'s images. Runs without ImageNet-1k classes skip both (as i1k accuracy), so the
+    environment variables can be set once for every run."""
+    from reluvit.evaluate.callbacks import imagenet_restriction
+    from reluvit.evaluate.i1k import is_21k_label_set, run_wnids
+    from reluvit.evaluate.imagenet import read_real_labels, v2_items
+
+    checks = {"eval.real.labels": read_real_labels, "eval.v2.path": v2_items}
+    used = [key for key in checks if OmegaConf.select(cfg, key)]
+    for key in used:
+        try:
+            checks[key](OmegaConf.select(cfg, key))
+        except (OSError, ValueError) as e:
+            raise ConfigError(key, str(e) if isinstance(e, ValueError) else f"cannot read it ({e})") from None
+    if "eval.real.labels" not in used or not (data or cfg.data.dataset not in ON_DISK or cfg.eval.i1k.label_set):
+        return  # no ReaL, or the run's classes are in its absent data
+    on_21k = is_21k_label_set(run_wnids(cfg.data, cfg.eval.i1k.label_set))
+    if on_21k and imagenet_restriction(cfg) is not None and not cfg.eval.i1k.path:
+        raise ConfigError("eval.i1k.path", "ReaL of a run on a 21k label set is scored on the ImageNet-1k "
+                                           "validation images there: set it (or RELUVIT_IMAGENET1K)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from reluvit.data.embedded import EMBEDDED, VAL_SIZES
+from reluvit.data.splits import parse_split
 from reluvit.models import forward_macs
 from reluvit.run.build import architecture
 
@@ -36,12 +37,15 @@ def _shard_images(path: str) -> int | None:
 
 
 def train_images(data: DictConfig) -> int | None:
-    """Training images per epoch: what the data itself holds (an embedded dataset, shards with their ``_info.json``),
-    else ``data.num_samples``; None when neither says."""
+    """Training images per epoch: what the data itself holds (an embedded dataset, the ``data.train_split`` of shards
+    with their ``_info.json``), else ``data.num_samples``; None when neither says."""
     if data.dataset in EMBEDDED:
         return _embedded_images(data.dataset) - (VAL_SIZES[data.dataset] if data.val_size is None else data.val_size)
     counted = _shard_images(data.path) if data.dataset == "shards" and data.path else None
-    return counted or data.num_samples
+    if not counted:
+        return data.num_samples
+    lo, hi = parse_split(data.train_split).bounds(counted)  # train[:99%]: the slice trained on
+    return hi - lo
 
 
 def examples_trained(cfg: DictConfig) -> int | None:
