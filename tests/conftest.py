@@ -84,7 +84,8 @@ def tiny_cfg(tiny_overrides):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """For modules of tiny tensors: intra-op threads only add synchronisation (and stall on a busy machine)."""
+    """Torch on one thread: for modules of tiny tensors (intra-op threads only add synchronisation and stall on a busy
+    machine), and as in data workers (F.interpolate's rounding depends on the thread count)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -101,15 +101,6 @@ def _compare(ours: torch.Tensor, reference: np.ndarray) -> tuple[int, float]:
     return int(difference.max()), float((difference > 0).mean())
 
 
-@pytest.fixture
-def one_thread():
-    """Torch on one thread, as in data workers (F.interpolate's rounding depends on the thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("channels", [3, 1])
 def test_resize_bilinear_matches_tf_resize(channels, one_thread):
     for image in _images(channels):

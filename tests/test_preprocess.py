@@ -112,15 +112,6 @@ def test_resize_bilinear_truncates_a_float64_half_pixel_bilinear(shape):
     assert _truncated_within_rounding(ours, _bilinear_reference(image.numpy(), 64))
 
 
-@pytest.fixture
-def one_thread():
-    """Torch on one thread, as in data workers (F.interpolate's rounding depends on the thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_resize_bilinear_keeps_two_flat_regions_exact(one_thread):
     image = torch.full((3, 375, 500), 100, dtype=torch.uint8)
     image[:, :187] = 37
