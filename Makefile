@@ -33,7 +33,7 @@ help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
 	@echo "make test-all     the full suite: + slow, TensorFlow parity and SLURM tests (starts the local cluster: slurm/up.sh, root)"
-	@echo "make venv-parity  add TensorFlow to the venv: the default suite then runs the preprocessing parity tests too"
+	@echo "make venv-parity  add TensorFlow and DALI to the venv: the default suite then runs the parity and DALI tests too"
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot;"
 	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
 	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
@@ -54,11 +54,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, timm, reluvit, animal_mnist"
 	touch $@
 
-# TensorFlow (~600 MB, about a minute) for the preprocessing parity tests, which skip without it; make test-all adds it.
+# The references of the parity tests, which skip without them; make test-all adds them: TensorFlow (~600 MB) for
+# the preprocessing, DALI (~200 MB; CPU-only here) for the DALI loader against the reference pipeline. About 1.5 min.
 venv-parity: $(BIN)/.parity-installed
 $(BIN)/.parity-installed: $(BIN)/.installed
-	$(BIN)/pip install -q -e ".[dev,parity]"
-	$(BIN)/python -c "import tensorflow"
+	$(BIN)/pip install -q -e ".[dev,parity,gpu]"
+	$(BIN)/python -c "import tensorflow, nvidia.dali"
 	touch $@
 
 demo: venv

@@ -10,6 +10,7 @@ sorted order would put whole classes in minival)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from reluvit.data.dali import (
+    DaliLoader,
+    Encoded,
+    build_pipeline,
+    dali_randaug_arguments,
+    encoded_batch,
+    epoch_seed,
+    resolve_loader,
+)
 from reluvit.data.embedded import EMBEDDED, validation_split
 from reluvit.data.preprocess import EvalTransform, TrainTransform
 from reluvit.data.shards import read_info
@@ -204,8 +214,10 @@ class EpochLoader(DataLoader):
     """A loader over a :class:`ShardStream` that tells the stream its epoch and mid-epoch position each time an
     epoch starts; workers are started per epoch, so they receive that position."""
 
-    def __init__(self, stream: ShardStream, position: Callable[[], tuple[int, int]], num_workers: int) -> None:
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    def __init__(self, stream: ShardStream, position: Callable[[], tuple[int, int]], num_workers: int,
+                 pin_memory: bool | None = None) -> None:
+        pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
         self.position = position
 
     def __iter__(self):
@@ -216,17 +228,20 @@ class EpochLoader(DataLoader):
 class ShardDataModule(pl.LightningDataModule):
     """Webdataset shards written by ``reluvit shards`` (``<path>/{train,val}-NNNNNN.tar`` + ``_info.json``),
     streamed by :class:`ShardStream` with big_vision's preprocessing: training on ``train_split``, validating on
-    ``val`` and, when given, ``minival_split``."""
+    ``val`` and, when given, ``minival_split``. ``loader`` (:data:`reluvit.data.dali.LOADERS`): who decodes and
+    augments, the stream's workers (reference) or DALI (:mod:`reluvit.data.dali`), fed by the same stream."""
 
     def __init__(self, path: str, batch_size: int, img_size: int, in_chans: int, num_classes: int,
                  num_workers: int = 8, augment: dict | None = None, seed: int = 0,
                  shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01, train_split: str = "train",
-                 minival_split: str | None = None) -> None:
+                 minival_split: str | None = None, loader: str = "reference") -> None:
         super().__init__()
+        self.loader = resolve_loader(loader, "shards")
         self.path, self.batch_size, self.img_size, self.in_chans = path, batch_size, img_size, in_chans
         self.num_classes, self.num_workers, self.seed = num_classes, num_workers, seed
         self.train_split, self.minival_split = train_split, minival_split
         self.augment = augment or {}  # TrainTransform's augmentation arguments (RandAugment, crop_antialias)
+        self.randaug = dali_randaug_arguments(self.augment) if self.loader == "dali" else None
         self.stream_options = {"shuffle_buffer": shuffle_buffer, "max_bad_fraction": max_bad_fraction}
         self.info = read_info(path)  # a missing directory fails here, at start, with the path named
         if self.info["num_classes"] != num_classes:
@@ -240,24 +255,40 @@ class ShardDataModule(pl.LightningDataModule):
         """Bad samples skipped so far by this rank's loaders."""
         return sum(s.skipped for s in self.streams)
 
-    def _stream(self, split: str, transform, train: bool) -> ShardStream:
+    def _stream(self, split: str, transform, train: bool, **options) -> ShardStream:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         stream = ShardStream(self.path, split, transform, self.batch_size, train=train,
                              num_classes=self.num_classes, seed=self.seed, rank=rank, world=world,
-                             **self.stream_options)
+                             **self.stream_options, **options)
         self.streams.append(stream)
         return stream
 
-    def train_dataloader(self) -> DataLoader:
-        transform = TrainTransform(self.img_size, self.in_chans, **self.augment)
-        stream = self._stream(self.train_split, transform, train=True)
-        return EpochLoader(stream, lambda: training_position(self.trainer, len(stream)), self.num_workers)
+    def _loader(self, split: str, train: bool) -> DataLoader | DaliLoader:
+        """The batches of ``split``, at the trainer's position in training."""
+        if self.loader == "dali":
+            stream = self._stream(split, Encoded(self.img_size, train), train, collate=encoded_batch)
+        else:
+            transform = (TrainTransform(self.img_size, self.in_chans, **self.augment) if train
+                         else EvalTransform(self.img_size, self.in_chans))
+            stream = self._stream(split, transform, train)
+        position = (lambda: training_position(self.trainer, len(stream))) if train else (lambda: (0, 0))
+        if self.loader == "reference":
+            return EpochLoader(stream, position, self.num_workers)
+        encoded = EpochLoader(stream, position, self.num_workers, pin_memory=False)
+        pipeline = functools.partial(
+            build_pipeline, size=self.img_size, in_chans=self.in_chans, train=train,
+            randaug=self.randaug if train else (0, 0), batch_size=self.batch_size,
+            num_threads=max(self.num_workers, 1),
+            device_id=torch.cuda.current_device() if torch.cuda.is_available() else None)
+        return DaliLoader(encoded, pipeline, lambda: epoch_seed(self.seed, stream.epoch, stream.rank))
 
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+    def train_dataloader(self) -> DataLoader | DaliLoader:
+        return self._loader(self.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader | DaliLoader | list[DataLoader | DaliLoader]:
         splits = ["val", *([self.minival_split] if self.minival_split else [])]
-        loaders = [EpochLoader(self._stream(split, EvalTransform(self.img_size, self.in_chans), train=False),
-                               lambda: (0, 0), self.num_workers) for split in splits]
+        loaders = [self._loader(split, train=False) for split in splits]
         return loaders if len(loaders) > 1 else loaders[0]
 
 
@@ -309,7 +340,8 @@ def build_datamodule(data_cfg, batch_size: int, augment: dict, seed: int) -> pl.
         return ShardDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.in_chans,
                                data_cfg.num_classes, data_cfg.num_workers, augment, seed=seed,
                                shuffle_buffer=data_cfg.shuffle_buffer, max_bad_fraction=data_cfg.max_bad_fraction,
-                               train_split=data_cfg.train_split, minival_split=data_cfg.minival_split)
+                               train_split=data_cfg.train_split, minival_split=data_cfg.minival_split,
+                               loader=data_cfg.loader)
     if data_cfg.dataset == "synthetic":
         return SyntheticDataModule(batch_size, data_cfg.img_size, data_cfg.in_chans, data_cfg.num_classes,
                                    data_cfg.num_samples, data_cfg.val_size, data_cfg.split_seed,

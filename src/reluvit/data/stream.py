@@ -58,12 +58,13 @@ class BadDataError(RuntimeError):
 class ShardStream(IterableDataset):
     """One split of a shard directory, or a slice of it (``split``: ``val``, ``train[:99%]``), as batches ``(images,
     labels)`` for rank ``rank`` of ``world``. ``target``: a sample's label from its raw webdataset sample (default:
-    its class id, checked against ``num_classes``)."""
+    its class id, checked against ``num_classes``); ``collate``: a batch from its (transformed image, label) pairs
+    (default: stacked tensors)."""
 
     def __init__(self, root: str | Path, split: str, transform: Callable[[bytes], torch.Tensor], batch_size: int, *,
                  train: bool, num_classes: int, seed: int = 0, rank: int = 0, world: int = 1,
                  shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01,
-                 target: Callable[[dict], int] | None = None) -> None:
+                 target: Callable[[dict], int] | None = None, collate: Callable[[list], object] | None = None) -> None:
         info = read_info(root)
         selected = parse_split(split)
         if selected.name not in info["splits"]:
@@ -73,7 +74,7 @@ class ShardStream(IterableDataset):
                               *selected.bounds(sum(s["num_samples"] for s in listed)))
         self.total = sum(piece.count for piece in self.shards)
         self.transform, self.batch_size, self.train, self.num_classes = transform, batch_size, train, num_classes
-        self.target = target
+        self.target, self.collate = target, collate or _collate
         self.seed, self.rank, self.world = seed, rank, world
         self.shuffle_buffer, self.max_bad_fraction = shuffle_buffer, max_bad_fraction
         self.epoch, self.done = 0, 0  # set by the loader when an epoch starts
@@ -113,10 +114,10 @@ class ShardStream(IterableDataset):
         for sample in self._decoded(raw, budget=self.max_bad_fraction * (stop - start)):
             batch.append(sample)
             if len(batch) == self.batch_size:
-                yield _collate(batch)
+                yield self.collate(batch)
                 batch = []
         if batch:
-            yield _collate(batch)
+            yield self.collate(batch)
 
     def _train_batches(self, worker: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # the loader takes its first batch from worker 0: after `done` batches that is the turn of slot done % workers
@@ -139,13 +140,13 @@ class ShardStream(IterableDataset):
         for sample in self._decoded(raw, budget=self.max_bad_fraction * mine * self.batch_size):
             batch.append(sample)
             if len(batch) == self.batch_size:
-                yield _collate(batch)
+                yield self.collate(batch)
                 yielded, recent, batch = yielded + 1, batch, []
         # bad samples left this slot short: repeat its own last good ones, so every rank has the same batch count
         pool = itertools.cycle(recent + batch)
         for _ in range(mine - skip - yielded):
             batch += [next(pool) for _ in range(self.batch_size - len(batch))]
-            yield _collate(batch)
+            yield self.collate(batch)
             batch = []
 
     def _raw(self, order: list[int], start: int, count: int, stream_end: int) -> Iterator[dict | None]:

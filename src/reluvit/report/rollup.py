@@ -18,7 +18,8 @@ from reluvit.run.schema import ConfigError
 
 log = logging.getLogger(__name__)
 RESULT_KEYS = ("status", "core_hours", "train_seconds", "examples_seen", "train_flops", "global_step", "epoch",
-               "params", "world_size", "device", "attention_impl", "label_set", "started", "finished", "git_revision")
+               "params", "world_size", "device", "attention_impl", "label_set", "data_loader", "started", "finished",
+               "git_revision")
 
 
 def summary_row(summary: dict) -> dict:

@@ -116,6 +116,8 @@ class DataConfig:
     minival_split: str | None = None
     split_seed: int = 0  # embedded and synthetic: their fixed split; a tree: the order its slices are taken in
     num_workers: int = 0
+    # who decodes and augments the shards: auto (DALI where a GPU and the package are present) | reference | dali
+    loader: str = "auto"
     shuffle_buffer: int = 2000
     max_bad_fraction: float = 0.01
 

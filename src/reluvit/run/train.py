@@ -89,7 +89,8 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None) 
         raise
     summary.update(device=_device_name(trainer), world_size=trainer.world_size,
                    params=sum(p.numel() for p in module.parameters()), **facts,
-                   label_set=getattr(datamodule, "label_set", None))  # shards: the label set _info.json names
+                   label_set=getattr(datamodule, "label_set", None),  # shards: the label set _info.json names
+                   data_loader=getattr(datamodule, "loader", "reference"))  # shards: reference | dali
     last = last_checkpoint(run_dir)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / SUMMARY, summary)

@@ -98,6 +98,7 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
         TrainTransform(8, **train_augmentation(cfg))
     except ArgumentError as e:
         raise ConfigError(f"recipe.{e.name}", e.message) from None
+    _validate_loader(cfg)
     _choice(cfg, "logger.wandb_mode", WANDB_MODES)
     _validate_trainer(cfg)
     _check_writable(cfg, "runs_dir")
@@ -253,6 +254,23 @@ def precisions() -> tuple[str, ...]:
 
     names = (str(value) for literal in typing.get_args(_PRECISION_INPUT) for value in typing.get_args(literal))
     return ("auto", *dict.fromkeys(names))
+
+
+def _validate_loader(cfg: DictConfig) -> None:
+    """``data.loader``: one of LOADERS, DALI only for shards and where it is installed, and only with big_vision's
+    RandAugment (:func:`reluvit.data.dali.dali_randaug_arguments`)."""
+    from reluvit.data.dali import LOADERS, dali_randaug_arguments, resolve_loader
+
+    _choice(cfg, "data.loader", LOADERS)
+    try:
+        loader = resolve_loader(cfg.data.loader, cfg.data.dataset)
+    except ValueError as e:
+        raise ConfigError("data.loader", str(e)) from None
+    if loader == "dali":
+        try:
+            dali_randaug_arguments(train_augmentation(cfg))
+        except ValueError as e:
+            raise ConfigError("recipe.augment_impl", str(e)) from None
 
 
 def _validate_trainer(cfg: DictConfig) -> None:
