@@ -181,3 +181,21 @@ def test_gpu_decoding_matches_the_cpu_graph(jpeg_shards, monkeypatch):
     for (images, labels), (cpu_images, cpu_labels) in zip(gpu, cpu, strict=True):
         assert images.is_cuda and torch.equal(labels.cpu(), cpu_labels)
         assert (images.cpu() - cpu_images).abs().mean() * 127.5 < 1.0  # nvJPEG's IDCT against libjpeg-turbo's
+
+
+@pytest.mark.slow
+def test_a_small_model_trains_the_same_on_either_loader(jpeg_shards, tmp_path):
+    """Without RandAugment the two loaders feed the same training images (to float rounding): two epochs end at
+    the same training loss; validation differs only by the eval resize (at most an image or two of 32)."""
+    from reluvit.run.compose import compose
+    from reluvit.run.train import run
+
+    summaries = {loader: run(compose([
+        "recipe=smoke", "model=micro2", "data=shards", f"data.path={jpeg_shards}", "data.img_size=16",
+        "data.in_chans=3", f"data.num_classes={CLASSES}", f"data.loader={loader}", "data.num_workers=0",
+        "recipe.epochs=2", "recipe.batch_size=16", "trainer.enable_progress_bar=false",
+        f"runs_dir={tmp_path / loader}"])) for loader in ("reference", "dali")}
+    reference, dali = (summaries[k]["metrics"] for k in ("reference", "dali"))
+    assert summaries["dali"]["data_loader"] == "dali" and summaries["reference"]["data_loader"] == "reference"
+    assert dali["train/loss"] == pytest.approx(reference["train/loss"], rel=1e-3)
+    assert abs(dali["val/acc"] - reference["val/acc"]) <= 2 / VAL

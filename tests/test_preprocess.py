@@ -144,8 +144,9 @@ def test_train_transform_is_the_crop_resize_and_flip_drawn_in_order(antialias):
         torch.manual_seed(seed)
         ours = TrainTransform(224, crop_antialias=antialias)(data)
         torch.manual_seed(seed)
-        top, left, h, w = sample_distorted_box(375, 500)
-        crop = torch.from_numpy(_decoded(data)[:, top:top + h, left:left + w].copy()).to(torch.uint8)
+        box = sample_distorted_box(375, 500)
+        # the crop's decode (tests/test_decode.py: the full decode's crop, or TF's decode_and_crop)
+        crop = torch.from_numpy(preprocess.decode_crop(data, box)).permute(2, 0, 1)
         expected = resize_bilinear(crop, 224)
         if torch.rand(()) < 0.5:
             expected = expected.flip(-1)

@@ -103,10 +103,14 @@ class Encoded:
         return Sample(data, box, resize, False)
 
 
+TAIL = 1024  # bytes after the end-of-image marker that a JPEG may carry (padding, trailing metadata)
+
+
 def check_complete(data: bytes, image_format: str | None) -> None:
-    """A JPEG must end in its end-of-image marker and a PNG hold its end chunk: a file cut short (the usual bad
-    sample of a broken copy) would otherwise reach the decoder, where DALI fails the whole batch."""
-    if image_format == "JPEG" and b"\xff\xd9" not in data[-64:]:
+    """A JPEG must end in its end-of-image marker (within :data:`TAIL` bytes of the end; entropy-coded data never
+    holds one) and a PNG hold its end chunk: a file cut short (the usual bad sample of a broken copy) would otherwise
+    reach the decoder, where DALI fails the whole batch."""
+    if image_format == "JPEG" and b"\xff\xd9" not in data[-TAIL:]:
         raise ValueError("truncated JPEG (no end-of-image marker)")
     if image_format == "PNG" and b"IEND" not in data[-16:]:
         raise ValueError("truncated PNG (no IEND chunk)")
@@ -144,7 +148,7 @@ def _graph(source: Iterator, size: int, in_chans: int, train: bool, randaug: tup
         if layers:
             from reluvit.data.dali_randaug import rand_augment
 
-            images = rand_augment(images, layers, magnitude)
+            images = rand_augment(images, layers, magnitude, shape=(size, size))
     else:
         images = fn.decoders.image(data, **decode)
         images = fn.resize(images, size=flip_or_resize, interp_type=types.INTERP_LINEAR, antialias=True,

@@ -16,7 +16,13 @@ central crop clamped to the aspect range).
 Resizes compute what ``tf.image.resize`` computes, in its float32 arithmetic (equal to TF's output in
 tests/test_parity_crop.py), then cast back as big_vision does: clip, then truncate (on average half a grey level
 darker than rounding). The crop's "bilinear" has no antialiasing (half-pixel centres, two neighbours per axis), so
-shrinking a large crop aliases; the eval "area" averages the covered input area exactly. Both need the full decode.
+shrinking a large crop aliases; the eval "area" averages the covered input area exactly.
+
+Decoding (:func:`decode_crop`): ``simplejpeg`` (libjpeg-turbo, 1.5x PIL's speed, the same pixels) decodes RGB JPEGs
+whole, then the crop is cut out; PIL decodes the rest (PNG, CMYK, damaged files, greyscale output: PIL's RGB-to-L
+conversion, not libjpeg's luma). big_vision's ``decode_and_crop_jpeg`` decodes only the crop's rows and iMCU columns
+(different from a crop of the full decode only at 4:2:0 chroma edges, mean 0.003 grey levels); no registry package
+offers that partial decode to Python but DALI, whose graph does it (``data.loader=dali``, :mod:`reluvit.data.dali`).
 ``inception_crop(antialias=True)`` is the faster variant: a JPEG decoded at a reduced size (``Image.draft``: DCT
 scaling by 1/2, 1/4 or 1/8) whenever the crop keeps the output's resolution, then PIL's antialiased bilinear.
 Left different: PIL decodes JPEGs as TF's ``dct_method="INTEGER_ACCURATE"``; big_vision's default decode (TF's
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import math
 
 import numpy as np
@@ -36,6 +43,13 @@ from torchvision.transforms import functional as F
 
 from reluvit.data.randaug import RandAugment
 from reluvit.errors import check_choice
+
+try:
+    import simplejpeg
+except ImportError:  # optional: PIL decodes the same pixels, slower
+    simplejpeg = None
+
+log = logging.getLogger(__name__)
 
 CROP_AREA = (0.05, 1.0)  # big_vision's area_min=5, area_max=100 (%)
 CROP_ASPECT = (0.75, 1.33)  # TF's default aspect_ratio_range, also big_vision's ratio_min/ratio_max
@@ -51,6 +65,28 @@ def to_unit_range(image: torch.Tensor) -> torch.Tensor:
 def open_image(data: bytes) -> Image.Image:
     """The image header only: size and format are known, pixels are decoded on first access."""
     return Image.open(io.BytesIO(data))
+
+
+def _decode_full(data: bytes, mode: str) -> np.ndarray:
+    """The whole image, (H, W, C) uint8: simplejpeg for RGB JPEGs (the pixels of PIL's decode, faster), else PIL."""
+    if mode == "RGB" and simplejpeg is not None and simplejpeg.is_jpeg(data):
+        try:
+            if simplejpeg.decode_jpeg_header(data)[2] != "CMYK":  # PIL converts CMYK to RGB otherwise
+                return simplejpeg.decode_jpeg(data, "RGB")
+        except ValueError:  # damaged: PIL's decode and errors, as without simplejpeg
+            pass
+    pixels = np.array(open_image(data).convert(mode))  # writable, as the decoders' arrays
+    return pixels if pixels.ndim == 3 else pixels[..., None]
+
+
+def decode_crop(data: bytes, box: tuple[int, int, int, int] | None = None, mode: str = "RGB") -> np.ndarray:
+    """The pixels of ``box`` (top, left, height, width; None: the whole image) of an encoded image in ``mode`` (RGB or
+    L), an (height, width, C) uint8 array view of the full decode."""
+    pixels = _decode_full(data, mode)
+    if box is None:
+        return pixels
+    top, left, height, width = box
+    return pixels[top:top + height, left:left + width]
 
 
 def sample_distorted_box(height: int, width: int, generator: torch.Generator | None = None,
@@ -104,28 +140,42 @@ def _below(n: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(n, (), generator=generator)) if n > 1 else 0
 
 
-def _interpolation(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _interpolation(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """TF's half-pixel bilinear weights along one axis, in float32: lower and upper source indices and the fraction
     of the upper one."""
     scale = np.float32(in_size) / np.float32(out_size)
-    source = torch.from_numpy((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5))
-    floor = source.floor()
-    return floor.long().clamp(min=0), source.ceil().long().clamp(max=in_size - 1), source - floor
+    source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(source)
+    return floor.astype(np.int64).clip(min=0), np.ceil(source).astype(np.int64).clip(max=in_size - 1), source - floor
 
 
 def resize_bilinear(image: torch.Tensor, size: int) -> torch.Tensor:
     """``tf.image.resize(image, (size, size), "bilinear")`` (no antialias) and big_vision's cast back (clip, then
-    truncate) on a uint8 CHW tensor. Interpolates as TF does, ``a + (b - a) * t``, so flat regions stay exact
-    (``F.interpolate`` on one thread, as in data workers, truncates ~2 % of their pixels to one grey level less)."""
-    y0, y1, ty = _interpolation(image.shape[-2], size)
-    x0, x1, tx = _interpolation(image.shape[-1], size)
-    # gathering whole rows is fast: take the rows, then work column-major (C, W, rows) to take the columns
-    rows = image.index_select(-2, torch.cat([y0, y1])).float().transpose(-1, -2).contiguous()
-    left, right = rows.index_select(-2, x0), rows.index_select(-2, x1)
-    across = left + (right - left) * tx[:, None]
-    top, bottom = across[..., :size], across[..., size:]
-    out = top + (bottom - top) * ty
-    return out.transpose(-1, -2).clamp_(0, 255).to(torch.uint8, memory_format=torch.contiguous_format)
+    truncate) on a uint8 CHW tensor. See :func:`resize_bilinear_hwc`."""
+    return resize_bilinear_hwc(image.permute(1, 2, 0).numpy(), size)
+
+
+def resize_bilinear_hwc(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """:func:`resize_bilinear` of (H, W, C) uint8 pixels (any strides: a crop's view), to a uint8 CHW tensor.
+    Interpolates as TF does, ``a + (b - a) * t`` across, then down, so flat regions stay exact (``F.interpolate``
+    on one thread, as in data workers, truncates ~2 % of their pixels to one grey level less)."""
+    y0, y1, ty = _interpolation(pixels.shape[0], size)
+    x0, x1, tx = _interpolation(pixels.shape[1], size)
+    channels = pixels.shape[2]
+    # the four neighbours of every output pixel, gathered as uint8 (whole rows, then bytes within the rows)
+    rows = pixels.take(np.concatenate([y0, y1]), axis=0).reshape(2 * size, -1)
+    columns = (np.concatenate([x0, x1])[:, None] * channels + np.arange(channels)).ravel()
+    taps = rows.take(columns, axis=1).astype(np.float32)
+    left, right = taps[:, :size * channels], taps[:, size * channels:]
+    across = right - left
+    across *= np.repeat(tx, channels)
+    across += left
+    top, bottom = across[:size], across[size:]
+    out = bottom - top
+    out *= ty[:, None]
+    out += top
+    out = np.clip(out, 0, 255, out=out).astype(np.uint8).reshape(size, size, channels)
+    return torch.from_numpy(out.transpose(2, 0, 1).copy())
 
 
 def _reduced(img: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int], mode: str
@@ -141,16 +191,17 @@ def _reduced(img: Image.Image, box: tuple[int, int, int, int], size: tuple[int, 
     return img, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def inception_crop(img: Image.Image, size: int, mode: str = "RGB", antialias: bool = False) -> torch.Tensor:
-    """big_vision's ``decode_jpeg_and_inception_crop(size)``: a crop box from ``sample_distorted_box`` resized to
-    ``size`` x ``size``, a uint8 CHW tensor. ``antialias=False`` (big_vision's default): full decode and
-    ``resize_bilinear``; True: reduced JPEG decode and PIL's antialiased bilinear (faster, no aliasing)."""
+def inception_crop(data: bytes, size: int, mode: str = "RGB", antialias: bool = False) -> torch.Tensor:
+    """big_vision's ``decode_jpeg_and_inception_crop(size)`` of an encoded image: a crop box from
+    ``sample_distorted_box`` resized to ``size`` x ``size``, a uint8 CHW tensor. ``antialias=False`` (big_vision's
+    default): :func:`decode_crop` and ``resize_bilinear``; True: reduced JPEG decode and PIL's antialiased bilinear
+    (faster, no aliasing)."""
+    img = open_image(data)
     top, left, h, w = sample_distorted_box(img.height, img.width)
-    box = (left, top, left + w, top + h)
     if antialias:
-        img, box = _reduced(img, box, (size, size), mode)
+        img, box = _reduced(img, (left, top, left + w, top + h), (size, size), mode)
         return F.pil_to_tensor(img.resize((size, size), Image.BILINEAR, box=box))
-    return resize_bilinear(F.pil_to_tensor(img.convert(mode).crop(box)), size)
+    return resize_bilinear_hwc(decode_crop(data, (top, left, h, w), mode), size)
 
 
 def _area_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, np.float32]:
@@ -186,13 +237,14 @@ def resize_area(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (total * float(inverse_area)).clamp_(0, 255).to(torch.uint8)
 
 
-def resize_small_center_crop(img: Image.Image, size: int, mode: str = "RGB") -> torch.Tensor:
-    """big_vision's ``resize_small(size * 256 / 224)`` ("area") and ``central_crop(size)`` on the full decode, a
-    uint8 CHW tensor."""
+def resize_small_center_crop(data: bytes, size: int, mode: str = "RGB") -> torch.Tensor:
+    """big_vision's ``resize_small(size * 256 / 224)`` ("area") and ``central_crop(size)`` on the full decode of an
+    encoded image, a uint8 CHW tensor."""
     small = round(size * 256 / 224)
-    w, h = img.size
+    w, h = open_image(data).size
     scale = small / min(w, h)
-    image = resize_area(F.pil_to_tensor(img.convert(mode)), round(h * scale), round(w * scale))
+    image = torch.from_numpy(decode_crop(data, None, mode)).permute(2, 0, 1)
+    image = resize_area(image, round(h * scale), round(w * scale))
     top, left = (image.shape[-2] - size) // 2, (image.shape[-1] - size) // 2
     return image[:, top:top + size, left:left + size]
 
@@ -226,7 +278,7 @@ class TrainTransform:
             self.randaug = RandAugment(randaug_layers, randaug_magnitude)
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        image = inception_crop(open_image(data), self.size, self.mode, self.antialias)
+        image = inception_crop(data, self.size, self.mode, self.antialias)
         if torch.rand(()) < 0.5:
             image = image.flip(-1)
         if self.randaug is not None:
@@ -241,4 +293,4 @@ class EvalTransform:
         self.size, self.mode = size, MODES[in_chans]
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        return to_unit_range(resize_small_center_crop(open_image(data), self.size, self.mode))
+        return to_unit_range(resize_small_center_crop(data, self.size, self.mode))

@@ -234,7 +234,7 @@ def _enhance(level: float) -> tuple[float]:
 
 
 # big_vision's level_to_arg with the same Python (float64) expressions, so int() truncates identically.
-_LEVEL_TO_ARGS = {
+LEVEL_TO_ARGS = {
     "AutoContrast": lambda level: (),
     "Equalize": lambda level: (),
     "Invert": lambda level: (),
@@ -271,7 +271,7 @@ def apply_op(image: torch.Tensor, name: str, magnitude: float, *, sign: int = 1,
         raise ValueError(f"unknown RandAugment op {name!r}; expected one of {', '.join(OPS)}")
     if sign not in (1, -1):
         raise ValueError(f"sign must be +1 or -1, got {sign}")
-    args = _LEVEL_TO_ARGS[name](float(magnitude))
+    args = LEVEL_TO_ARGS[name](float(magnitude))
     if name in SIGNED_OPS:
         args = (sign * args[0],)
     if name == "Cutout":
