@@ -30,7 +30,7 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 import torch
-from benchlib import device_name, show, write_csv
+from benchlib import device_name, goal, show, write_csv
 from PIL import Image
 
 from reluvit.data import preprocess
@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--randaug", default="2,10", help="RandAugment layers,magnitude; 0,0 = none (default: 2,10)")
     parser.add_argument("--width", type=int, nargs="+", default=[500, 1000],
                         help="mean image widths to measure (default: 500 (ImageNet-like) and 1000)")
+    parser.add_argument("--out", type=Path, default=None, help="write <out>/data.csv (default: results/bench/)")
     parser.add_argument("--dali", action=argparse.BooleanOptionalAction, default=dali_installed(),
                         help="measure the DALI loader too (default: where DALI is installed); on a GPU per GPU")
     args = parser.parse_args()
@@ -135,7 +136,25 @@ def main() -> None:
     table = pd.DataFrame(rows)
     device = device_name(torch.device("cpu"))
     show(table, f"224-px training images per second on one core, RandAugment{randaug}: {device}")
-    print(f"-> {write_csv(table.assign(randaug=str(randaug), images=args.images), 'data', device)}")
+    print(f"-> {write_csv(table.assign(randaug=str(randaug), images=args.images), 'data', device, args.out)}")
+
+
+DALI_GPU_GOAL = 15_000  # images/s on one H100/H200 with the S/16 i21k recipe's augmentation (issue #15)
+
+
+def goals(table: pd.DataFrame, training_images_per_second: float | None, device: str) -> list[dict]:
+    """The GPU loader's goals from a ``--dali`` run on a GPU: its images/s against 15 000, and against the S/16
+    training step's images/s (``training_images_per_second``: the step never waits for data when the loader is
+    faster)."""
+    column = "dali GPU img/s"
+    speed = float(table[column].iloc[0]) if column in table else None
+    missing = "no DALI GPU column (DALI not installed, or no GPU)"
+    rows = [goal("DALI loader images/s per GPU, S/16 i21k augmentation", speed, DALI_GPU_GOAL, unit=" img/s",
+                 where=device, missing=missing)]
+    ratio = speed / training_images_per_second if speed and training_images_per_second else None
+    rows.append(goal("DALI loader / S/16 training step images/s (>= 1: the step never waits for data)", ratio, 1.0,
+                     where=device, missing=missing if speed is None else "no S/16 training step images/s"))
+    return rows
 
 
 if __name__ == "__main__":

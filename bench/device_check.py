@@ -11,9 +11,12 @@ such, one that fails is recorded, and the check goes on):
 2. ``attention``: ``bench/attention.py``, fused relu vs SDPA softmax at the grid's shapes, and its goals.
 3. ``train_step``: ``bench/train_step.py``, S/32, S/16, S/8 softmax vs relu fused vs relu unfused (S/16 also
    compiled), and the harness vs the bare loop vs timm's step, compiled.
-4. ``train``: S/16 on synthetic data through ``python -m reluvit train`` with ``trainer.micro_batch_size=auto``,
+4. ``data``: ``bench/data.py --dali``, the DALI loader's images/s per GPU on i21k-like JPEGs with the S/16 i21k
+   recipe's augmentation, against 15 000 and against part 3's S/16 training images/s (skipped without DALI, which
+   does not fit the GPU machine's 64 MiB carry: run it on your own cluster).
+5. ``train``: S/16 on synthetic data through ``python -m reluvit train`` with ``trainer.micro_batch_size=auto``,
    about 75 s of steps (the step count from part 3's images/s); its ``summary.json`` kept.
-5. ``micro_batch``: the planner's micro-batch (``reluvit.run.build.micro_batch_size``) vs the largest that
+6. ``micro_batch``: the planner's micro-batch (``reluvit.run.build.micro_batch_size``) vs the largest that
    completes a training step without running out of CUDA memory (doubling, then bisection), for the run's relu
    (fused) and relu unfused. The search runs eager (a compiled step would recompile at every size).
 
@@ -54,7 +57,7 @@ BENCH = Path(__file__).resolve().parent
 log = logging.getLogger("device_check")
 
 # Seconds per part: on a GPU they add up to about 8 minutes; at CPU scale they only stop a hung part.
-BUDGETS = {"kernel": 70, "attention": 45, "train_step": 170, "train": 140, "micro_batch": 45}
+BUDGETS = {"kernel": 70, "attention": 45, "train_step": 170, "data": 90, "train": 140, "micro_batch": 45}
 REDUCED_BUDGET = 600
 TRAIN_SECONDS = 75  # the training run's steps (compilation and start-up come on top)
 MICRO_BATCH_GOAL = 0.10  # the planner's choice within 10 % below the largest micro-batch that fits
@@ -208,15 +211,42 @@ def train_step_part(check: Check) -> None:
     check.run("train_step", command, collect)
 
 
-def training_steps(folder: Path, global_batch: int) -> int:
-    """Optimizer steps for about TRAIN_SECONDS of S/16 training at part 3's relu images/s (20 without them)."""
+def s16_images_per_second(folder: Path) -> float | None:
+    """Part 3's S/16 relu training images/s (compiled where measured), None without them."""
     path = folder / "train_step.csv"
     table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["model", "attention", "mode", "img_per_s"])
     rows = table[(table["model"] == "S/16") & (table["attention"] == "relu (auto)")]
     rows = rows.sort_values("mode", key=lambda mode: mode != "compiled")  # the run compiles: compiled rows first
-    if rows.empty:
-        return 20
-    return int(min(200, max(3, TRAIN_SECONDS * rows["img_per_s"].iloc[0] / global_batch)))
+    return None if rows.empty else float(rows["img_per_s"].iloc[0])
+
+
+def training_steps(folder: Path, global_batch: int) -> int:
+    """Optimizer steps for about TRAIN_SECONDS of S/16 training at part 3's relu images/s (20 without them)."""
+    speed = s16_images_per_second(folder)
+    return 20 if speed is None else int(min(200, max(3, TRAIN_SECONDS * speed / global_batch)))
+
+
+def data_part(check: Check) -> None:
+    """The DALI loader on the GPU (``bench/data.py --dali``: i21k-like JPEGs, the S/16 i21k recipe's augmentation)
+    against 15 000 images/s and against part 3's S/16 training images/s; skipped without DALI or a GPU."""
+    import data
+
+    from reluvit.data.dali import dali_installed
+
+    speed = s16_images_per_second(check.folder)
+    if check.reduced or not dali_installed():
+        why = "needs a GPU" if check.reduced else "DALI not installed: pip install -e '.[gpu]'"
+        check.parts.append(Part("data", status=f"skipped ({why})"))
+        check.goals += data.goals(pd.DataFrame(), speed, check.device)
+        write_summary(check)
+        return
+    out = Path(tempfile.mkdtemp(prefix="device-check-data-"))
+    command = [sys.executable, str(BENCH / "data.py"), "--dali", "--randaug", "2,0", "--width", "400",
+               "--images", "3000", "--out", str(out)]
+    try:
+        check.run("data", command, lambda part: data.goals(pd.read_csv(out / "data.csv"), speed, check.device))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def train_part(check: Check) -> None:
@@ -441,7 +471,7 @@ def main() -> None:
                                   logging.FileHandler(folder / "device_check.log", mode="w")])
     check = Check(folder, device, reduced)
     log.info("device check on %s into %s%s", device, folder, " (reduced: CPU scale)" if reduced else "")
-    for part in (kernel_part, attention_part, train_step_part, train_part, micro_batch_part):
+    for part in (kernel_part, attention_part, train_step_part, data_part, train_part, micro_batch_part):
         part(check)
     log.info("done in %.0f s: %s", time.monotonic() - check.started, folder / "summary.md")
     print((folder / "summary.md").read_text())

@@ -199,3 +199,24 @@ def test_a_small_model_trains_the_same_on_either_loader(jpeg_shards, tmp_path):
     assert summaries["dali"]["data_loader"] == "dali" and summaries["reference"]["data_loader"] == "reference"
     assert dali["train/loss"] == pytest.approx(reference["train/loss"], rel=1e-3)
     assert abs(dali["val/acc"] - reference["val/acc"]) <= 2 / VAL
+
+
+def test_greyscale_shards_decode_and_augment_as_one_channel(tmp_path):
+    """PNG digits (a greyscale source) at in_chans=1: the reference's pixels without RandAugment, to a grey level
+    (DALI's grey output goes through its colour conversion); with it, one channel (augmented as three equal ones)
+    in the value range."""
+    shards = tmp_path / "digits"
+    write_shards("embedded:digits", shards, shard_mb=0.05, val_count=100, progress=False)
+
+    def batches(loader, **augment):
+        module = ShardDataModule(str(shards), 16, 12, 1, 10, num_workers=0, loader=loader, shuffle_buffer=20,
+                                 augment=augment)
+        torch.manual_seed(0)
+        return list(module.train_dataloader())
+
+    for (ours, labels), (theirs, dali_labels) in zip(batches("reference"), batches("dali"), strict=True):
+        assert torch.equal(labels, dali_labels) and theirs.shape == (16, 1, 12, 12)
+        difference = (theirs - ours).abs() * 127.5
+        assert difference.max() < 1 + 1e-3 and difference.mean() < 0.1, (difference.max(), difference.mean())
+    augmented = torch.cat([images for images, _ in batches("dali", randaug_layers=2, randaug_magnitude=10)])
+    assert augmented.shape[1] == 1 and augmented.min() >= -1 and augmented.max() <= 1

@@ -161,6 +161,19 @@ def test_train_step_goals():
     assert goals["harness >= timm's training step images/s, compiled"]["value"] == pytest.approx(1.1)
 
 
+@pytest.mark.parametrize(("loader", "training", "verdicts"), [
+    (20_000, 12_000, ["met", "met"]), (14_000, 16_000, ["NOT met", "NOT met"]), (None, 12_000, ["not measured"] * 2),
+    (20_000, None, ["met", "not measured"])])
+def test_the_dali_loader_goals_compare_with_15000_and_the_training_step(loader, training, verdicts):
+    import data
+
+    table = pd.DataFrame({"dali GPU img/s": [loader]} if loader else {"shards img/s/core": [300.0]})
+    rows = data.goals(table, training, "GPU")
+    assert [row["verdict"] for row in rows] == verdicts
+    if loader and training:
+        assert rows[1]["value"] == pytest.approx(loader / training)
+
+
 @pytest.mark.parametrize(("planned", "largest", "verdict"), [(2048, 2200, "met"), (2048, 3000, "NOT met"),
                                                                (4096, 4000, "NOT met"), (None, 3000, "not measured")])
 def test_micro_batch_goal_wants_the_plan_just_below_the_largest_fit(planned, largest, verdict):
@@ -176,9 +189,9 @@ def test_device_check_at_cpu_scale_writes_its_files_and_goal_table(tmp_path):
     (folder,) = tmp_path.iterdir()
     assert {p.name for p in folder.iterdir()} == set(device_check.OUTPUTS) and len(device_check.OUTPUTS) <= 8
     summary = (folder / "summary.md").read_text()
-    for part in ("kernel", "attention", "train_step", "train", "micro_batch"):
+    for part in ("kernel", "attention", "train_step", "data", "train", "micro_batch"):
         status = next(line for line in summary.splitlines() if line.startswith(f"| {part} |")).split("|")[2]
-        assert status.strip() == "ok" or status.strip().startswith("skipped (no CUDA"), summary
+        assert status.strip() == "ok" or status.strip().startswith(("skipped (no CUDA", "skipped (needs")), summary
     goals = pd.read_csv(folder / "goals.csv").set_index("goal")
     for name in goals.index:  # every goal has its row in the summary's table
         assert f"| {name} |" in summary

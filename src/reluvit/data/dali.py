@@ -148,7 +148,10 @@ def _graph(source: Iterator, size: int, in_chans: int, train: bool, randaug: tup
         if layers:
             from reluvit.data.dali_randaug import rand_augment
 
+            grey = in_chans == 1  # as the reference: three equal channels, which every op keeps equal
+            images = fn.cat(images, images, images, axis=2) if grey else images
             images = rand_augment(images, layers, magnitude, shape=(size, size))
+            images = images[:, :, 0:1] if grey else images
     else:
         images = fn.decoders.image(data, **decode)
         images = fn.resize(images, size=flip_or_resize, interp_type=types.INTERP_LINEAR, antialias=True,
