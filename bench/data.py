@@ -67,6 +67,17 @@ def images_per_second(batches, count: int, clock=time.process_time) -> float:
     return seen / (clock() - start)
 
 
+def reference_speeds(shards: Path, randaug: tuple[int, int]) -> dict[str, float]:
+    """Images per CPU second of the reference pipeline's variants (:data:`PIPELINES`) over the shards."""
+    speed = {}
+    for name, antialias, off in PIPELINES:
+        transform = TrainTransform(224, 3, *randaug, crop_antialias=antialias)
+        stream = ShardStream(shards, "train", transform, 50, train=True, num_classes=CLASSES, shuffle_buffer=200)
+        with without(off):
+            speed[name] = images_per_second(iter(stream), len(stream) * 50)
+    return speed
+
+
 def dali_images_per_second(shards: Path, randaug: tuple[int, int]) -> float:
     """The DALI loader (``data.loader=dali``) over the shards: on the CPU, images per CPU second of this process
     (its one DALI thread included); on a GPU, images per second of wall time with 4 DALI threads and 4 workers."""
@@ -108,6 +119,7 @@ def main() -> None:
     parser.add_argument("--randaug", default="2,10", help="RandAugment layers,magnitude; 0,0 = none (default: 2,10)")
     parser.add_argument("--width", type=int, nargs="+", default=[500, 1000],
                         help="mean image widths to measure (default: 500 (ImageNet-like) and 1000)")
+    parser.add_argument("--dali-only", action="store_true", help="the DALI loader alone (make device-check)")
     parser.add_argument("--out", type=Path, default=None, help="write <out>/data.csv (default: results/bench/)")
     parser.add_argument("--dali", action=argparse.BooleanOptionalAction, default=dali_installed(),
                         help="measure the DALI loader too (default: where DALI is installed); on a GPU per GPU")
@@ -120,19 +132,16 @@ def main() -> None:
             tmp = Path(tmp)
             generate_jpegs(tmp / "jpegs", args.images, width)
             write_shards(str(tmp / "jpegs"), tmp / "shards", shard_mb=16, progress=False)
-            speed = {}
-            for name, antialias, off in PIPELINES:
-                transform = TrainTransform(224, 3, *randaug, crop_antialias=antialias)
-                stream = ShardStream(tmp / "shards", "train", transform, 50, train=True, num_classes=CLASSES,
-                                     shuffle_buffer=200)
-                with without(off):
-                    speed[name] = images_per_second(iter(stream), len(stream) * 50)
-            if args.dali:
+            speed = {} if args.dali_only else reference_speeds(tmp / "shards", randaug)
+            if args.dali or args.dali_only:
                 speed["dali " + ("GPU" if torch.cuda.is_available() else "CPU")] = dali_images_per_second(
                     tmp / "shards", randaug)
-            folder = images_per_second(iter(folder_loader(tmp / "jpegs", randaug)), args.images)
-        rows.append({"mean width": width, **{f"{k} img/s{'' if 'GPU' in k else '/core'}": v for k, v in speed.items()},
-                     "ImageFolder img/s/core": folder, **{f"{k} / folder": v / folder for k, v in speed.items()}})
+            row = {"mean width": width, **{f"{k} img/s{'' if 'GPU' in k else '/core'}": v for k, v in speed.items()}}
+            if not args.dali_only:
+                folder = images_per_second(iter(folder_loader(tmp / "jpegs", randaug)), args.images)
+                row["ImageFolder img/s/core"] = folder
+                row.update({f"{k} / folder": v / folder for k, v in speed.items()})
+        rows.append(row)
     table = pd.DataFrame(rows)
     device = device_name(torch.device("cpu"))
     show(table, f"224-px training images per second on one core, RandAugment{randaug}: {device}")

@@ -241,7 +241,7 @@ def data_part(check: Check) -> None:
         write_summary(check)
         return
     out = Path(tempfile.mkdtemp(prefix="device-check-data-"))
-    command = [sys.executable, str(BENCH / "data.py"), "--dali", "--randaug", "2,0", "--width", "400",
+    command = [sys.executable, str(BENCH / "data.py"), "--dali-only", "--randaug", "2,0", "--width", "400",
                "--images", "3000", "--out", str(out)]
     try:
         check.run("data", command, lambda part: data.goals(pd.read_csv(out / "data.csv"), speed, check.device))
