@@ -119,7 +119,7 @@ def equalize(data, _):
     flat = step == 0
     lut = dmath.min((count_below + step // 2) // (step + flat), 255)
     lut = fn.cast(_select(flat, values, lut), dtype=types.UINT8)
-    equalized = fn.reductions.max(fn.one_hot(data, num_classes=256, dtype=types.UINT8) * lut, axes=[3])
+    equalized = fn.reductions.max(one_hot * lut, axes=[3])
     return fn.reshape(equalized, layout=LAYOUT)  # the reduction drops it; the branches' outputs must agree
 
 
