@@ -31,20 +31,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import io
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
-from reluvit.data.preprocess import sample_distorted_box
+from reluvit.data.preprocess import eval_geometry, open_image, random_flip, sample_distorted_box
 from reluvit.errors import check_choice
 
 LOADERS = ("auto", "reference", "dali")  # data.loader: auto is DALI where a GPU and the package are present
 OUTPUTS = ("images", "labels")  # the pipeline's outputs, by name
-EVAL_SCALE = 256 / 224  # big_vision's resize_small(256) before central_crop(224), at any size
 
 
 def dali_installed() -> bool:
@@ -92,14 +89,12 @@ class Encoded:
         self.size, self.train = size, train
 
     def __call__(self, data: bytes) -> Sample:
-        with Image.open(io.BytesIO(data)) as image:  # the header only
+        with open_image(data) as image:  # the header only
             width, height = image.size
             check_complete(data, image.format)
         if self.train:
-            return Sample(data, sample_distorted_box(height, width), (height, width), bool(torch.rand(()) < 0.5))
-        scale = round(self.size * EVAL_SCALE) / min(height, width)
-        resize = (round(height * scale), round(width * scale))
-        box = ((resize[0] - self.size) // 2, (resize[1] - self.size) // 2, self.size, self.size)
+            return Sample(data, sample_distorted_box(height, width), (height, width), random_flip())
+        resize, box = eval_geometry(height, width, self.size)
         return Sample(data, box, resize, False)
 
 

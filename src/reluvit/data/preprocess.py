@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 import math
 
 import numpy as np
@@ -48,8 +47,6 @@ try:
     import simplejpeg
 except ImportError:  # optional: PIL decodes the same pixels, slower
     simplejpeg = None
-
-log = logging.getLogger(__name__)
 
 CROP_AREA = (0.05, 1.0)  # big_vision's area_min=5, area_max=100 (%)
 CROP_ASPECT = (0.75, 1.33)  # TF's default aspect_ratio_range, also big_vision's ratio_min/ratio_max
@@ -237,16 +234,26 @@ def resize_area(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (total * float(inverse_area)).clamp_(0, 255).to(torch.uint8)
 
 
+def eval_geometry(height: int, width: int, size: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """big_vision's ``resize_small(size * 256 / 224)`` and ``central_crop(size)`` for an image of ``height`` x
+    ``width``: the resized (height, width) and the crop box (top, left, size, size), its offsets floored."""
+    scale = round(size * 256 / 224) / min(height, width)
+    resized = (round(height * scale), round(width * scale))
+    return resized, ((resized[0] - size) // 2, (resized[1] - size) // 2, size, size)
+
+
 def resize_small_center_crop(data: bytes, size: int, mode: str = "RGB") -> torch.Tensor:
     """big_vision's ``resize_small(size * 256 / 224)`` ("area") and ``central_crop(size)`` on the full decode of an
     encoded image, a uint8 CHW tensor."""
-    small = round(size * 256 / 224)
-    w, h = open_image(data).size
-    scale = small / min(w, h)
-    image = torch.from_numpy(decode_crop(data, None, mode)).permute(2, 0, 1)
-    image = resize_area(image, round(h * scale), round(w * scale))
-    top, left = (image.shape[-2] - size) // 2, (image.shape[-1] - size) // 2
-    return image[:, top:top + size, left:left + size]
+    pixels = decode_crop(data, None, mode)
+    (height, width), (top, left, crop_height, crop_width) = eval_geometry(*pixels.shape[:2], size)
+    image = resize_area(torch.from_numpy(pixels).permute(2, 0, 1), height, width)
+    return image[:, top:top + crop_height, left:left + crop_width]
+
+
+def random_flip() -> bool:
+    """``flip_lr``'s draw, from torch's global generator (seeded per worker by the loader)."""
+    return bool(torch.rand(()) < 0.5)
 
 
 def _through_pil(op, image: torch.Tensor) -> torch.Tensor:
@@ -279,7 +286,7 @@ class TrainTransform:
 
     def __call__(self, data: bytes) -> torch.Tensor:
         image = inception_crop(data, self.size, self.mode, self.antialias)
-        if torch.rand(()) < 0.5:
+        if random_flip():
             image = image.flip(-1)
         if self.randaug is not None:
             image = self.randaug(image)
