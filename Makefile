@@ -28,7 +28,7 @@ DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
 DEVICE_SDISTS = antlr4-python3-runtime
 WHEEL_PLATFORMS = $(foreach n,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(n)_x86_64)
 
-.PHONY: help venv venv-parity demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 plots status results wandb-sync bench bench-data bench-cli device-wheels device-check
+.PHONY: help venv venv-parity demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 train-length plots status results wandb-sync bench bench-data bench-cli device-wheels device-check
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
@@ -36,6 +36,7 @@ help:
 	@echo "make venv-parity  add TensorFlow and DALI to the venv: the default suite then runs the parity and DALI tests too"
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot;"
 	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
+	@echo "make train-length the smoke recipe's training-length study (4-32 epochs, 3 seeds; ~1 h on 2 CPU cores)"
 	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
 	@echo "make wandb-sync   upload offline W&B runs"
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
@@ -78,6 +79,9 @@ test-all: venv venv-parity
 
 fig1 fig2 fig3 fig4 fig5: venv
 	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
+
+train-length: venv
+	$(BIN)/reluvit sweep train_length $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
 
 plots: venv
 	$(BIN)/reluvit plots $(SWEEP_OPTS)

@@ -234,3 +234,16 @@ def test_fig1_log_axis_labels_do_not_overlap(low, high, core_hours, flops):
         assert [t.get_text() for t in labels] == expected
         boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
         assert all(left.x1 <= right.x0 for left, right in pairwise(boxes)), [t.get_text() for t in labels]
+
+
+def test_train_length_draws_one_point_per_length_and_attention():
+    rows = [run(activation=a, alpha=alpha, epochs=e, seed=s, val_acc=0.5 + 0.01 * e + 0.001 * s)
+            for a, alpha in (("softmax", None), ("relu", 1.0), ("relu", 0.0)) for e in (4, 8) for s in (0, 1)]
+    rows.append(run(epochs=16, status="failed"))
+    fig = plots.train_length(pd.DataFrame(rows), recipe="smoke", model="mini4", epochs=[4, 8, 16])
+    lines = {line.get_label(): line for line in fig.axes[0].lines if not line.get_label().startswith("_")}
+    assert set(lines) == {"softmax", "relu/L", "relu (alpha 0)"}
+    for line in lines.values():  # the failed 16-epoch point is left out; the means are over both seeds
+        np.testing.assert_allclose(line.get_xdata(), [4, 8])
+        np.testing.assert_allclose(line.get_ydata(), [0.5405, 0.5805])
+    assert "3 of 9 points missing (1 failed, 2 not run)" in fig.texts[0].get_text()

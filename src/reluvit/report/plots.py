@@ -384,3 +384,28 @@ def fig5(df: pd.DataFrame, *, recipe: str, model: str, metric: str = "val_acc", 
     left.set(xlabel=AXIS_LABELS.get(x, x), ylabel=AXIS_LABELS.get(metric, metric))
     right.set(xlabel="alpha (learned: final mean over layers)", ylabel=AXIS_LABELS.get(metric, metric))
     return _finish(fig, aggs)
+
+
+# --- The training-length study (not a figure of the paper) -----------------------------------------------------
+TRAIN_LENGTH_CURVES = [
+    Curve("softmax", {"activation": "softmax"}, COLORS["softmax"]),
+    Curve("relu/L", {"activation": "relu", "alpha": 1.0}, COLORS["relu"], marker="s"),
+    Curve("relu (alpha 0)", {"activation": "relu", "alpha": 0.0}, COLORS["relu"], linestyle="--", marker="^"),
+]
+
+
+def train_length(df: pd.DataFrame, *, recipe: str, model: str, epochs: list[int], metric: str = "val_acc") -> Figure:
+    """Accuracy against training epochs (log axis) of softmax, relu/L and relu without the 1/L: how long the smoke
+    recipe must train before the comparison Figure 2 makes settles."""
+    fig = new_figure(figsize=(4.5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    aggs = []
+    for curve in TRAIN_LENGTH_CURVES:
+        points = [{"recipe": recipe, "model": model, "epochs": e, **PAPER, **curve.where} for e in epochs]
+        aggs.append(aggregate(df, points, metric))
+        draw_curve(ax, aggs[-1], x="epochs", curve=curve)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(epochs, [str(e) for e in epochs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="training epochs", ylabel=AXIS_LABELS.get(metric, metric), title=f"{model}, {recipe} recipe")
+    return _finish(fig, aggs)

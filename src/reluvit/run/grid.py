@@ -43,6 +43,7 @@ GRID: dict[str, GridKey] = {
     "model": GridKey("model.name"),
     "variant": GridKey("model.variant", named=False),  # the model option's, unless overridden
     "pool": GridKey("model.pool", named=False),  # the recipe's, unless overridden
+    "epochs": GridKey("recipe.epochs", named=False),  # the recipe's, unless overridden (the training-length study)
     "activation": GridKey("attention.activation"),
     "alpha": GridKey("attention.alpha", _pointwise),
     "learn_alpha": GridKey("attention.learn_alpha", _pointwise),
