@@ -16,6 +16,7 @@ DRY_RUN  ?=
 NO_WAIT  ?=
 SEEDS    ?=
 ARGS     ?=
+RUNS_DIR ?= runs
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
 LAUNCH_OPTS = --launcher $(LAUNCHER) --cluster $(CLUSTER) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait)
 
@@ -38,7 +39,7 @@ help:
 	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
 	@echo "make train-length the smoke recipe's training-length study (4-32 epochs, 3 seeds; ~1 h on 2 CPU cores)"
 	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
-	@echo "make wandb-sync   upload offline W&B runs"
+	@echo "make wandb-sync   upload the offline W&B runs under RUNS_DIR (default runs/) not uploaded yet"
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
 	@echo "make bench-data   shard pipeline vs ImageFolder loader: images/s per core"
 	@echo "make bench-cli    wall time of reluvit --help / results / status on 10 000 generated runs"
@@ -93,7 +94,7 @@ results: venv
 	$(BIN)/reluvit results
 
 wandb-sync: venv
-	find runs -type d -path "*/wandb/offline-run-*" -prune -print0 | xargs -0 -r $(BIN)/wandb sync
+	$(BIN)/reluvit wandb-sync --runs-dir $(RUNS_DIR)
 
 bench: venv
 	$(BIN)/python bench/attention.py

@@ -31,6 +31,7 @@ GUARD_LOG = "RELUVIT_GUARD_LOG"
 
 
 def pytest_configure(config) -> None:
+    _offline_wandb(Path(tempfile.mkdtemp(prefix="reluvit-wandb-")))
     if SLURM_TESTS:
         return
     stubs = Path(tempfile.mkdtemp(prefix="reluvit-guard-"))
@@ -46,6 +47,19 @@ def pytest_configure(config) -> None:
     os.environ[GUARD_LOG] = str(log)
 
 
+def _offline_wandb(home: Path) -> None:
+    """W&B's caches, staging and settings in ``home`` (a temporary folder), and no login: W&B runs of the tests are
+    offline and write nothing outside the repository and the temporary directory."""
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE"):
+        os.environ.pop(name, None)
+    for name, folder in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config"),
+                         ("WANDB_ARTIFACT_DIR", "artifacts")):
+        os.environ[name] = str(home / folder)
+    (home / "netrc").touch()
+    os.environ["NETRC"] = str(home / "netrc")
+    os.environ["WANDB_SILENT"] = "true"
+
+
 def pytest_collection_modifyitems(items) -> None:
     for item in items:  # a test on the local cluster is a SLURM test (run by make test-all only)
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
@@ -53,6 +67,8 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
+    if wandb_home := os.environ.get("WANDB_CACHE_DIR"):
+        shutil.rmtree(Path(wandb_home).parent, ignore_errors=True)
     log = os.environ.get(GUARD_LOG)
     calls = Path(log).read_text().strip() if log and Path(log).exists() else ""
     if log:

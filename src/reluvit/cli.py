@@ -1,4 +1,4 @@
-"""``reluvit <command>``: train, sweep, status, results, plots, evaluate, shards, soft-table.
+"""``reluvit <command>``: train, sweep, status, results, plots, wandb, wandb-sync, evaluate, shards, soft-table.
 
 Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status`` never load torch or Lightning.
 """
@@ -83,11 +83,23 @@ def _parser() -> argparse.ArgumentParser:
     _sweep_args(sweep, many=False)
     _launch_args(sweep)
     sweep.epilog = "Further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
+    commands = {}
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
-                       ("plots", "roll up and plot what exists")):
-        command = sub.add_parser(name, help=text)
-        _sweep_args(command, many=True)
-        command.epilog = "Further key=value arguments: the Hydra overrides the sweep was launched with."
+                       ("plots", "roll up and plot what exists"),
+                       ("wandb", "W&B dashboards per figure: a saved workspace view and a report")):
+        commands[name] = sub.add_parser(name, help=text)
+        _sweep_args(commands[name], many=True)
+        commands[name].epilog = "Further key=value arguments: the Hydra overrides the sweep was launched with."
+    commands["plots"].add_argument("--wandb", action="store_true",
+                                   help="also log each figure as a W&B figure run (offline unless logged in)")
+    commands["wandb"].add_argument("--publish", action="store_true",
+                                   help="save the specifications written earlier (offline) to W&B; needs a login")
+    for command in (commands["plots"], commands["wandb"]):
+        command.add_argument("--project", default="reluvit", help="W&B project (default: reluvit)")
+        command.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
+    sync = sub.add_parser("wandb-sync", help="upload every offline W&B run under the runs directory not synced yet")
+    sync.add_argument("--runs-dir", default=RUNS, type=Path, help="where runs live (default: runs)")
+    sync.add_argument("--dry-run", action="store_true", help="list them and let `wandb sync --dry-run` check them")
     _dirs(sub.add_parser("results", help="roll every summary.json up into <results-dir>/runs.{parquet,csv}"))
 
     evaluate = sub.add_parser("evaluate", help="few-shot probe and i1k accuracy of a run; updates its summary.json")
@@ -179,7 +191,10 @@ def _sweep(args, overrides: list[str]) -> None:
         return
     table = _rollup(args.runs_dir, results_dir)
     runs = table[table["run_dir"].isin([p.cfg.run_dir for p in points])] if len(table) else table
-    _plot(sweep, runs, results_dir)
+    drawn = _plot(sweep, runs, results_dir)
+    if wandb_points := [p for p in points if p.cfg.logger.wandb]:
+        logger = wandb_points[0].cfg.logger
+        _figure_run(sweep, runs, drawn, args.runs_dir, logger.project, logger.entity, logger.wandb_mode)
     _show(runs)
     for line in failed:
         log.error("failed: %s", line)
@@ -195,12 +210,24 @@ def _rollup(runs_dir: Path, results_dir: Path):
     return table
 
 
-def _plot(sweep, runs, results_dir: Path) -> None:
+def _plot(sweep, runs, results_dir: Path):
+    """Draw and save the sweep's figure; returns it (with ``.points``) and its PNG and PDF paths."""
     from reluvit.report import plots
 
     figure = getattr(plots, sweep.name)(runs, **sweep.plot)
-    for path in plots.save(figure, results_dir / sweep.scale / sweep.name):
+    paths = plots.save(figure, results_dir / sweep.scale / sweep.name)
+    for path in paths:
         log.info("figure: %s", path)
+    return figure, paths
+
+
+def _figure_run(sweep, runs, drawn, runs_dir: Path, project: str, entity: str | None, mode: str) -> None:
+    from reluvit.dashboards.figure_run import log_figure_run
+
+    figure, paths = drawn
+    reference = _reference_dir() / sweep.scale / f"{sweep.name}.png"
+    log_figure_run(sweep, runs, figure, paths, runs_dir, project=project, entity=entity, mode=mode,
+                   reference=reference)
 
 
 def _show(runs) -> None:
@@ -228,7 +255,8 @@ def _status(args, overrides: list[str]) -> None:
     print(status_table(_sweeps(args), collect(args.runs_dir), gpu=True, extra=extra).to_string(index=False))
 
 
-def _plots(args, overrides: list[str]) -> None:
+def _figures(args, overrides: list[str]):
+    """Roll up, then for each sweep asked for: the sweep, its runs and its figure drawn and saved (:func:`_plot`)."""
     from reluvit.report.status import run_dirs
 
     results_dir = _results_dir(args.results_dir)
@@ -236,7 +264,54 @@ def _plots(args, overrides: list[str]) -> None:
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
     for sweep in _sweeps(args):
         runs = table[table["run_dir"].isin(run_dirs(sweep, True, extra))] if len(table) else table
-        _plot(sweep, runs, results_dir)
+        yield sweep, runs, _plot(sweep, runs, results_dir)
+
+
+def _plots(args, overrides: list[str]) -> None:
+    for sweep, runs, drawn in _figures(args, overrides):
+        if args.wandb:
+            _figure_run(sweep, runs, drawn, args.runs_dir, args.project, args.entity, "auto")
+
+
+def _wandb(args, overrides: list[str]) -> None:
+    from reluvit.dashboards import spec
+    from reluvit.dashboards.layout import LAYOUTS
+    from reluvit.dashboards.login import base_url, logged_in
+    from reluvit.report import plots
+    from reluvit.run.schema import ConfigError
+    from reluvit.sweep.spec import has_scale
+
+    if unknown := [name for name in args.sweeps if name not in LAYOUTS]:
+        raise ConfigError("wandb", f"no dashboard for {', '.join(unknown)}; figures: {', '.join(LAYOUTS)}")
+    args.sweeps = args.sweeps or [name for name in LAYOUTS if has_scale(name, args.scale)]
+    folder = _results_dir(args.results_dir) / args.scale / "wandb"
+    if args.publish:
+        for name in args.sweeps:
+            paths = spec.spec_paths(folder, name)
+            if missing := [str(p) for p in paths.values() if not p.exists()]:
+                raise ConfigError("--publish", f"no specification {missing[0]}: run `reluvit wandb {name} --scale "
+                                               f"{args.scale}` first")
+            for url in spec.publish(paths):
+                print(url)
+        return
+    online = logged_in()
+    for sweep, _runs, (figure, _paths) in _figures(args, overrides):
+        specs = spec.dashboards(sweep, plots.footnote(plots.tally(figure.points)), args.entity, args.project)
+        paths = spec.spec_paths(folder, sweep.name)
+        spec.write(specs, paths)
+        log.info("%s: report and workspace specifications -> %s", sweep.name, ", ".join(map(str, paths.values())))
+        if online:
+            for url in spec.publish(paths):
+                print(url)
+    if not online:
+        log.info("not logged in to %s: publish them later with `reluvit wandb %s --scale %s --publish` after "
+                 "`wandb login`", base_url(), " ".join(args.sweeps), args.scale)
+
+
+def _wandb_sync(args) -> None:
+    from reluvit.dashboards.sync import sync
+
+    sync(args.runs_dir, dry_run=args.dry_run)
 
 
 def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:
@@ -268,10 +343,10 @@ def _shards(args, parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args, overrides = parser.parse_known_args(argv)
-    if args.command in ("status", "plots"):  # the positional SWEEP list takes the key=value overrides too
+    if args.command in ("status", "plots", "wandb"):  # the positional SWEEP list takes the key=value overrides too
         overrides += [name for name in args.sweeps if "=" in name]
         args.sweeps = [name for name in args.sweeps if "=" not in name]
-    takes_overrides = ("train", "sweep", "evaluate", "status", "plots")
+    takes_overrides = ("train", "sweep", "evaluate", "status", "plots", "wandb")
     if overrides and (args.command not in takes_overrides or any(o.startswith("-") for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -287,6 +362,10 @@ def main(argv: list[str] | None = None) -> None:
             _status(args, overrides)
         elif args.command == "plots":
             _plots(args, overrides)
+        elif args.command == "wandb":
+            _wandb(args, overrides)
+        elif args.command == "wandb-sync":
+            _wandb_sync(args)
         elif args.command == "results":
             _rollup(args.runs_dir, _results_dir(args.results_dir))
         elif args.command == "evaluate":

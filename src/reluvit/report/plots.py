@@ -1,5 +1,6 @@
-"""Figures from the roll-up table. Every figure function returns its matplotlib Figure, to restyle or display;
-:func:`save` writes one as PNG and PDF side by side."""
+"""Figures from the roll-up table. Every figure function returns its matplotlib Figure, to restyle or display, with
+the table of what it drew as ``figure.points`` (:func:`_finish`); :func:`save` writes one as PNG and PDF side by
+side."""
 
 from __future__ import annotations
 
@@ -207,8 +208,19 @@ def _reference(ax: Axes, agg: pd.DataFrame, curve: Curve) -> None:
         ax.plot([0.5], [0], "x", color=curve.color, ms=7, mew=1.5, transform=ax.transAxes, clip_on=False)
 
 
+def _drawn(agg: pd.DataFrame, panel: str, curve: Curve, x_key: str | None, y_key: str) -> pd.DataFrame:
+    """aggregate()'s rows of one curve with the panel's title, the curve's label, the roll-up columns of its axes
+    (``x_key`` None: a level across the panel) and ``x``, the x drawn."""
+    x = agg["x"] if "x" in agg else agg[x_key] if x_key else np.nan
+    return agg.assign(panel=panel, line=curve.label, x_key=x_key, y_key=y_key, x=x)
+
+
 def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
-    """Mark empty panels, one legend for all panels, the footnote."""
+    """Mark empty panels, one legend for all panels, the footnote; ``fig.points``: every point drawn or missing
+    (:func:`_drawn`'s rows: ``panel``, ``line``, ``x_key``, ``y_key``, ``x``, the grid keys, ``status``, ``n``,
+    ``mean``, ``min``, ``max``), the data of the figure for other renderers (the W&B figure run's charts)."""
+    fig.points = pd.concat(aggs, ignore_index=True) if aggs else pd.DataFrame(
+        columns=["panel", "line", "x_key", "y_key", "x", "status", "n", "mean", "min", "max"])
     for ax in fig.axes:  # every curve adds a line, so look for a drawn value or "x"
         if not any(np.isfinite(np.asarray(line.get_ydata(), float)).any() for line in ax.lines):
             ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
@@ -218,7 +230,7 @@ def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
             handles.setdefault(label, handle)
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=8, frameon=False)
-    text = footnote(tally(pd.concat(aggs))) if aggs else "no points requested"
+    text = footnote(tally(fig.points)) if aggs else "no points requested"
     spread = any((a["n"] > 1).any() for a in aggs)
     fig.text(0.5, 0, text + ("; bars: min-max over seeds" if spread else ""), ha="center", va="top", fontsize=7)
     return fig
@@ -277,7 +289,7 @@ def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str,
             panel = []
             for curve in series:
                 points = [{"recipe": recipe, "model": m, **PAPER, **curve.where} for m in models]
-                panel.append(aggregate(df, points, metric, x=x_column))
+                panel.append(_drawn(aggregate(df, points, metric, x=x_column), ylabel, curve, x_column, metric))
                 draw_curve(ax, panel[-1], x="x", curve=curve)
                 for point in panel[-1][panel[-1]["status"] == "ok"].itertuples():
                     ax.annotate(names.get(point.model, point.model), (point.x, point.mean), xytext=(3, 3),
@@ -289,6 +301,11 @@ def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str,
     return _finish(fig, aggs)
 
 
+def metric_of(metric: str | dict[str, str], recipe: str) -> str:
+    """The y column of a recipe's panels: ``metric``, or its entry for the recipe (default val_acc)."""
+    return metric.get(recipe, "val_acc") if isinstance(metric, dict) else metric
+
+
 def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str], curves: list[Curve],
                   alphas: list[float], metric: str | dict[str, str], reference: Curve | None = None) -> Figure:
     """Figs. 2-4: a rows (label -> recipe) x columns (title -> model) grid of curves over alpha. ``metric`` may map
@@ -298,15 +315,16 @@ def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str
     axes = fig.subplots(max(len(rows), 1), max(len(columns), 1), squeeze=False, sharex=True, sharey=True)
     aggs = []
     for i, (row_label, recipe) in enumerate(rows.items()):
-        row_metric = metric.get(recipe, "val_acc") if isinstance(metric, dict) else metric
+        row_metric = metric_of(metric, recipe)
         for j, (title, model) in enumerate(columns.items()):
-            ax = axes[i, j]
+            ax, panel = axes[i, j], f"{row_label}, {title}"
             for curve in curves:
                 points = [{"recipe": recipe, "model": model, **curve.where, "alpha": a} for a in alphas]
-                aggs.append(aggregate(df, points, row_metric))
+                aggs.append(_drawn(aggregate(df, points, row_metric), panel, curve, "alpha", row_metric))
                 draw_curve(ax, aggs[-1], x="alpha", curve=curve)
-            if reference:  # one point: its runs at any alpha count
-                aggs.append(aggregate(df, [{"recipe": recipe, "model": model, **reference.where}], row_metric))
+            if reference:  # one point: its runs at any alpha count (x: none, a level across the panel)
+                point = [{"recipe": recipe, "model": model, **reference.where}]
+                aggs.append(_drawn(aggregate(df, point, row_metric), panel, reference, None, row_metric))
                 _reference(ax, aggs[-1], reference)
             if i == 0:
                 ax.set_title(title)
@@ -374,7 +392,7 @@ def fig5(df: pd.DataFrame, *, recipe: str, model: str, metric: str = "val_acc", 
     aggs = []
     for curve in FIG5_CURVES:
         point = [{"recipe": recipe, "model": model, **PAPER, **curve.where}]
-        aggs.append(aggregate(df, point, metric, x=x))
+        aggs.append(_drawn(aggregate(df, point, metric, x=x), AXIS_LABELS.get(x, x), curve, x, metric))
         draw_curve(left, aggs[-1], x="x", curve=curve)
         if curve.label in FIG5_ALPHA:
             draw_curve(right, aggregate(df, point, metric, x=FIG5_ALPHA[curve.label]), x="x", curve=curve)
@@ -402,10 +420,10 @@ def train_length(df: pd.DataFrame, *, recipe: str, model: str, epochs: list[int]
     aggs = []
     for curve in TRAIN_LENGTH_CURVES:
         points = [{"recipe": recipe, "model": model, "epochs": e, **PAPER, **curve.where} for e in epochs]
-        aggs.append(aggregate(df, points, metric))
+        aggs.append(_drawn(aggregate(df, points, metric), f"{model}, {recipe} recipe", curve, "epochs", metric))
         draw_curve(ax, aggs[-1], x="epochs", curve=curve)
     ax.set_xscale("log", base=2)
     ax.set_xticks(epochs, [str(e) for e in epochs])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="training epochs", ylabel=AXIS_LABELS.get(metric, metric), title=f"{model}, {recipe} recipe")
+    ax.set(xlabel="training epochs", ylabel=AXIS_LABELS.get(metric, metric), title=aggs[0]["panel"].iloc[0])
     return _finish(fig, aggs)

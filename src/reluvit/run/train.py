@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import platform
 import socket
 import sys
@@ -186,13 +185,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.wandb:
         from pytorch_lightning.loggers import WandbLogger
 
-        mode = cfg.logger.wandb_mode
-        if mode == "auto":
-            logged_in = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
-            mode = "online" if logged_in else "offline"
+        from reluvit.dashboards.login import resolve_mode
+
         config = OmegaConf.to_container(cfg, resolve=True)
         loggers.append(WandbLogger(
-            project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir), mode=mode,
+            project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(run_dir),
+            mode=resolve_mode(cfg.logger.wandb_mode), job_type="train",
             id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],  # same dir -> same W&B run
             name=cfg.run_name, group=wandb_group(config), tags=wandb_tags(config), config=wandb_config(config),
             resume="allow",
@@ -219,10 +217,6 @@ def _log_to(path: Path):
         for logger in loggers:
             logger.removeHandler(handler)
         handler.close()
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
 
 
 def attention_impl(module: torch.nn.Module) -> str | None:
