@@ -110,10 +110,13 @@ def _run_sweep(tmp_path, env, *overrides) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_two_point_smoke_sweep_end_to_end(tmp_path):
-    """`reluvit sweep` with a 2-point sweep file: both runs, the roll-up table with those 2 rows, the figure."""
+    """`reluvit sweep` with a 2-point sweep file: both runs, the roll-up table with those 2 rows, the figure; with
+    logger=wandb, the runs' offline W&B runs and the figure run."""
+    from reluvit.dashboards.sync import offline_runs
+
     env = sweep_file(tmp_path, TWO_POINTS)
     result = _run_sweep(tmp_path, env, "trainer.max_steps=3", "trainer.enable_progress_bar=false",
-                        "trainer.accelerator=cpu")
+                        "trainer.accelerator=cpu", "logger=wandb")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(tmp_path / "results" / "runs.parquet")
     assert sorted(table["run_name"]) == ["smoke-digits/micro2/relu-a1-noqkln-s0+trainer.max_steps=3",
@@ -122,6 +125,8 @@ def test_two_point_smoke_sweep_end_to_end(tmp_path):
     assert (tmp_path / "results" / "runs.csv").exists()
     for suffix in (".png", ".pdf"):
         assert (tmp_path / "results" / "smoke" / f"fig3{suffix}").stat().st_size > 0
+    found = [run.relative_to(tmp_path / "runs").parts[:3] for run in offline_runs(tmp_path / "runs")]
+    assert len(found) == 3 and ("figures", "smoke", "fig3") in found
 
 
 @pytest.mark.slow
