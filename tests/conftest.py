@@ -16,6 +16,9 @@ import pytest
 import torch
 import torchvision  # noqa: F401 - before TensorFlow (below)
 
+# TensorFlow's plain CPU kernels are the parity tests' reference: oneDNN's convolution sums in another order on some
+# CPUs (AVX-512 AMD EPYC: Sharpness then differs by 2 grey levels from TF's own kernel), so it is off before import.
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 # TensorFlow, the parity tests' reference, crashes the interpreter when torchvision or triton load after it
 # (tensorflow-cpu 2.21, torchvision 0.29, triton 3.8): both load first, whichever test module imports TensorFlow.
 with contextlib.suppress(ImportError):

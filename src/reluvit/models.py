@@ -30,11 +30,13 @@ class Size:
     heads: int
 
 
-# big_vision decode_variant ("Table 2 of arXiv 2106.04560"); "micro" and "mini" are reluvit's CPU-scale sizes for
-# the embedded 28x28 datasets (not big_vision names): micro for CPU sweeps, mini for the demo.
+# big_vision decode_variant ("Table 2 of arXiv 2106.04560"); "micro", "mini" and "midi" are reluvit's CPU-scale sizes
+# for the embedded 28x28 datasets (not big_vision names): micro for CPU sweeps, mini for the demo, the three together
+# for the smoke scaling curve (Figure 1).
 SIZES: dict[str, Size] = {
     "micro": Size(64, 2, 256, 2),
     "mini": Size(96, 4, 384, 3),
+    "midi": Size(128, 6, 512, 4),
     "Ti": Size(192, 12, 768, 3),
     "S": Size(384, 12, 1536, 6),
     "M": Size(512, 12, 2048, 8),

@@ -54,7 +54,7 @@ def _scatter(panel: Panel) -> dict:
             "log_x": panel.log_x}
 
 
-def _figure_panels(sweep: Sweep, layout: list[Panel]) -> list[dict]:
+def _figure_panels(layout: list[Panel]) -> list[dict]:
     media = {"type": "media", "title": "the figure from the roll-up; reference: the committed one",
              "media_keys": ["figure", "reference"]}
     charts = [{"type": "line_series", "title": panel.title, "table": f"{chart_key(i)}_table",
@@ -76,7 +76,7 @@ def report_spec(sweep: Sweep, footnote: str, entity: str | None, project: str) -
     blocks = [{"type": "markdown", "text": text},
               {"type": "panel_grid", "runsets": [{"name": figure_run_name(sweep), "filters": figure_run_filter(sweep),
                                                  "groupby": []}],
-               "panels": _figure_panels(sweep, layout)}]
+               "panels": _figure_panels(layout)}]
     blocks += [{"type": "panel_grid",
                 "runsets": [{"name": panel.title, "filters": runs_filter(sweep, panel.where),
                              "groupby": _groupby(panel)}],
@@ -95,7 +95,7 @@ def workspace_spec(sweep: Sweep, entity: str | None, project: str) -> dict:
             "filters": f"({runs_filter(sweep)}) or ({figure_run_filter(sweep)})",
             "groupby": _groupby(layout[0], by_panel=True),
             "pinned_columns": [f"config:{key}.value" for key in _pinned(layout)],
-            "sections": [{"name": "Figure", "panels": _figure_panels(sweep, layout)},
+            "sections": [{"name": "Figure", "panels": _figure_panels(layout)},
                          {"name": "Runs", "panels": scatters},
                          {"name": "Training curves", "panels": history}]}
 
