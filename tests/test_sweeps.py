@@ -86,8 +86,13 @@ def test_gpu_only_blocks_are_left_out_without_a_gpu():
 
 
 def test_seeds_replace_the_sweep_files():
-    sweep = sweeps.load("fig3", "smoke", seeds=[0, 1, 2])
-    assert len(sweep.points(gpu=False)) == 3 * len(sweeps.load("fig3", "smoke").points(gpu=False))
+    def unseeded(point):
+        return tuple(o for o in point if not o.startswith("seed="))
+
+    cells = {unseeded(p) for p in sweeps.load("fig3", "smoke").points(gpu=False)}  # 3 seeds at L = 49, 1 at 196
+    replaced = sweeps.load("fig3", "smoke", seeds=[5, 6]).points(gpu=False)
+    assert {unseeded(p) for p in replaced} == cells and len(replaced) == 2 * len(cells)
+    assert {o for p in replaced for o in p if o.startswith("seed=")} == {"seed=5", "seed=6"}
 
 
 def test_sweep_syntax_in_extra_overrides_multiplies_the_points():
