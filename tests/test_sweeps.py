@@ -161,11 +161,11 @@ def test_a_failed_block_does_not_stop_the_sweep(tmp_path):
 
 
 def test_status_counts_runs(tmp_path):
-    sweep = sweeps.load("fig3", "smoke")
-    configs = compose_points(sweep.points(gpu=False))
+    sweep, extra = sweeps.load("fig3", "smoke"), [f"runs_dir={tmp_path}"]  # not the checkout's runs/
+    configs = compose_points(sweep.points(False, extra))
     runs = pd.DataFrame({"run_dir": [configs[0].run_dir, configs[1].run_dir, configs[2].run_dir, "elsewhere/other"],
                          "status": ["completed", "diverged", "running", "completed"]})
-    row = status_table([sweep], runs, gpu=False).iloc[0]
+    row = status_table([sweep], runs, gpu=False, extra=extra).iloc[0]
     assert (row.runs, row.completed, row.diverged, row.running, row.failed) == (len(configs), 1, 1, 1, 0)
     assert row.missing == len(configs) - 3
 
