@@ -133,6 +133,18 @@ def test_two_point_smoke_sweep_end_to_end(tmp_path):
     found = [run.relative_to(tmp_path / "runs").parts[:3] for run in offline_runs(tmp_path / "runs")]
     assert len(found) == 3 and ("figures", "smoke", "fig3") in found
 
+    # the runs directory gone: with the roll-up, nothing trains again and the figure still has both runs
+    again = subprocess.run(
+        [sys.executable, "-m", "reluvit", "sweep", "fig3", "--scale", "smoke", "--runs-dir", str(tmp_path / "new"),
+         "--results-dir", str(tmp_path / "again"), "--completed-in", str(tmp_path / "results" / "runs.csv"),
+         "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 runs, 2 completed in" in again.stderr and not (tmp_path / "new").exists()
+    assert len(pd.read_parquet(tmp_path / "again" / "runs.parquet")) == 2
+    for name in table["run_name"]:  # the figure's runs, as the sweep prints them
+        assert name in again.stdout
+
 
 @pytest.mark.slow
 def test_a_bad_point_anywhere_fails_the_sweep_before_anything_runs(tmp_path):
@@ -189,3 +201,21 @@ def test_status_takes_the_overrides_the_sweep_was_launched_with(tmp_path, capsys
         cli.main(["status", "demo", "--runs-dir", str(runs), *extra])
         row = capsys.readouterr().out.splitlines()[1].split()
         assert row[:2] == ["demo", "smoke"] and int(row[3]) == completed, row
+
+
+def test_runs_completed_in_a_rollup_are_not_trained_again(tmp_path):
+    """`reluvit sweep --completed-in TABLE`: a point whose identity the table records as completed is done (its
+    recorded directory stands for it); a failed row or another identity is not."""
+    from reluvit.report.rollup import rollup
+    from reluvit.run.grid import identity
+    from reluvit.sweep.execute import completed_in, prepare
+
+    points = prepare(sweeps.load("fig5", "smoke").points(False, [f"runs_dir={tmp_path / 'runs'}"]))
+    identities = [identity(OmegaConf.to_container(p.cfg, resolve=True)) for p in points]
+    table = pd.DataFrame({"run_name": ["a", "b", "c"], "identity": [identities[0], identities[1], "0123456789abcdef"],
+                          "status": ["completed", "failed", "completed"],
+                          "run_dir": ["/purged/scratch/a", "/purged/scratch/b", "/purged/scratch/c"]})
+    assert completed_in(points, table) == {0: "/purged/scratch/a"}
+    merged = rollup(tmp_path / "runs", tmp_path / "results" / "runs", also=table)  # their rows join the roll-up
+    assert sorted(merged["run_dir"]) == sorted(table["run_dir"])
+    assert len(rollup(tmp_path / "runs", tmp_path / "results" / "runs", also=table)) == 3  # once, not again

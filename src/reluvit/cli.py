@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="train a sweep (a figure, the demo), roll it up, plot it")
     _sweep_args(sweep, many=False)
     _launch_args(sweep)
+    sweep.add_argument("--completed-in", type=Path, default=None, metavar="TABLE",
+                       help="a roll-up table (.parquet or .csv) whose completed runs count as done: not trained again, "
+                            "their rows join the roll-up (for runs whose directory is gone)")
     sweep.epilog = "Further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
     commands = {}
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
@@ -169,10 +172,12 @@ def _train(args, overrides: list[str]) -> None:
 
 
 def _sweep(args, overrides: list[str]) -> None:
+    from reluvit.report.rollup import read_table
     from reluvit.sweep import spec
-    from reluvit.sweep.execute import membership, prepare, tag_figures
+    from reluvit.sweep.execute import completed_in, membership, prepare, tag_figures
 
     results_dir = _results_dir(args.results_dir)
+    elsewhere = read_table(args.completed_in) if args.completed_in else None
     profile = _check_launcher(args)
     sweep = spec.load(args.sweep, args.scale, args.seeds)
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
@@ -183,14 +188,18 @@ def _sweep(args, overrides: list[str]) -> None:
     points = prepare(sweep.points(gpu, extra), dry_run=args.dry_run)
     if any(p.cfg.logger.wandb for p in points) and not args.dry_run:
         tag_figures(points, membership(args.scale, gpu, extra))
-    log.info("%s-%s: %d runs", sweep.name, sweep.scale, len(points))
+    done = completed_in(points, elsewhere) if elsewhere is not None else {}
+    log.info("%s-%s: %d runs%s", sweep.name, sweep.scale, len(points),
+             f", {len(done)} completed in {args.completed_in}" if elsewhere is not None else "")
+    run_dirs = [done.get(i, p.cfg.run_dir) for i, p in enumerate(points)]  # the figure's, trained here or not
+    points = [p for i, p in enumerate(points) if i not in done]
     follow = " ".join(["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(args.runs_dir),
                        *overrides])
     failed = _launch(args, points, f"{sweep.name}-{sweep.scale}", follow)
     if args.dry_run or args.no_wait:
         return
-    table = _rollup(args.runs_dir, results_dir)
-    runs = table[table["run_dir"].isin([p.cfg.run_dir for p in points])] if len(table) else table
+    table = _rollup(args.runs_dir, results_dir, elsewhere)
+    runs = table[table["run_dir"].isin(run_dirs)] if len(table) else table
     drawn = _plot(sweep, runs, results_dir)
     if wandb_points := [p for p in points if p.cfg.logger.wandb]:
         logger = wandb_points[0].cfg.logger
@@ -202,10 +211,10 @@ def _sweep(args, overrides: list[str]) -> None:
         raise SystemExit(1)
 
 
-def _rollup(runs_dir: Path, results_dir: Path):
+def _rollup(runs_dir: Path, results_dir: Path, also=None):
     from reluvit.report.rollup import rollup
 
-    table = rollup(runs_dir, results_dir / "runs")
+    table = rollup(runs_dir, results_dir / "runs", also)
     log.info("roll-up: %d runs -> %s.parquet / .csv", len(table), results_dir / "runs")
     return table
 

@@ -67,6 +67,14 @@ def collect(runs_dir: str | Path, known: pd.DataFrame | None = None) -> pd.DataF
     return pd.DataFrame(rows).sort_values("run_name", ignore_index=True) if rows else pd.DataFrame()
 
 
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A roll-up table from its ``.parquet`` or ``.csv`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("table", f"no roll-up table {path}")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
 def write_table(df: pd.DataFrame, stem: str | Path) -> list[Path]:
     """``<stem>.parquet`` and ``<stem>.csv``."""
     stem = Path(stem)
@@ -77,12 +85,17 @@ def write_table(df: pd.DataFrame, stem: str | Path) -> list[Path]:
     return paths
 
 
-def rollup(runs_dir: str | Path, stem: str | Path) -> pd.DataFrame:
+def rollup(runs_dir: str | Path, stem: str | Path, also: pd.DataFrame | None = None) -> pd.DataFrame:
     """Merge the runs found under ``runs_dir`` into the table at ``<stem>.parquet`` (created if missing): found runs
-    replace their rows, rows of runs not found are kept. Writes it back with its CSV twin and returns it."""
+    replace their rows, rows of runs not found are kept, and so are the rows of ``also`` (another roll-up) that the
+    table lacks. Writes it back with its CSV twin and returns it."""
     stem = Path(stem)
     previous = stem.with_suffix(".parquet")
     old = pd.read_parquet(previous) if previous.exists() else None
+    if also is not None and len(also):
+        known = old["run_dir"] if old is not None and "run_dir" in old else []
+        extra = also[~also["run_dir"].isin(known)]
+        old = pd.concat([old, extra], ignore_index=True) if old is not None else extra
     table = collect(runs_dir, old)
     if old is not None:
         gone = old[~old["run_dir"].isin(table.get("run_dir", []))] if "run_dir" in old else old
