@@ -132,19 +132,26 @@ def test_specifications_from_the_smoke_rollup(name, reference):
     assert len(view.spec.section.panel_bank_config.sections) == 3
 
 
-def test_line_series_are_the_means_the_figure_drew(reference):
+def test_line_series_are_the_means_the_figure_drew():
     sweep = sweeps.load("fig2", "smoke")
-    figure = plots.fig2(reference, **sweep.plot)
-    panel = panels(sweep)[0]  # gap head, L = 49
-    xs, ys, keys = line_series(figure.points, panel)
-    paper = (reference["qk_norm"].astype(str) == "True") & (reference["gate"].astype(str) == "False")
-    rows = reference[(reference["recipe"] == "smoke") & (reference["model"] == "micro4")
-                     & (reference["status"] == "completed") & paper]
-    relu = rows[rows["activation"] == "relu"].groupby("alpha")["val_acc"].mean()
-    softmax = rows[rows["activation"] == "softmax"]["val_acc"].mean()
-    np.testing.assert_allclose(ys[keys.index("relu")], relu.to_numpy())
-    np.testing.assert_allclose(xs[keys.index("relu")], relu.index.to_numpy())
-    np.testing.assert_allclose(ys[keys.index("softmax")], [softmax] * len(relu))  # the level spans the panel
+    rng = np.random.default_rng(0)
+    rows = [{"run_name": f"{a}-{alpha}-{seed}", "recipe": "smoke", "data": "animal_mnist", "model": "micro4",
+             "activation": a, "alpha": alpha, "qk_norm": True, "gate": False, "seed": seed, "status": "completed",
+             "val_acc": rng.uniform(0.5, 0.9)}
+            for a, alphas in (("softmax", [None]), ("relu", [0.0, 1.0, 2.0]), ("gelu", [1.0, 2.0]))
+            for alpha in alphas for seed in range(3)]
+    table = pd.DataFrame(rows)
+    figure = plots.fig2(table, **sweep.plot)
+    xs, ys, keys = line_series(figure.points, panels(sweep)[0])  # gap head, L = 49
+    means = table.groupby(["activation", "alpha"], dropna=False)["val_acc"].mean()
+    assert keys == ["relu", "gelu", "softmax"]  # the figure's order; gelu lacks alpha 0
+    np.testing.assert_allclose(xs[0], [0, 1, 2])
+    np.testing.assert_allclose(ys[0], means["relu"].to_numpy())
+    np.testing.assert_allclose(xs[1], [1, 2])
+    np.testing.assert_allclose(ys[1], means["gelu"].to_numpy())
+    np.testing.assert_allclose(xs[2], [0, 1, 2])  # softmax: a level across the panel's x values
+    np.testing.assert_allclose(ys[2], [means["softmax"].iloc[0]] * 3)
+    assert line_series(figure.points, panels(sweep)[1]) == ([], [], [])  # L = 196: no runs
 
 
 def _seeded_results(tmp_path: Path, reference: pd.DataFrame) -> tuple[Path, Path]:
@@ -165,23 +172,23 @@ def _table(run: Path, key: str) -> pd.DataFrame:
 
 def test_offline_figure_run_holds_the_rollup_the_figure_and_its_charts(tmp_path, reference):
     runs_dir, results_dir = _seeded_results(tmp_path, reference)
-    args = ["plots", "fig2", "--wandb", "--runs-dir", str(runs_dir), "--results-dir", str(results_dir)]
+    args = ["plots", "fig1", "--wandb", "--runs-dir", str(runs_dir), "--results-dir", str(results_dir)]
     main(args)
     (run,) = offline_runs(runs_dir)
     files = run / "files"
     table = pd.read_parquet(results_dir / "runs.parquet")
-    sweep = sweeps.load("fig2", "smoke")
+    sweep = sweeps.load("fig1", "smoke")
     from reluvit.report.status import run_dirs
 
     expected = table[table["run_dir"].isin(run_dirs(sweep, True, [f"runs_dir={runs_dir.resolve()}"]))]
     logged = _table(run, "runs")
     assert len(logged) == len(expected) > 0  # rows = the roll-up's rows of the figure
     assert sorted(logged["run_name"]) == sorted(expected["run_name"])
-    figure = plots.fig2(expected, **sweep.plot)
+    figure = plots.fig1(expected, **sweep.plot)
     assert len(_table(run, "points")) == len(figure.points)
     assert {p.name.split("_")[0] for p in (files / "media" / "images").glob("*.png")} == {"figure", "reference"}
-    assert (files / "fig2.pdf").exists()
-    for i, panel in enumerate(panels(sweep)):  # one native chart per panel with points (L = 784 has none on CPU)
+    assert (files / "fig1.pdf").exists()
+    for i, panel in enumerate(panels(sweep)):  # one native chart per panel with points (none against train_flops)
         xs, ys, keys = line_series(figure.points, panel)
         charts = list((files / "media" / "table" / "chart").glob(f"panel{i + 1}_table_*.table.json"))
         assert len(charts) == (1 if keys else 0)
@@ -189,7 +196,7 @@ def test_offline_figure_run_holds_the_rollup_the_figure_and_its_charts(tmp_path,
             chart = _table(run, f"chart/panel{i + 1}_table")
             assert sorted(chart["lineKey"].unique()) == sorted(keys)
             np.testing.assert_allclose(sorted(chart["lineVal"]), sorted(v for y in ys for v in y))
-    assert b"fig2-smoke" in next(run.glob("*.wandb")).read_bytes()  # name, group and config.figure_run
+    assert b"fig1-smoke" in next(run.glob("*.wandb")).read_bytes()  # name, group and config.figure_run
 
     main(args)  # again: the same W&B run (stable id), a second offline directory of it
     first, second = offline_runs(runs_dir)
