@@ -8,7 +8,8 @@ TORCH  ?= torch>=2.4,!=2.13.*
 # Figure sweeps: SCALE=smoke (embedded data, CPU) | paper (ImageNet); LAUNCHER=local | slurm; CLUSTER=<profile name
 # in slurm/profiles> | /path/to/profile.yaml; DRY_RUN=1 prints the SLURM submission to CLUSTER (job arrays, sbatch
 # script, GPU-hours) and submits nothing; NO_WAIT=1 submits and returns; SEEDS=0,1,2 replaces the sweep file's seeds;
-# ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb").
+# ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb"); COMPLETED_IN=<roll-up table>: runs it records
+# as completed are not trained again (reluvit sweep --completed-in).
 SCALE    ?= smoke
 LAUNCHER ?= local
 CLUSTER  ?= local
@@ -16,9 +17,11 @@ DRY_RUN  ?=
 NO_WAIT  ?=
 SEEDS    ?=
 ARGS     ?=
+COMPLETED_IN ?=
 RUNS_DIR ?= runs
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
-LAUNCH_OPTS = --launcher $(LAUNCHER) --cluster $(CLUSTER) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait)
+LAUNCH_OPTS = --launcher $(LAUNCHER) --cluster $(CLUSTER) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait) \
+              $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
 
 # The GPU check (README "GPU check"): the packages a bare GPU machine with torch, timm, Lightning and Triton lacks,
 # as CPython 3.12 wheels at this venv's versions (timm too: the machine's version is unknown). wandb stays behind:
