@@ -159,7 +159,7 @@ def _seeded_results(tmp_path: Path, reference: pd.DataFrame) -> tuple[Path, Path
     runs_dir, results_dir = tmp_path / "runs", tmp_path / "results"
     runs_dir.mkdir()
     results_dir.mkdir()
-    table = reference.assign(run_dir=[str(runs_dir.resolve().parent / d) for d in reference["run_dir"]])
+    table = reference.assign(run_dir=[str(runs_dir.resolve() / name) for name in reference["run_name"]])
     table.to_parquet(results_dir / "runs.parquet")
     return runs_dir, results_dir
 
