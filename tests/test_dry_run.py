@@ -96,7 +96,8 @@ def test_a_cpu_profile_given_by_path(tmp_path, capsys):
     out = dry_run(["train", *TINY, "seed=0,1,2", f"runs_dir={tmp_path / 'runs'}", "--cluster", str(profile)], capsys)
     assert "3 runs in 1 job array on partition 'cpu'" in out and "each: 1 node x 1 CPU task" in out
     assert "#SBATCH --partition=cpu" in out and "gpus-per-node" not in out
-    hours = 6 * forward_macs("mini/2", img_size=8, in_chans=1, num_classes=10) * 8 * 1500 / 1e6 / 3600
+    epochs = compose(TINY).recipe.epochs  # the smoke recipe's
+    hours = 6 * forward_macs("mini/2", img_size=8, in_chans=1, num_classes=10) * epochs * 1500 / 1e6 / 3600
     assert printed_number(out, r"total: 3 jobs, ([\d,.]+) CPU task-hours") == pytest.approx(3 * hours, rel=1e-3)
     assert printed_number(out, r"wall ([\d,.]+) h") == pytest.approx(3 * hours, rel=1e-3)  # one job at a time
     starts = math.ceil(hours * 60 / 600)
