@@ -90,7 +90,7 @@ def log_figure_run(sweep: Sweep, runs: pd.DataFrame, figure, paths: list[Path], 
             xs, ys, keys = line_series(figure.points, panel)
             if keys:
                 logged[chart_key(i)] = wandb.plot.line_series(xs, ys, keys, title=panel.title,
-                                                              xname=panel.x.replace("_", " "))
+                                                              xname=panel.x_name)
         run.log(logged)
         kept = directory / pdf.name  # W&B links a saved file: a copy keeps an offline run's PDF until it syncs
         shutil.copyfile(pdf, kept)

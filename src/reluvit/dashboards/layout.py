@@ -30,6 +30,11 @@ class Panel:
     lines: tuple[str, ...]  # roll-up columns (grid keys) whose values split the runs into lines
     log_x: bool = False
 
+    @property
+    def x_name(self) -> str:
+        """The x axis's name on a chart: ``core hours`` for ``core_hours``."""
+        return self.x.replace("_", " ")
+
 
 def wandb_key(column: str) -> str:
     """The W&B key of a roll-up column: ``config.<column>`` for a grid key (the run's W&B config has them at top

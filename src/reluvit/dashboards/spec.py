@@ -49,8 +49,8 @@ def figure_run_filter(sweep: Sweep) -> str:
     return f"Config('figure_run') = {figure_run_name(sweep)!r}"
 
 
-def _scatter(panel: Panel) -> dict:
-    return {"type": "scatter", "title": panel.title, "x": wandb_key(panel.x), "y": wandb_key(panel.y),
+def _scatter(panel: Panel, title: str | None = None) -> dict:
+    return {"type": "scatter", "title": title or panel.title, "x": wandb_key(panel.x), "y": wandb_key(panel.y),
             "log_x": panel.log_x}
 
 
@@ -58,7 +58,7 @@ def _figure_panels(layout: list[Panel]) -> list[dict]:
     media = {"type": "media", "title": "the figure from the roll-up; reference: the committed one",
              "media_keys": ["figure", "reference"]}
     charts = [{"type": "line_series", "title": panel.title, "table": f"{chart_key(i)}_table",
-               "xname": panel.x.replace("_", " ")} for i, panel in enumerate(layout)]
+               "xname": panel.x_name} for i, panel in enumerate(layout)]
     return [media, *charts]
 
 
@@ -87,9 +87,10 @@ def report_spec(sweep: Sweep, footnote: str, entity: str | None, project: str) -
 
 def workspace_spec(sweep: Sweep, entity: str | None, project: str) -> dict:
     layout = panels(sweep)
-    scatters = list({(p.x, p.y): _scatter(p) for p in layout}.values())  # one per pair of axes
-    for scatter in scatters:
-        scatter["title"] = f"{scatter['y'].split('.', 1)[1]} vs {scatter['x'].split('.', 1)[1]}"
+    def keys(panel: Panel) -> str:  # the W&B keys without their section: "val/acc vs alpha"
+        return f"{wandb_key(panel.y).split('.', 1)[1]} vs {wandb_key(panel.x).split('.', 1)[1]}"
+
+    scatters = list({(p.x, p.y): _scatter(p, keys(p)) for p in layout}.values())  # one per pair of axes
     history = [{"type": "line", "title": key, "x": "Step", "y": [key]} for key in HISTORY]
     return {"entity": entity, "project": project, "name": f"{sweep.name} ({sweep.scale})",
             "filters": f"({runs_filter(sweep)}) or ({figure_run_filter(sweep)})",
