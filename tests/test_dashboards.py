@@ -76,6 +76,7 @@ def test_wandb_keys_invert_the_rollups_columns():
         column = key.replace("/", "_")
         assert column in row and wandb_key(column) == f"summary.{key}"
     assert wandb_key("core_hours") == "summary.core_hours"  # logged by the clock under its own name
+    assert wandb_key("train_flops") == "summary.train_flops"  # not a "train/" metric
     assert wandb_key("alpha") == "config.alpha" and wandb_key("epochs") == "config.epochs"
 
 

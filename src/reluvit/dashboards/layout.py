@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reluvit.report.plots import metric_of
+from reluvit.report.rollup import RESULT_KEYS
 from reluvit.run.grid import GRID
 from reluvit.sweep.spec import Sweep
 
@@ -39,9 +40,12 @@ class Panel:
 def wandb_key(column: str) -> str:
     """The W&B key of a roll-up column: ``config.<column>`` for a grid key (the run's W&B config has them at top
     level); for a metric, ``summary.<the logged key>``: the roll-up spells ``val/i1k_acc`` as ``val_i1k_acc``, and
-    the clock's ``core_hours`` and ``train_flops`` are logged under their own names."""
+    the run's results (``core_hours``, ``train_flops``, ...: the roll-up's RESULT_KEYS) are logged under their own
+    names."""
     if column in GRID:
         return f"config.{column}"
+    if column in RESULT_KEYS:
+        return f"summary.{column}"
     namespace, _, name = column.partition("_")
     return f"summary.{namespace}/{name}" if namespace in SUMMARY_NAMESPACES and name else f"summary.{column}"
 
