@@ -206,16 +206,40 @@ def test_status_takes_the_overrides_the_sweep_was_launched_with(tmp_path, capsys
 def test_runs_completed_in_a_rollup_are_not_trained_again(tmp_path):
     """`reluvit sweep --completed-in TABLE`: a point whose identity the table records as completed is done (its
     recorded directory stands for it); a failed row or another identity is not."""
-    from reluvit.report.rollup import rollup
+    from reluvit.report.rollup import completed_in, rollup
     from reluvit.run.grid import identity
-    from reluvit.sweep.execute import completed_in, prepare
+    from reluvit.sweep.execute import prepare
 
     points = prepare(sweeps.load("fig5", "smoke").points(False, [f"runs_dir={tmp_path / 'runs'}"]))
     identities = [identity(OmegaConf.to_container(p.cfg, resolve=True)) for p in points]
     table = pd.DataFrame({"run_name": ["a", "b", "c"], "identity": [identities[0], identities[1], "0123456789abcdef"],
                           "status": ["completed", "failed", "completed"],
                           "run_dir": ["/purged/scratch/a", "/purged/scratch/b", "/purged/scratch/c"]})
-    assert completed_in(points, table) == {0: "/purged/scratch/a"}
+    assert completed_in([p.cfg for p in points], table) == {0: "/purged/scratch/a"}
     merged = rollup(tmp_path / "runs", tmp_path / "results" / "runs", also=table)  # their rows join the roll-up
     assert sorted(merged["run_dir"]) == sorted(table["run_dir"])
     assert len(rollup(tmp_path / "runs", tmp_path / "results" / "runs", also=table)) == 3  # once, not again
+
+
+def test_plots_draw_a_figure_from_a_committed_rollup(tmp_path, monkeypatch):
+    """`reluvit plots fig1 --completed-in results/reference/smoke/runs.csv`: with no runs here, the figure is drawn
+    from the committed roll-up's rows of Figure 1 (identified by their grid values, not by where they were trained)."""
+    from reluvit import ROOT
+    from reluvit.report import plots
+
+    reference = pd.read_csv(ROOT / "results" / "reference" / "smoke" / "runs.csv")
+    relu_l = (reference["activation"] == "relu") & (reference["alpha"] == 1.0) & reference["qk_norm"] \
+        & ~reference["gate"]
+    expected = reference[reference["model"].isin(["micro4", "mini4", "midi4"]) & reference["recipe"].eq("smoke")
+                         & ((reference["activation"] == "softmax") | relu_l)]
+    assert len(expected) == 3 * 2 * 3  # three sizes, softmax and relu/L, three seeds
+    drawn = []
+    monkeypatch.setattr(plots, "fig1", lambda df, **plot: drawn.append(df) or plots.new_figure())
+    args = ["plots", "fig1", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    for extra, names in (([], []), (["--completed-in", str(ROOT / "results/reference/smoke/runs.csv")],
+                                    sorted(expected["run_name"]))):
+        cli.main(args + extra)
+        assert sorted(drawn.pop().get("run_name", [])) == names
+    assert (tmp_path / "results" / "smoke" / "fig1.png").exists()
+    rolled = pd.read_parquet(tmp_path / "results" / "runs.parquet")  # the table's rows joined the roll-up
+    assert sorted(rolled["run_name"]) == sorted(reference["run_name"])

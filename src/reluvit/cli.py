@@ -73,6 +73,11 @@ def _dirs(parser: argparse.ArgumentParser) -> None:
                         help="roll-up table and figures (default: results)")
 
 
+def _completed_in_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--completed-in", type=Path, default=None, metavar="TABLE",
+                        help=f"a roll-up table (.parquet or .csv) whose completed runs count as the sweep's: {what}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reluvit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,9 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="train a sweep (a figure, the demo), roll it up, plot it")
     _sweep_args(sweep, many=False)
     _launch_args(sweep)
-    sweep.add_argument("--completed-in", type=Path, default=None, metavar="TABLE",
-                       help="a roll-up table (.parquet or .csv) whose completed runs count as done: not trained again, "
-                            "their rows join the roll-up (for runs whose directory is gone)")
+    _completed_in_arg(sweep, "not trained again, their rows join the roll-up (for runs whose directory is gone)")
     sweep.epilog = "Further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
     commands = {}
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
@@ -98,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     commands["wandb"].add_argument("--publish", action="store_true",
                                    help="save the specifications written earlier (offline) to W&B; needs a login")
     for command in (commands["plots"], commands["wandb"]):
+        _completed_in_arg(command, "their rows join the roll-up and the figure (e.g. the committed "
+                                   "results/reference/smoke/runs.csv)")
         command.add_argument("--project", default="reluvit", help="W&B project (default: reluvit)")
         command.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
     sync = sub.add_parser("wandb-sync", help="upload every offline W&B run under the runs directory not synced yet")
@@ -172,9 +177,9 @@ def _train(args, overrides: list[str]) -> None:
 
 
 def _sweep(args, overrides: list[str]) -> None:
-    from reluvit.report.rollup import read_table
+    from reluvit.report.rollup import completed_in, read_table
     from reluvit.sweep import spec
-    from reluvit.sweep.execute import completed_in, membership, prepare, tag_figures
+    from reluvit.sweep.execute import membership, prepare, tag_figures
 
     results_dir = _results_dir(args.results_dir)
     elsewhere = read_table(args.completed_in) if args.completed_in else None
@@ -188,7 +193,7 @@ def _sweep(args, overrides: list[str]) -> None:
     points = prepare(sweep.points(gpu, extra), dry_run=args.dry_run)
     if any(p.cfg.logger.wandb for p in points) and not args.dry_run:
         tag_figures(points, membership(args.scale, gpu, extra))
-    done = completed_in(points, elsewhere) if elsewhere is not None else {}
+    done = completed_in([p.cfg for p in points], elsewhere) if elsewhere is not None else {}
     log.info("%s-%s: %d runs%s", sweep.name, sweep.scale, len(points),
              f", {len(done)} completed in {args.completed_in}" if elsewhere is not None else "")
     run_dirs = [done.get(i, p.cfg.run_dir) for i, p in enumerate(points)]  # the figure's, trained here or not
@@ -266,13 +271,15 @@ def _status(args, overrides: list[str]) -> None:
 
 def _figures(args, overrides: list[str]):
     """Roll up, then for each sweep asked for: the sweep, its runs and its figure drawn and saved (:func:`_plot`)."""
+    from reluvit.report.rollup import read_table
     from reluvit.report.status import run_dirs
 
     results_dir = _results_dir(args.results_dir)
-    table = _rollup(args.runs_dir, results_dir)
+    elsewhere = read_table(args.completed_in) if args.completed_in else None
+    table = _rollup(args.runs_dir, results_dir, elsewhere)
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
     for sweep in _sweeps(args):
-        runs = table[table["run_dir"].isin(run_dirs(sweep, True, extra))] if len(table) else table
+        runs = table[table["run_dir"].isin(run_dirs(sweep, True, extra, elsewhere))] if len(table) else table
         yield sweep, runs, _plot(sweep, runs, results_dir)
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from reluvit.run.grid import grid_point, identity
 from reluvit.run.lock import live_status
@@ -73,6 +74,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ConfigError("table", f"no roll-up table {path}")
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def completed_in(configs: list, table: pd.DataFrame) -> dict[int, str]:
+    """Index of each resolved run config whose run is completed in ``table`` (a roll-up: same identity, status
+    completed) -> the run directory the table records, wherever it was: a runs directory that is gone (a purged
+    scratch, another machine, the committed reference) need not be trained again, and its row stands for the run."""
+    completed = table[table["status"] == "completed"] if len(table) else table
+    where = dict(zip(completed.get("identity", []), completed.get("run_dir", []), strict=True))
+    identities = [identity(OmegaConf.to_container(cfg, resolve=True)) for cfg in configs]
+    return {i: where[key] for i, key in enumerate(identities) if key in where}
 
 
 def write_table(df: pd.DataFrame, stem: str | Path) -> list[Path]:

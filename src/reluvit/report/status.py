@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reluvit.report.rollup import completed_in
 from reluvit.run.compose import compose_points
 from reluvit.run.rundir import SUMMARY
 from reluvit.sweep.spec import Sweep
@@ -15,9 +16,12 @@ from reluvit.sweep.spec import Sweep
 STATUSES = ("completed", "running", "interrupted", "failed", "diverged", "unreadable", "missing")
 
 
-def run_dirs(sweep: Sweep, gpu: bool, extra: list[str] = ()) -> list[str]:
-    """The run directories of a sweep's runnable points, in order, without repeats."""
-    return list(dict.fromkeys(cfg.run_dir for cfg in compose_points(sweep.points(gpu, extra))))
+def run_dirs(sweep: Sweep, gpu: bool, extra: list[str] = (), elsewhere: pd.DataFrame | None = None) -> list[str]:
+    """The run directories of a sweep's runnable points, in order, without repeats; a run completed in
+    ``elsewhere`` (a roll-up table) is the directory that table records (:func:`completed_in`)."""
+    configs = compose_points(sweep.points(gpu, extra))
+    done = completed_in(configs, elsewhere) if elsewhere is not None else {}
+    return list(dict.fromkeys(done.get(i, cfg.run_dir) for i, cfg in enumerate(configs)))
 
 
 def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool, extra: list[str] = ()) -> pd.DataFrame:

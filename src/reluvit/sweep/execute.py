@@ -49,18 +49,6 @@ def prepare(points: list[list[str]], dry_run: bool = False) -> list[Point]:
     return list(prepared.values())
 
 
-def completed_in(points: list[Point], table) -> dict[int, str]:
-    """Index of each point whose run is completed in ``table`` (a roll-up: same identity, status completed) -> the
-    run directory the table records, wherever it was: a runs directory that is gone (a purged scratch, another
-    machine) need not be trained again."""
-    from reluvit.run.grid import identity
-
-    completed = table[table["status"] == "completed"] if len(table) else table
-    where = dict(zip(completed.get("identity", []), completed.get("run_dir", []), strict=True))
-    identities = [identity(OmegaConf.to_container(p.cfg, resolve=True)) for p in points]
-    return {i: where[key] for i, key in enumerate(identities) if key in where}
-
-
 def _data_selection(point: list[str]) -> tuple[str, ...]:
     """The overrides of a point that choose its data: the ``data`` group and ``data.*`` keys."""
     keys = [override.split("=", 1)[0].lstrip("+~") for override in point]
