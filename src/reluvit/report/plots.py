@@ -37,12 +37,13 @@ def new_figure(**kwargs) -> Figure:
 
 
 def save(fig: Figure, stem: str | Path) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.pdf`` (creating the folder), close the figure and return both paths."""
+    """Write ``<stem>.png`` and ``<stem>.pdf`` (creating the folder), close the figure and return both paths. The
+    PDF carries no creation date: the same figure redrawn is the same file (no noise in committed results)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight", dpi=150)
+    for path, metadata in zip(paths, ({}, {"CreationDate": None}), strict=True):
+        fig.savefig(path, bbox_inches="tight", dpi=150, metadata=metadata)
     plt.close(fig)  # a figure made with pyplot would stay open otherwise
     return paths
 
