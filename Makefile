@@ -32,7 +32,7 @@ DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
 DEVICE_SDISTS = antlr4-python3-runtime
 WHEEL_PLATFORMS = $(foreach n,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(n)_x86_64)
 
-.PHONY: help venv venv-parity demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 train-length plots reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
+.PHONY: help venv venv-parity demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 train-length plots reference-runs reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
@@ -43,6 +43,7 @@ help:
 	@echo "make train-length the smoke recipe's training-length study (4-32 epochs, 3 seeds; ~1 h on 2 CPU cores)"
 	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
 	@echo "                  COMPLETED_IN=results/reference/smoke/runs.csv: with the committed smoke runs"
+	@echo "make reference-runs     add RUNS_DIR's completed clean-commit runs to results/reference/smoke/runs.csv"
 	@echo "make reference-figures  redraw results/reference/smoke/*.png|pdf from its committed roll-ups (clean checkout)"
 	@echo "make wandb-sync   upload the offline W&B runs under RUNS_DIR (default runs/) not uploaded yet"
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
@@ -92,9 +93,14 @@ train-length: venv
 plots: venv
 	$(BIN)/reluvit plots $(SWEEP_OPTS) $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
 
+REFERENCE = results/reference/smoke
+# The completed runs under RUNS_DIR trained from a clean commit join the committed smoke roll-up (a sweep run in
+# pieces: commit the table after each piece, then make reference-figures).
+reference-runs: venv
+	$(BIN)/python -m reluvit.report.reference $(REFERENCE)/runs.csv $(RUNS_DIR)
+
 # The committed smoke figures, redrawn from the committed roll-up alone (no runs/): drawn in a scratch folder, then
 # copied into results/reference/smoke/. From a clean checkout only, as the runs it plots were trained.
-REFERENCE = results/reference/smoke
 reference-figures: venv
 	@test -z "$$(git status --porcelain)" || { echo "reference-figures: commit first (the checkout is dirty)"; exit 2; }
 	scratch=$$(mktemp -d) && $(BIN)/reluvit plots fig1 fig2 fig3 fig4 fig5 --scale smoke --runs-dir $$scratch/runs \

@@ -16,9 +16,9 @@ from reluvit.run.compose import compose
 from reluvit.run.lock import LOCK
 
 
-def fake_run(runs_dir: Path, status: str, *overrides: str, val_acc: float | None = 0.5) -> str:
-    """A run's summary; a ``running`` one held by this live process (an ``interrupted`` one: recorded as running,
-    held by no one)."""
+def fake_run(runs_dir: Path, status: str, *overrides: str, val_acc: float | None = 0.5, **results) -> str:
+    """A run's summary (``results``: more of its top-level keys); a ``running`` one held by this live process (an
+    ``interrupted`` one: recorded as running, held by no one)."""
     cfg = compose([f"runs_dir={runs_dir}", *overrides])
     from omegaconf import OmegaConf
 
@@ -30,7 +30,7 @@ def fake_run(runs_dir: Path, status: str, *overrides: str, val_acc: float | None
     metrics = {} if val_acc is None else {"val/acc": val_acc, "val/loss": 1.0}
     (run_dir / "summary.json").write_text(json.dumps({
         "run_name": cfg.run_name, "run_dir": str(run_dir), "status": status, "metrics": metrics,
-        "config": OmegaConf.to_container(cfg, resolve=True), "core_hours": 0.01,
+        "config": OmegaConf.to_container(cfg, resolve=True), "core_hours": 0.01, **results,
     }))
     return cfg.run_name
 
@@ -118,3 +118,25 @@ def test_rolling_up_again_reads_only_the_summaries_that_changed(tmp_path, monkey
     assert read == [done]
     assert again.loc[done, "val_acc"] == 0.25
     assert (first.loc[live, "status"], again.loc[live, "status"]) == ("running", "interrupted")
+
+
+def test_reference_rollup_takes_completed_runs_from_clean_commits_once(tmp_path, caplog):
+    """make reference-runs: completed runs from a clean commit join the committed roll-up; a failed run, one from a
+    modified checkout and one the table records already (its recorded row kept) do not."""
+    from reluvit.report.reference import extend
+
+    clean, dirty = "0123abc", "0123abc-dirty"
+    runs = tmp_path / "runs"
+    recorded = fake_run(tmp_path / "gone", "completed", "attention=softmax", val_acc=0.9, git_revision=clean)
+    table = tmp_path / "runs.csv"
+    collect(tmp_path / "gone").to_csv(table, index=False)
+    fake_run(runs, "completed", "attention=softmax", val_acc=0.1, git_revision=clean)  # the same run, again
+    added = fake_run(runs, "completed", "attention=relu", git_revision=clean)
+    fake_run(runs, "failed", "attention=gelu", git_revision=clean)
+    modified = fake_run(runs, "completed", "attention=relu2", git_revision=dirty)
+    assert list(extend(table, runs)["run_name"]) == [added]
+    assert modified in caplog.text
+    merged = pd.read_csv(table)
+    assert list(merged["run_name"]) == [recorded, added]
+    assert merged["val_acc"].tolist() == [0.9, 0.5]
+    assert extend(table, runs).empty and len(pd.read_csv(table)) == 2  # again: nothing new

@@ -55,13 +55,16 @@ def check_same_run(recorded: dict | None, config: dict) -> None:
                                                "run_name= or runs_dir=")
 
 
+DIRTY = "-dirty"
+
+
 def git_revision() -> str | None:
-    """The checkout's commit, ``-dirty`` when tracked files have uncommitted changes."""
+    """The checkout's commit, suffixed :data:`DIRTY` when tracked files have uncommitted changes."""
     try:
         root = Path(__file__).resolve().parent
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True).stdout.strip()
-        return rev.stdout.strip() + ("-dirty" if dirty else "")
+        return rev.stdout.strip() + (DIRTY if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
