@@ -1,5 +1,5 @@
 """notebooks/results.ipynb runs end to end, on a small synthetic roll-up table and on a fresh clone (the committed
-reference), and displays the four figures."""
+reference), and displays the five figures."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def test_notebook_runs(tmp_path, monkeypatch):
 
     cells = execute(NOTEBOOK, tmp_path)
     assert f"{len(synthetic_table())} runs from {results.resolve()}\n" in printed(cells)
-    assert images_per_figure(cells) == {f'show("fig{i}")': 1 for i in range(1, 5)}
+    assert images_per_figure(cells) == {f'show("fig{i}")': 1 for i in range(1, 6)}
     assert sorted(p.name for p in (tmp_path / "figures" / "smoke").iterdir()) == [
-        f"fig{i}.{ext}" for i in range(1, 5) for ext in ("pdf", "png")]
+        f"fig{i}.{ext}" for i in range(1, 6) for ext in ("pdf", "png")]
 
 
 @pytest.mark.slow
@@ -104,6 +104,6 @@ def test_notebook_runs_on_a_fresh_clone(tmp_path):
 
     cells = execute(clone / "notebooks" / "results.ipynb", tmp_path)
     assert f"{len(pd.read_csv(reference))} runs from {reference.resolve()}\n" in printed(cells)
-    assert images_per_figure(cells) == {f'show("fig{i}")': 1 for i in range(1, 5)}
+    assert images_per_figure(cells) == {f'show("fig{i}")': 1 for i in range(1, 6)}
     assert {p: p.read_bytes() for p in (clone / "results").rglob("*") if p.is_file()} == results_before, \
         "the notebook writes nothing under results/ unless RELUVIT_FIGURES names a folder"
