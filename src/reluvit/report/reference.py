@@ -37,5 +37,7 @@ def extend(table: str | Path, runs_dir: str | Path) -> pd.DataFrame:
 if __name__ == "__main__":  # make reference-runs
     import sys
 
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m reluvit.report.reference TABLE.csv RUNS_DIR")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    extend(*sys.argv[1:3])
+    extend(*sys.argv[1:])
