@@ -38,6 +38,7 @@ if __name__ == "__main__":  # make reference-runs
     import sys
 
     if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m reluvit.report.reference TABLE.csv RUNS_DIR")
+        print("usage: python -m reluvit.report.reference TABLE.csv RUNS_DIR", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     extend(*sys.argv[1:])
