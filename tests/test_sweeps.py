@@ -133,14 +133,17 @@ def test_two_point_smoke_sweep_end_to_end(tmp_path):
     found = [run.relative_to(tmp_path / "runs").parts[:3] for run in offline_runs(tmp_path / "runs")]
     assert len(found) == 3 and ("figures", "smoke", "fig3") in found
 
-    # the runs directory gone: with the roll-up, nothing trains again and the figure still has both runs
+    # the runs directory gone: with the roll-up, nothing trains again, the figure still has both runs and its
+    # figure run is logged
     again = subprocess.run(
         [sys.executable, "-m", "reluvit", "sweep", "fig3", "--scale", "smoke", "--runs-dir", str(tmp_path / "new"),
          "--results-dir", str(tmp_path / "again"), "--completed-in", str(tmp_path / "results" / "runs.csv"),
-         "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"],
+         "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "logger=wandb"],
         capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "2 runs, 2 completed in" in again.stderr and not (tmp_path / "new").exists()
+    assert "2 runs, 2 completed in" in again.stderr
+    assert [run.relative_to(tmp_path / "new").parts[:3] for run in offline_runs(tmp_path / "new")] == [
+        ("figures", "smoke", "fig3")]
     assert len(pd.read_parquet(tmp_path / "again" / "runs.parquet")) == 2
     for name in table["run_name"]:  # the figure's runs, as the sweep prints them
         assert name in again.stdout

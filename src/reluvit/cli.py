@@ -197,6 +197,7 @@ def _sweep(args, overrides: list[str]) -> None:
     log.info("%s-%s: %d runs%s", sweep.name, sweep.scale, len(points),
              f", {len(done)} completed in {args.completed_in}" if elsewhere is not None else "")
     run_dirs = [done.get(i, p.cfg.run_dir) for i, p in enumerate(points)]  # the figure's, trained here or not
+    wandb_logger = next((p.cfg.logger for p in points if p.cfg.logger.wandb), None)  # even if none trains here
     points = [p for i, p in enumerate(points) if i not in done]
     follow = " ".join(["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(args.runs_dir),
                        *overrides])
@@ -206,9 +207,9 @@ def _sweep(args, overrides: list[str]) -> None:
     table = _rollup(args.runs_dir, results_dir, elsewhere)
     runs = table[table["run_dir"].isin(run_dirs)] if len(table) else table
     drawn = _plot(sweep, runs, results_dir)
-    if wandb_points := [p for p in points if p.cfg.logger.wandb]:
-        logger = wandb_points[0].cfg.logger
-        _figure_run(sweep, runs, drawn, args.runs_dir, logger.project, logger.entity, logger.wandb_mode)
+    if wandb_logger is not None:
+        _figure_run(sweep, runs, drawn, args.runs_dir, wandb_logger.project, wandb_logger.entity,
+                    wandb_logger.wandb_mode)
     _show(runs)
     for line in failed:
         log.error("failed: %s", line)
