@@ -94,6 +94,8 @@ plots: venv
 	$(BIN)/reluvit plots $(SWEEP_OPTS) $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
 
 REFERENCE = results/reference/smoke
+# fig1 ... fig5, as sweeps/ defines them
+FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
 # The completed runs under RUNS_DIR trained from a clean commit join the committed smoke roll-up (a sweep run in
 # pieces: commit the table after each piece, then make reference-figures).
 reference-runs: venv
@@ -103,7 +105,7 @@ reference-runs: venv
 # copied into results/reference/smoke/. From a clean checkout only, as the runs it plots were trained.
 reference-figures: venv
 	@test -z "$$(git status --porcelain)" || { echo "reference-figures: commit first (the checkout is dirty)"; exit 2; }
-	scratch=$$(mktemp -d) && $(BIN)/reluvit plots fig1 fig2 fig3 fig4 fig5 --scale smoke --runs-dir $$scratch/runs \
+	scratch=$$(mktemp -d) && $(BIN)/reluvit plots $(FIGURES) --scale smoke --runs-dir $$scratch/runs \
 	  --results-dir $$scratch --completed-in $(REFERENCE)/runs.csv && cp $$scratch/smoke/fig?.p* $(REFERENCE)/ && \
 	$(BIN)/reluvit plots train_length --scale smoke --runs-dir $$scratch/runs --results-dir $$scratch/tl \
 	  --completed-in $(REFERENCE)/train_length_runs.csv && cp $$scratch/tl/smoke/train_length.p* $(REFERENCE)/; \

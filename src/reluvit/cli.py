@@ -78,6 +78,13 @@ def _completed_in_arg(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"a roll-up table (.parquet or .csv) whose completed runs count as the sweep's: {what}")
 
 
+def _completed_table(args):
+    """The roll-up table named by ``--completed-in``, or None."""
+    from reluvit.report.rollup import read_table
+
+    return read_table(args.completed_in) if args.completed_in else None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reluvit", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,12 +184,12 @@ def _train(args, overrides: list[str]) -> None:
 
 
 def _sweep(args, overrides: list[str]) -> None:
-    from reluvit.report.rollup import completed_in, read_table
+    from reluvit.report.rollup import completed_in, recorded_run_dirs
     from reluvit.sweep import spec
     from reluvit.sweep.execute import membership, prepare, tag_figures
 
     results_dir = _results_dir(args.results_dir)
-    elsewhere = read_table(args.completed_in) if args.completed_in else None
+    elsewhere = _completed_table(args)
     profile = _check_launcher(args)
     sweep = spec.load(args.sweep, args.scale, args.seeds)
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
@@ -196,7 +203,7 @@ def _sweep(args, overrides: list[str]) -> None:
     done = completed_in([p.cfg for p in points], elsewhere) if elsewhere is not None else {}
     log.info("%s-%s: %d runs%s", sweep.name, sweep.scale, len(points),
              f", {len(done)} completed in {args.completed_in}" if elsewhere is not None else "")
-    run_dirs = [done.get(i, p.cfg.run_dir) for i, p in enumerate(points)]  # the figure's, trained here or not
+    run_dirs = recorded_run_dirs([p.cfg for p in points], done)  # the figure's, trained here or not
     wandb_logger = next((p.cfg.logger for p in points if p.cfg.logger.wandb), None)  # even if none trains here
     points = [p for i, p in enumerate(points) if i not in done]
     follow = " ".join(["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(args.runs_dir),
@@ -272,11 +279,10 @@ def _status(args, overrides: list[str]) -> None:
 
 def _figures(args, overrides: list[str]):
     """Roll up, then for each sweep asked for: the sweep, its runs and its figure drawn and saved (:func:`_plot`)."""
-    from reluvit.report.rollup import read_table
     from reluvit.report.status import run_dirs
 
     results_dir = _results_dir(args.results_dir)
-    elsewhere = read_table(args.completed_in) if args.completed_in else None
+    elsewhere = _completed_table(args)
     table = _rollup(args.runs_dir, results_dir, elsewhere)
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
     for sweep in _sweeps(args):

@@ -86,6 +86,11 @@ def completed_in(configs: list, table: pd.DataFrame) -> dict[int, str]:
     return {i: where[key] for i, key in enumerate(identities) if key in where}
 
 
+def recorded_run_dirs(configs: list, done: dict[int, str]) -> list[str]:
+    """Each config's run directory, or the one a table records for it where :func:`completed_in` found it done."""
+    return [done.get(i, cfg.run_dir) for i, cfg in enumerate(configs)]
+
+
 def write_table(df: pd.DataFrame, stem: str | Path) -> list[Path]:
     """``<stem>.parquet`` and ``<stem>.csv``."""
     stem = Path(stem)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reluvit.report.rollup import completed_in
+from reluvit.report.rollup import completed_in, recorded_run_dirs
 from reluvit.run.compose import compose_points
 from reluvit.run.rundir import SUMMARY
 from reluvit.sweep.spec import Sweep
@@ -21,7 +21,7 @@ def run_dirs(sweep: Sweep, gpu: bool, extra: list[str] = (), elsewhere: pd.DataF
     ``elsewhere`` (a roll-up table) is the directory that table records (:func:`completed_in`)."""
     configs = compose_points(sweep.points(gpu, extra))
     done = completed_in(configs, elsewhere) if elsewhere is not None else {}
-    return list(dict.fromkeys(done.get(i, cfg.run_dir) for i, cfg in enumerate(configs)))
+    return list(dict.fromkeys(recorded_run_dirs(configs, done)))
 
 
 def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool, extra: list[str] = ()) -> pd.DataFrame:
