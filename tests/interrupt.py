@@ -7,6 +7,8 @@ the run checkpoints at the next step boundary and exits, as under submitit) | ``
 where/at: ``step N`` (after optimizer step N) | ``validation N`` (inside the validation that follows step N) |
 ``epoch_end N`` (at the end of epoch N's training batches, before its checkpoint) | ``checkpoint N`` (halfway
 through writing the N-th checkpoint file, 1-based) | ``fewshot N`` (inside the N-th few-shot probe).
+With ``RELUVIT_TRACE_BATCHES=<file>`` each training batch's labels are appended to that file as a JSON line
+``[epoch, batch_idx, labels]`` as the batch starts (the order of the samples trained, whatever their augmentations).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ class Interrupt(pl.Callback):
         self._fire("epoch_end", trainer.current_epoch)
 
 
+class TraceBatches(pl.Callback):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as out:
+            out.write(json.dumps([trainer.current_epoch, batch_idx, batch[1].tolist()]) + "\n")
+
+
 def patch_checkpoint_writes(kind: str, at: int) -> None:
     """The ``at``-th file torch.save writes gets half its bytes, then the interruption."""
     save, calls = torch.save, []
@@ -81,19 +92,21 @@ def patch_probe(kind: str, at: int) -> None:
 
 def main(overrides: str, kind: str, where: str, at: str) -> None:
     cfg = compose(json.loads(overrides))
+    callbacks = [TraceBatches(os.environ["RELUVIT_TRACE_BATCHES"])] if "RELUVIT_TRACE_BATCHES" in os.environ else []
     if kind != "none":
         if where == "checkpoint":
             patch_checkpoint_writes(kind, int(at))
         elif where == "fewshot":
             patch_probe(kind, int(at))
-        setup = train.setup
+        callbacks.append(Interrupt(kind, where, int(at)))
+    setup = train.setup
 
-        def setup_with_interrupt(cfg, run_dir):
-            parts = setup(cfg, run_dir)
-            parts[2].callbacks.append(Interrupt(kind, where, int(at)))
-            return parts
+    def setup_with_callbacks(cfg, run_dir):
+        parts = setup(cfg, run_dir)
+        parts[2].callbacks.extend(callbacks)
+        return parts
 
-        train.setup = setup_with_interrupt
+    train.setup = setup_with_callbacks
     train.run(cfg)
 
 

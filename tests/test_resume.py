@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from reluvit.data.shards import write_shards
 from reluvit.run.compose import compose
 from reluvit.run.rundir import last_checkpoint, read_summary
 
@@ -33,49 +35,84 @@ CONFIGS = {
     "accumulate": [*BASE, "trainer.micro_batch_size=32"],  # two forward passes per optimizer step
     "fewshot": [*BASE, "eval=embedded", "eval.fewshot.datasets=[digits]", "eval.fewshot.shots=[1,5]",
                 "eval.fewshot.seeds=[0]", "eval.fewshot.every_n_steps=30"],
+    # loader workers: Lightning makes the iterator before it restores the checkpoint; with workers the sampler is
+    # asked for indices then (reluvit.data.datamodules.DeferredLoader)
+    "workers": [*BASE, "data.num_workers=2"],
+    "shards": [*(o for o in BASE if o != "data=digits"), "data=shards", "data.path={shards}", "data.num_classes=10",
+               "data.img_size=8", "data.in_chans=1", "data.num_workers=2", "data.loader=reference"],
 }
 POINTS = [  # (where, at): see tests/interrupt.py
     ("step", 3),  # before the first checkpoint
     ("step", 17),  # mid-epoch 0
-    ("step", 22),  # usr2: checkpointed at the end of epoch 0's last step, before its validation
+    ("step", 22),  # usr2: recorded before epoch 0's last step, checkpointed after the next epoch's first
     ("step", 23),  # the last step of epoch 0, before its validation and checkpoint (usr2: checkpointed at step 24)
-    ("step", 45),  # usr2: checkpointed at epoch 1's last step
+    ("step", 45),  # usr2: recorded before epoch 1's last step
     ("validation", 23),  # during epoch 0's validation
+    ("validation", 69),  # during the final validation (usr2: handed over when the fit ends)
     ("epoch_end", 1),  # after epoch 1's last step, before its checkpoint
     ("checkpoint", 1),  # halfway through writing the first checkpoint
     ("checkpoint", 2),
     *(("step", s) for s in sorted(random.Random(0).sample(range(24, 68), 2))),  # anywhere in epochs 1 and 2
 ]
-CASES = [
-    *((config, kind, where, at) for config in ("epochs",) for kind in ("kill", "usr2") for where, at in POINTS),
-    *(("max_steps", kind, where, at) for kind, where, at in (
-        ("kill", "validation", 46), ("kill", "checkpoint", 2), ("usr2", "step", 30),
-        ("kill", "step", 50))),  # after the final step, before the run is recorded as completed
+# the shard stream's workers skip a resumed epoch's trained samples undecoded and draw the augmentations of the rest
+# afresh (README: Feeding GPUs): the same samples in the same order, not the same weights
+AUGMENTATIONS_DRAWN_AFRESH = {"shards"}
+Interruption = tuple[str, str, int]  # (kind, where, at)
+CASES: list[tuple[str, tuple[Interruption, ...]]] = [
+    *(("epochs", ((kind, where, at),)) for kind in ("kill", "usr2") for where, at in POINTS),
+    *(("max_steps", (i,)) for i in (("kill", "validation", 46), ("kill", "checkpoint", 2), ("usr2", "step", 30),
+                                    ("kill", "step", 50))),  # after the final step, before the run is recorded
     # an epoch-end checkpoint resumed with Lightning's max_steps ran one epoch short
-    *(("max_steps_beyond", kind, where, at) for kind, where, at in (("kill", "validation", 46), ("usr2", "step", 30))),
-    *(("fewshot", kind, "fewshot", 1) for kind in ("kill", "usr2")),
-    *(("accumulate", kind, "step", 30) for kind in ("kill", "usr2")),  # usr2: saved after the step's second pass
+    *(("max_steps_beyond", (i,)) for i in (("kill", "validation", 46), ("usr2", "step", 30))),
+    *(("fewshot", ((kind, "fewshot", 1),)) for kind in ("kill", "usr2")),
+    *(("accumulate", ((kind, "step", 30),)) for kind in ("kill", "usr2")),  # usr2: saved after the second pass
+    *(("workers", ((kind, "step", 17),)) for kind in ("kill", "usr2")),
+    *(("shards", ((kind, "step", at),)) for kind, at in (("usr2", 17), ("kill", 30))),  # kill: epoch 0's checkpoint
+    # interrupted again after resuming: each start must continue where the previous one stopped (a requeued job
+    # is interrupted at every time limit). Checkpointing at an epoch's last step replayed the next epoch here.
+    ("epochs", (("usr2", "step", 22), ("usr2", "step", 40))),
+    ("epochs", (("usr2", "step", 45), ("usr2", "step", 60))),
+    ("epochs", (("usr2", "step", 17), ("kill", "validation", 23), ("usr2", "step", 30))),
+    ("workers", (("usr2", "step", 22), ("usr2", "step", 40))),
 ]
 TABLE: list[dict] = []
 
 
-def train(overrides: list[str], kind: str = "none", where: str = "-", at: int = 0) -> subprocess.CompletedProcess:
+def train(overrides: list[str], trace: Path, kind: str = "none", where: str = "-",
+          at: int = 0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HARNESS), json.dumps(overrides), kind, where, str(at)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "RELUVIT_TRACE_BATCHES": str(trace)})
+
+
+def trained_labels(trace: Path) -> dict[tuple[int, int], list[int]]:
+    """The labels of each (epoch, batch) trained, as last trained (a batch trained again after a restart from an
+    earlier checkpoint replaces the first); a restart that replays or skips batches shows as other labels."""
+    return {(epoch, batch): labels for epoch, batch, labels in map(json.loads, trace.read_text().splitlines())}
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory) -> dict[str, dict]:
+def configs(tmp_path_factory) -> dict[str, list[str]]:
+    """CONFIGS with the path of the digits written as shards (once per module)."""
+    shards = tmp_path_factory.mktemp("digit_shards")
+    write_shards("embedded:digits", shards, shard_mb=0.015, val_count=297, progress=False)
+    return {name: [o.format(shards=shards) for o in overrides] for name, overrides in CONFIGS.items()}
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, configs) -> dict[str, dict]:
     """The uninterrupted run of each config (trained once, on first use): its summary and final weights."""
     done = {}
 
     def reference(config: str) -> dict:
         if config not in done:
-            overrides = [*CONFIGS[config], f"runs_dir={tmp_path_factory.mktemp('reference')}"]
-            result = train(overrides)
+            runs_dir = tmp_path_factory.mktemp("reference")
+            overrides = [*configs[config], f"runs_dir={runs_dir}"]
+            result = train(overrides, runs_dir / "trace.jsonl")
             assert result.returncode == 0, result.stderr[-2000:]
             run_dir = compose(overrides).run_dir
-            done[config] = {"summary": read_summary(run_dir), "weights": weights(run_dir)}
+            done[config] = {"summary": read_summary(run_dir), "weights": weights(run_dir),
+                            "labels": trained_labels(runs_dir / "trace.jsonl")}
         return done[config]
 
     return reference
@@ -90,28 +127,39 @@ def checkpoint_step(run_dir: str) -> int | None:
     return torch.load(path, weights_only=True)["global_step"] if path.exists() else None
 
 
+def case_id(config: str, interruptions: tuple[Interruption, ...]) -> str:
+    return f"{config}-" + "+".join("-".join(map(str, i)) for i in interruptions)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("config", "kind", "where", "at"), CASES, ids=["-".join(map(str, c)) for c in CASES])
-def test_interrupted_run_resumes_exactly(references, tmp_path, config, kind, where, at):
-    overrides = [*CONFIGS[config], f"runs_dir={tmp_path}"]
+@pytest.mark.parametrize(("config", "interruptions"), CASES, ids=[case_id(*c) for c in CASES])
+def test_interrupted_run_resumes_exactly(configs, references, tmp_path, config, interruptions):
+    overrides = [*configs[config], f"runs_dir={tmp_path}"]
     run_dir = compose(overrides).run_dir
-    interrupted = train(overrides, kind, where, at)
-    expected_exit = -signal.SIGKILL if kind == "kill" else 128 + signal.SIGUSR2
-    assert interrupted.returncode == expected_exit, f"the interruption did not happen: {interrupted.stderr[-2000:]}"
-    resumed_at = checkpoint_step(run_dir)
-    resumed = train(overrides)
+    resumed_at = []
+    for kind, where, at in interruptions:
+        interrupted = train(overrides, tmp_path / "trace.jsonl", kind, where, at)
+        expected_exit = -signal.SIGKILL if kind == "kill" else 128 + signal.SIGUSR2
+        assert interrupted.returncode == expected_exit, \
+            f"the interruption {kind} {where} {at} did not happen: {interrupted.stderr[-2000:]}"
+        resumed_at.append(checkpoint_step(run_dir))
+    resumed = train(overrides, tmp_path / "trace.jsonl")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     reference, summary = references(config), read_summary(run_dir)
     final = weights(run_dir)
     equal = final.keys() == reference["weights"].keys() and all(
         torch.equal(final[k], reference["weights"][k]) for k in final)
-    TABLE.append({"config": config, "kind": kind, "point": f"{where} {at}", "resumed step": resumed_at,
+    TABLE.append({"config": config, "interruptions": ", ".join(" ".join(map(str, i)) for i in interruptions),
+                  "resumed steps": resumed_at,
                   "final step": summary["global_step"], "reference step": reference["summary"]["global_step"],
                   "weights equal": equal})
     assert summary["status"] == "completed"
     assert summary["global_step"] == reference["summary"]["global_step"]
     assert summary["examples_seen"] == reference["summary"]["examples_seen"]
+    assert trained_labels(tmp_path / "trace.jsonl") == reference["labels"]  # the same samples in the same order
+    if config in AUGMENTATIONS_DRAWN_AFRESH:
+        return
     assert equal
     assert summary["metrics"]["val/acc"] == reference["summary"]["metrics"]["val/acc"]
 

@@ -69,12 +69,26 @@ def training_sampler(module: pl.LightningDataModule, size: int, seed: int, batch
 
 def training_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
     """(epoch, batches already trained in it) of the fit loop; a restart from a mid-epoch checkpoint has its
-    completed-batch counter restored before the loader is iterated."""
+    completed-batch counter restored before the loader's first batch (:class:`DeferredLoader`)."""
     if trainer is None:
         return 0, 0
     loop = trainer.fit_loop
     done = loop.epoch_loop.batch_progress.current.completed
     return loop.epoch_progress.current.processed, done if 0 < done < batches_per_epoch else 0
+
+
+class DeferredLoader(DataLoader):
+    """A DataLoader whose epoch starts (asks its sampler or stream for the trainer's position) at the first batch
+    asked for. Lightning makes the training iterator before it restores a checkpoint (to count the schedule's
+    steps), and a loader with workers asks its sampler for indices as soon as its iterator is made: only at the
+    first batch is the position of a resumed epoch known."""
+
+    def __iter__(self):
+        self.start_epoch()
+        yield from super().__iter__()
+
+    def start_epoch(self) -> None:
+        """What the loader does as its epoch starts (the sampler is asked by the DataLoader itself)."""
 
 
 class IndexedDataModule(pl.LightningDataModule):
@@ -88,7 +102,7 @@ class IndexedDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
-        return DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
+        return DeferredLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
                           generator=loader_generator(self.seed), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
 
@@ -200,7 +214,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.minival_set = FolderImages(files, minival, EvalTransform(self.img_size))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, self.batch_size, drop_last=True, pin_memory=True,
+        return DeferredLoader(self.train_set, self.batch_size, drop_last=True, pin_memory=True,
                           sampler=training_sampler(self, len(self.train_set), self.seed, self.batch_size),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
@@ -210,7 +224,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return loaders if len(loaders) > 1 else loaders[0]
 
 
-class EpochLoader(DataLoader):
+class EpochLoader(DeferredLoader):
     """A loader over a :class:`ShardStream` that tells the stream its epoch and mid-epoch position each time an
     epoch starts; workers are started per epoch, so they receive that position."""
 
@@ -220,9 +234,8 @@ class EpochLoader(DataLoader):
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
         self.position = position
 
-    def __iter__(self):
+    def start_epoch(self) -> None:
         self.dataset.set_position(*self.position())
-        return super().__iter__()
 
 
 class ShardDataModule(pl.LightningDataModule):
@@ -281,7 +294,7 @@ class ShardDataModule(pl.LightningDataModule):
             randaug=self.randaug if train else (0, 0), batch_size=self.batch_size,
             num_threads=max(self.num_workers, 1),
             device_id=torch.cuda.current_device() if torch.cuda.is_available() else None)
-        return DaliLoader(encoded, pipeline, lambda: epoch_seed(self.seed, stream.epoch, stream.rank))
+        return DaliLoader(encoded, pipeline, lambda: epoch_seed(self.seed, position()[0], stream.rank))
 
     def train_dataloader(self) -> DataLoader | DaliLoader:
         return self._loader(self.train_split, train=True)

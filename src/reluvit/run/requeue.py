@@ -7,6 +7,11 @@ the signal over: the handler only records it; at the next optimizer-step boundar
 written atomically (model, optimizer, schedule, loop counters, callbacks' state such as ``core_hours``), and the
 handler that was there before (submitit's) is called. The requeued job resumes from that checkpoint at that step,
 with the random number generators' states saved in every checkpoint (mixup draws continue as if uninterrupted).
+
+Not at an epoch's last step: Lightning (2.6) restores a checkpoint saved there without counting the next epoch as
+started, so a second interruption within that epoch would replay it from its start. A signal that comes then is
+answered at the next epoch's first step; one that comes after the last step of the run is handed over when the fit
+ends, and the requeued job resumes from the final epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -50,14 +55,19 @@ class CheckpointOnSignal(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         signal.signal(self.signum, self._previous)
+        if trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
+            self._hand_over()  # the fit's last checkpoint is written: the requeued job resumes from it
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or \
-            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch  # accumulated gradients are not saved
-        if not (stepped and trainer.strategy.reduce_boolean_decision(self._received is not None, all=False)):
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0  # accumulated gradients are not saved
+        if not stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # see the module's docstring
             return
-        trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes (atomically: run.checkpoint)
-        signal.signal(self.signum, self._previous)
+        if trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
+            trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes (atomically: run.checkpoint)
+            signal.signal(self.signum, self._previous)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
         received, self._received = self._received or (self.signum, None), None
         if callable(self._previous):
             self._previous(*received)  # submitit: requeue, then exit
