@@ -11,7 +11,8 @@ with the random number generators' states saved in every checkpoint (mixup draws
 Not at an epoch's last step: Lightning (2.6) restores a checkpoint saved there without counting the next epoch as
 started, so a second interruption within that epoch would replay it from its start. A signal that comes then is
 answered at the next epoch's first step; one that comes after the last step of the run is handed over when the fit
-ends, and the requeued job resumes from the final epoch's checkpoint.
+ends, and the requeued job resumes from the last checkpoint written (the final epoch's; an earlier epoch's when
+``max_steps`` ended the fit mid-epoch, whose last steps are then trained again, to the same weights).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class CheckpointOnSignal(pl.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         signal.signal(self.signum, self._previous)
         if trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
-            self._hand_over()  # the fit's last checkpoint is written: the requeued job resumes from it
+            self._hand_over()  # see the module's docstring
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0  # accumulated gradients are not saved
