@@ -231,8 +231,9 @@ def test_plots_draw_a_figure_from_a_committed_rollup(tmp_path, monkeypatch):
     from reluvit.report import plots
 
     reference = pd.read_csv(ROOT / "results" / "reference" / "smoke" / "runs.csv")
-    relu_l = (reference["activation"] == "relu") & (reference["alpha"] == 1.0) & reference["qk_norm"] \
-        & ~reference["gate"]
+    # qk_norm and gate are empty for attentions without them (SOFT): compared, not negated
+    relu_l = (reference["activation"] == "relu") & (reference["alpha"] == 1.0) & reference["qk_norm"].eq(True) \
+        & reference["gate"].eq(False) & reference["learn_alpha"].eq("none")
     expected = reference[reference["model"].isin(["micro4", "mini4", "midi4"]) & reference["recipe"].eq("smoke")
                          & ((reference["activation"] == "softmax") | relu_l)]
     assert len(expected) == 3 * 2 * 3  # three sizes, softmax and relu/L, three seeds
