@@ -22,6 +22,8 @@ RUNS_DIR ?= runs
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
 LAUNCH_OPTS = --launcher $(LAUNCHER) --cluster $(CLUSTER) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait) \
               $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
+# fig1 ... fig5, as sweeps/ defines them
+FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
 
 # The GPU check (README "GPU check"): the packages a bare GPU machine with torch, timm, Lightning and Triton lacks,
 # as CPython 3.12 wheels at this venv's versions (timm too: the machine's version is unknown). wandb stays behind:
@@ -32,7 +34,7 @@ DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
 DEVICE_SDISTS = antlr4-python3-runtime
 WHEEL_PLATFORMS = $(foreach n,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(n)_x86_64)
 
-.PHONY: help venv venv-parity demo test test-all lint clean fig1 fig2 fig3 fig4 fig5 train-length plots reference-runs reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
+.PHONY: help venv venv-parity demo test test-all lint clean $(FIGURES) train-length plots reference-runs reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
@@ -84,18 +86,13 @@ test-all: venv venv-parity
 	bash slurm/up.sh
 	RELUVIT_SLURM_TESTS=1 $(BIN)/python -m pytest -q --durations=30
 
-fig1 fig2 fig3 fig4 fig5: venv
-	$(BIN)/reluvit sweep $@ $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
-
-train-length: venv
-	$(BIN)/reluvit sweep train_length $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
+$(FIGURES) train-length: venv
+	$(BIN)/reluvit sweep $(subst -,_,$@) $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
 
 plots: venv
 	$(BIN)/reluvit plots $(SWEEP_OPTS) $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
 
 REFERENCE = results/reference/smoke
-# fig1 ... fig5, as sweeps/ defines them
-FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
 # The completed runs under RUNS_DIR trained from a clean commit join the committed smoke roll-up (a sweep run in
 # pieces: commit the table after each piece, then make reference-figures).
 reference-runs: venv
