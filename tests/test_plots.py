@@ -252,3 +252,20 @@ def test_train_length_draws_one_point_per_length_and_attention():
         np.testing.assert_allclose(line.get_xdata(), [4, 8])
         np.testing.assert_allclose(line.get_ydata(), [0.5405, 0.5805])
     assert "3 of 9 points missing (1 failed, 2 not run)" in fig.texts[0].get_text()
+
+
+def test_fig5_finds_every_attention_in_rows_the_roll_up_writes():
+    """Each attention's row built from its composed config by the grid (as the roll-up does): SOFT's gate column is
+    empty there (the key does not apply to it), and Figure 5 still finds all five attentions."""
+    from omegaconf import OmegaConf
+
+    from reluvit.run.compose import compose_points
+    from reluvit.run.grid import grid_point
+
+    attentions = ["softmax", "relu", "relu_learned", "sigmoid_attn", "soft"]
+    configs = compose_points([[f"attention={a}", "model=micro2", "recipe=smoke"] for a in attentions])
+    rows = [{**grid_point(OmegaConf.to_container(c, resolve=True)), "status": "completed", "val_acc": 0.8,
+             "core_hours": 0.1, "attn_alpha_mean": 0.9} for c in configs]
+    assert rows[-1]["gate"] is None
+    fig = plots.fig5(pd.DataFrame(rows), recipe="smoke", model="micro2")
+    assert fig.texts[-1].get_text() == "all 5 points present"

@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from reluvit.run.grid import GRID
+
 
 def attention_label(row: pd.Series) -> str:
     """``softmax``, ``relu/L`` (alpha 1), ``relu`` (alpha 0) or ``relu L^-0.5``."""
@@ -92,6 +94,12 @@ AXIS_LABELS = {"val_acc": "validation accuracy", "val_i1k_acc": "ImageNet-1k acc
                "train_flops": "training FLOPs", "alpha": "Exponent for scaling inverse seqlen"}
 PAPER = {"qk_norm": True, "gate": False}  # the paper's default attention: qk-layernorm, no gate
 SPELLINGS = {True: ["true", "1", "1.0"], False: ["false", "0", "0.0"]}  # a CSV round trip may leave bools as text
+
+
+def paper_default(activation: str) -> dict:
+    """The keys of PAPER that apply to ``activation`` (SOFT has no gate: its column is empty, as the grid says)."""
+    config = {"attention": {"activation": activation, **PAPER}}
+    return {key: value for key, value in PAPER.items() if GRID[key].applies(config)}
 
 
 class Curve(NamedTuple):
@@ -392,7 +400,7 @@ def fig5(df: pd.DataFrame, *, recipe: str, model: str, metric: str = "val_acc", 
     left, right = fig.subplots(1, 2)
     aggs = []
     for curve in FIG5_CURVES:
-        point = [{"recipe": recipe, "model": model, **PAPER, **curve.where}]
+        point = [{"recipe": recipe, "model": model, **paper_default(curve.where["activation"]), **curve.where}]
         aggs.append(_drawn(aggregate(df, point, metric, x=x), AXIS_LABELS.get(x, x), curve, x, metric))
         draw_curve(left, aggs[-1], x="x", curve=curve)
         if curve.label in FIG5_ALPHA:
