@@ -86,7 +86,7 @@ def test_point_status_counts(table):
     # smoke/mini4: relu 3 ok, relu2 ok+diverged+failed, softmax ok; smoke/mini2: relu a0 running, 5 not run,
     # softmax ok; smoke_tok: 2 panels x 7 not run
     assert counts == {"expected": 28, "ok": 6, "diverged": 1, "running": 1, "failed": 1, "not run": 19,
-                      "no metric": 0, "partly_diverged": 1}
+                      "needs a GPU": 0, "no metric": 0, "partly_diverged": 1}
     assert plots.footnote(counts) == ("21 of 28 points missing (1 running, 1 failed, 19 not run); 1 diverged (x); "
                                       "1 means exclude diverged seeds")
 
@@ -155,6 +155,12 @@ def test_figures_drawn(table, tmp_path, monkeypatch):
                             metric={"smoke": "val_i1k_acc", "smoke_tok": "val_acc"})
     assert per_recipe.texts[-1].get_text() == (
         "27 of 28 points missing (1 running, 1 failed, 19 not run, 6 completed without the metric); 1 diverged (x)")
+    # mini2 trained only on a GPU: its points without runs need one, its empty panel says so
+    gpu_only = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS,
+                          needs_gpu=["mini2"])
+    assert gpu_only.texts[-1].get_text().startswith(
+        "21 of 28 points missing (1 running, 1 failed, 7 not run, 12 need a GPU); 1 diverged (x)")
+    assert [t.get_text() for ax in gpu_only.axes[2:4] for t in ax.texts] == ["no runs", "runs on a GPU"]
     (gated,) = [line for line in fig4.axes[0].lines if line.get_label() == "relu with gating"]
     np.testing.assert_allclose(gated.get_ydata(), [0.82])
 

@@ -83,6 +83,9 @@ def test_gpu_only_blocks_are_left_out_without_a_gpu():
     sweep = sweeps.load("fig2", "smoke")
     assert len(sweep.points(gpu=True)) - len(sweep.points(gpu=False)) == 2 * (7 * 3 + 1)
     assert all("model=micro1" not in p for p in sweep.points(gpu=False))
+    # the figures count micro1's missing points as needing a GPU, not as not run
+    assert sweep.gpu_only_models() == ["micro1"]
+    assert sweeps.load("fig2", "paper").gpu_only_models() == []
 
 
 def test_seeds_replace_the_sweep_files():

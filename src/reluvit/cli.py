@@ -233,10 +233,12 @@ def _rollup(runs_dir: Path, results_dir: Path, also=None):
 
 
 def _plot(sweep, runs, results_dir: Path):
-    """Draw and save the sweep's figure; returns it (with ``.points``) and its PNG and PDF paths."""
+    """Draw and save the sweep's figure; returns it (with ``.points``) and its PNG and PDF paths. Missing points of
+    models that only a GPU trains are counted as needing one."""
     from reluvit.report import plots
 
-    figure = getattr(plots, sweep.name)(runs, **sweep.plot)
+    gpu_only = {"needs_gpu": models} if (models := sweep.gpu_only_models()) else {}
+    figure = getattr(plots, sweep.name)(runs, **sweep.plot, **gpu_only)
     paths = plots.save(figure, results_dir / sweep.scale / sweep.name)
     for path in paths:
         log.info("figure: %s", path)

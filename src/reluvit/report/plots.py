@@ -4,6 +4,7 @@ side."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from numbers import Real
 from pathlib import Path
 from typing import NamedTuple
@@ -84,8 +85,8 @@ def demo(df: pd.DataFrame, *, metric: str = "val_acc") -> Figure:
 # value are left out of the curves and counted in a footnote; points whose seeds all diverged are an "x" on the bottom
 # edge of the axes: their accuracy is undefined, not zero.
 
-MISSING = ("running", "failed", "not run", "no metric")  # why a point has no value, in footnote order
-MISSING_TEXT = {"no metric": "completed without the metric"}
+MISSING = ("running", "failed", "not run", "needs a GPU", "no metric")  # why a point has no value, footnote order
+MISSING_TEXT = {"no metric": "completed without the metric", "needs a GPU": "need a GPU"}
 ACTIVATION_LABELS = {"relu2": "squared relu"}
 COLORS = {"softmax": "k", "relu": "C0", "relu2": "C1", "gelu": "C2", "softplus": "C3", "identity": "C4",
           "relu6": "C5", "sigmoid": "C6"}
@@ -133,10 +134,12 @@ def _numeric(runs: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(runs[column], errors="coerce")
 
 
-def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: str | None = None) -> pd.DataFrame:
+def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: str | None = None,
+              needs_gpu: Collection[str] = ()) -> pd.DataFrame:
     """One row per point: its keys; ``status`` ("ok", "diverged" or a reason in MISSING); ``n`` completed seeds with
     a value; ``mean``, ``min``, ``max`` of ``metric`` over them; ``diverged_seeds``; with ``x``, the mean ``x`` of
-    the seeds shown (the completed ones, or the diverged ones of a diverged point)."""
+    the seeds shown (the completed ones, or the diverged ones of a diverged point). ``needs_gpu``: models only a GPU
+    trains (the sweep's ``requires: gpu`` blocks); a point of theirs without runs "needs a GPU"."""
     out = []
     for point in points:
         runs = _select(df, point)
@@ -147,7 +150,7 @@ def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: 
         if done.any():
             state = "ok"
         elif runs.empty:
-            state = "not run"
+            state = "needs a GPU" if point.get("model") in needs_gpu else "not run"
         elif (status == "running").any():  # not final yet, whatever the other seeds did
             state = "running"
         elif (status == "diverged").all():
@@ -232,7 +235,8 @@ def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
         columns=["panel", "line", "x_key", "y_key", "x", "status", "n", "mean", "min", "max"])
     for ax in fig.axes:  # every curve adds a line, so look for a drawn value or "x"
         if not any(np.isfinite(np.asarray(line.get_ydata(), float)).any() for line in ax.lines):
-            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
+            ax.text(0.5, 0.5, getattr(ax, "empty_text", "no runs"), transform=ax.transAxes, ha="center",
+                    va="center", color="0.5")
     handles = {}
     for ax in fig.axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -316,10 +320,11 @@ def metric_of(metric: str | dict[str, str], recipe: str) -> str:
 
 
 def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str], curves: list[Curve],
-                  alphas: list[float], metric: str | dict[str, str], reference: Curve | None = None) -> Figure:
+                  alphas: list[float], metric: str | dict[str, str], reference: Curve | None = None,
+                  needs_gpu: Collection[str] = ()) -> Figure:
     """Figs. 2-4: a rows (label -> recipe) x columns (title -> model) grid of curves over alpha. ``metric`` may map
     recipe -> column (recipes it lacks: val_acc): the paper's "ImageNet-1k accuracy" is the i1k-restricted head
-    for i21k runs, plain val_acc for i1k runs."""
+    for i21k runs, plain val_acc for i1k runs. ``needs_gpu``: as :func:`aggregate`'s; their empty panels say so."""
     fig = new_figure(figsize=(3.2 * max(len(columns), 1), 2.6 * max(len(rows), 1)), layout="constrained")
     axes = fig.subplots(max(len(rows), 1), max(len(columns), 1), squeeze=False, sharex=True, sharey=True)
     aggs = []
@@ -327,13 +332,17 @@ def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str
         row_metric = metric_of(metric, recipe)
         for j, (title, model) in enumerate(columns.items()):
             ax, panel = axes[i, j], f"{row_label}, {title}"
+            if model in needs_gpu:
+                ax.empty_text = "runs on a GPU"
             for curve in curves:
                 points = [{"recipe": recipe, "model": model, **curve.where, "alpha": a} for a in alphas]
-                aggs.append(_drawn(aggregate(df, points, row_metric), panel, curve, "alpha", row_metric))
+                aggs.append(_drawn(aggregate(df, points, row_metric, needs_gpu=needs_gpu), panel, curve, "alpha",
+                                   row_metric))
                 draw_curve(ax, aggs[-1], x="alpha", curve=curve)
             if reference:  # one point: its runs at any alpha count (x: none, a level across the panel)
                 point = [{"recipe": recipe, "model": model, **reference.where}]
-                aggs.append(_drawn(aggregate(df, point, row_metric), panel, reference, None, row_metric))
+                aggs.append(_drawn(aggregate(df, point, row_metric, needs_gpu=needs_gpu), panel, reference, None,
+                                   row_metric))
                 _reference(ax, aggs[-1], reference)
             if i == 0:
                 ax.set_title(title)
@@ -350,12 +359,12 @@ def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str
 
 
 def fig2(df: pd.DataFrame, *, rows: dict[str, str], columns: dict[str, str], activations: list[str],
-         alphas: list[float], metric: str | dict[str, str] = "val_acc") -> Figure:
+         alphas: list[float], metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = ()) -> Figure:
     """Paper Fig. 2: one curve over alpha per activation (softmax is always the dashed reference, not a curve)."""
     curves = [Curve(ACTIVATION_LABELS.get(a, a), {"activation": a, **PAPER}, COLORS.get(a, f"C{i}"))
               for i, a in enumerate(activations) if a != "softmax"]
     reference = Curve("softmax", {"activation": "softmax", **PAPER}, COLORS["softmax"])
-    return _alpha_figure(df, rows, columns, curves, alphas, metric, reference)
+    return _alpha_figure(df, rows, columns, curves, alphas, metric, reference, needs_gpu)
 
 
 def _ablation(variant: str, key: str, value: bool) -> list[Curve]:
@@ -366,17 +375,17 @@ def _ablation(variant: str, key: str, value: bool) -> list[Curve]:
 
 
 def fig3(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float],
-         metric: str | dict[str, str] = "val_acc") -> Figure:
+         metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = ()) -> Figure:
     """Paper Fig. 3 (qk-layernorm ablation): relu and squared relu with and without qk-layernorm, no gate."""
     curves = _ablation("without qk-layernorm", "qk_norm", False)
-    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric)
+    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric, needs_gpu=needs_gpu)
 
 
 def fig4(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float],
-         metric: str | dict[str, str] = "val_acc") -> Figure:
+         metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = ()) -> Figure:
     """Paper Fig. 4 (gating ablation): relu and squared relu with and without the gate, with qk-layernorm."""
     curves = _ablation("with gating", "gate", True)
-    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric)
+    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric, needs_gpu=needs_gpu)
 
 
 # --- Figure 5: softmax-free attentions at one model size ----------------------------------------------------------

@@ -52,6 +52,11 @@ class Sweep:
     def runnable(self, gpu: bool) -> list[Block]:
         return [b for b in self.blocks if b.requires is None or (b.requires == "gpu" and gpu)]
 
+    def gpu_only_models(self) -> list[str]:
+        """The models only blocks that require a GPU train (the smoke L = 784 column)."""
+        models = {m for b in self.blocks if b.requires == "gpu" for m in b.keys.get("model", [])}
+        return sorted(models - {m for b in self.runnable(gpu=False) for m in b.keys.get("model", [])})
+
     def points(self, gpu: bool, extra: list[str] = ()) -> list[list[str]]:
         """The runnable points, each with ``extra`` (sweep syntax in it expanded), in order, without repeats."""
         from reluvit.run.compose import expand
