@@ -186,6 +186,9 @@ def test_status_counts_runs(tmp_path):
     row = status_table([sweep], runs, gpu=False, extra=extra).iloc[0]
     assert (row.runs, row.completed, row.diverged, row.running, row.failed) == (len(configs), 1, 1, 1, 0)
     assert row.missing == len(configs) - 3
+    # with the GPU-only block (L = 784): its runs are counted apart from the missing ones
+    with_gpu = status_table([sweep], runs, gpu=True, extra=extra).iloc[0]
+    assert (with_gpu.runs, with_gpu.missing, with_gpu.needs_gpu) == (len(configs) + 12, len(configs) - 3, 12)
 
 
 def test_sweep_points_name_distinct_runs():

@@ -1,9 +1,10 @@
 """``reluvit status``: per sweep, how many of its runs are in each status: completed, running, interrupted (recorded
-as running, but no live process holds it: rerunning resumes it), failed, diverged, unreadable (its summary.json) or
-missing (no summary yet)."""
+as running, but no live process holds it: rerunning resumes it), failed, diverged, unreadable (its summary.json),
+missing (no summary yet) or, for a run of a block that requires a GPU (the smoke L = 784 column), needs_gpu."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from reluvit.run.compose import compose_points
 from reluvit.run.rundir import SUMMARY
 from reluvit.sweep.spec import Sweep
 
-STATUSES = ("completed", "running", "interrupted", "failed", "diverged", "unreadable", "missing")
+STATUSES = ("completed", "running", "interrupted", "failed", "diverged", "unreadable", "missing", "needs_gpu")
 
 
 def run_dirs(sweep: Sweep, gpu: bool, extra: list[str] = (), elsewhere: pd.DataFrame | None = None) -> list[str]:
@@ -25,17 +26,23 @@ def run_dirs(sweep: Sweep, gpu: bool, extra: list[str] = (), elsewhere: pd.DataF
 
 
 def status_table(sweeps: list[Sweep], runs: pd.DataFrame, gpu: bool, extra: list[str] = ()) -> pd.DataFrame:
-    """One row per sweep: its runnable runs and how many are in each status (``missing``: no summary yet)."""
+    """One row per sweep: its runnable runs and how many are in each status (``missing``: no summary yet;
+    ``needs_gpu``: the same, for a run of a block that requires a GPU)."""
     by_dir = runs.set_index("run_dir")["status"] if len(runs) else pd.Series(dtype=str)
     rows = []
     for sweep in sweeps:
         dirs = run_dirs(sweep, gpu, extra)
-        counts = pd.Series([by_dir.get(d) or _unrecorded(d) for d in dirs], dtype=str).value_counts()
+        gpu_blocks = dataclasses.replace(sweep, blocks=[b for b in sweep.runnable(gpu) if b.requires == "gpu"])
+        gpu_only = set(run_dirs(gpu_blocks, gpu, extra))
+        counts = pd.Series([by_dir.get(d) or _unrecorded(d, d in gpu_only) for d in dirs], dtype=str).value_counts()
         rows.append({"sweep": sweep.name, "scale": sweep.scale, "runs": len(dirs),
                      **{s: int(counts.get(s, 0)) for s in STATUSES}})
     return pd.DataFrame(rows)
 
 
-def _unrecorded(run_dir: str) -> str:
-    """A run with no row in the roll-up: its summary could not be read, or it has none yet."""
-    return "unreadable" if (Path(run_dir) / SUMMARY).exists() else "missing"
+def _unrecorded(run_dir: str, gpu_only: bool) -> str:
+    """A run with no row in the roll-up: its summary could not be read, or it has none yet (on a GPU, if only one
+    trains it)."""
+    if (Path(run_dir) / SUMMARY).exists():
+        return "unreadable"
+    return "needs_gpu" if gpu_only else "missing"
