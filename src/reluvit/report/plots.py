@@ -228,9 +228,10 @@ def _drawn(agg: pd.DataFrame, panel: str, curve: Curve, x_key: str | None, y_key
 
 
 def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
-    """Mark empty panels, one legend for all panels, the footnote; ``fig.points``: every point drawn or missing
-    (:func:`_drawn`'s rows: ``panel``, ``line``, ``x_key``, ``y_key``, ``x``, the grid keys, ``status``, ``n``,
-    ``mean``, ``min``, ``max``), the data of the figure for other renderers (the W&B figure run's charts)."""
+    """Mark empty panels ("no runs", or the axes' ``empty_text``), one legend for all panels, the footnote;
+    ``fig.points``: every point drawn or missing (:func:`_drawn`'s rows: ``panel``, ``line``, ``x_key``, ``y_key``,
+    ``x``, the grid keys, ``status``, ``n``, ``mean``, ``min``, ``max``), the data of the figure for other renderers
+    (the W&B figure run's charts)."""
     fig.points = pd.concat(aggs, ignore_index=True) if aggs else pd.DataFrame(
         columns=["panel", "line", "x_key", "y_key", "x", "status", "n", "mean", "min", "max"])
     for ax in fig.axes:  # every curve adds a line, so look for a drawn value or "x"
