@@ -275,3 +275,13 @@ def test_fig5_finds_every_attention_in_rows_the_roll_up_writes():
     assert rows[-1]["gate"] is None
     fig = plots.fig5(pd.DataFrame(rows), recipe="smoke", model="micro2")
     assert fig.texts[-1].get_text() == "all 5 points present"
+
+
+def test_a_short_alpha_grid_is_the_ticks_of_every_alpha_figure(table):
+    for fig in (plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS),
+                plots.fig4(table, columns=COLUMNS, recipe="smoke", alphas=ALPHAS)):
+        assert all(list(ax.get_xticks()) == ALPHAS for ax in fig.axes)
+        assert [t.get_text() for t in visible_tick_labels(fig.axes[-1])] == ["0", "1", "2"]
+    paper_grid = [a / 4 for a in range(9)]
+    fig = plots.fig3(table, columns=COLUMNS, recipe="smoke", alphas=paper_grid)
+    assert len(fig.axes[0].get_xticks()) < len(paper_grid)  # matplotlib's, not all nine

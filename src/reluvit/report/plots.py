@@ -353,6 +353,8 @@ def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str
     if alphas:  # the requested range even where a panel is empty
         pad = 0.05 * ((max(alphas) - min(alphas)) or 1)
         axes[0, 0].set_xlim(min(alphas) - pad, max(alphas) + pad)
+        if len(alphas) <= 5:  # a short grid is its own ticks, the same in every figure; a longer one matplotlib's
+            axes[0, 0].set_xticks(alphas, [_compact(a) for a in alphas])
     fig.supxlabel(AXIS_LABELS["alpha"], fontsize=10)
     if not isinstance(metric, dict):
         fig.supylabel(AXIS_LABELS.get(metric, metric), fontsize=10)
