@@ -25,7 +25,7 @@ if [ "$(dpkg-query -W -f='${db:Status-Status}\n' $PKGS 2>/dev/null | grep -c '^i
   apt-get update -qq && apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
   log "installed $PKGS (slurm $(dpkg-query -W -f='${Version}' slurmctld))"
 fi
-mkdir -p "$PREFIX"/{state,spool,log,run}
+mkdir -p "$PREFIX"/{state,spool,log,run}; chmod 755 "$PREFIX"  # the mysql user reaches its datadir in it (mktemp -d: 700)
 
 # 2. munge (the Debian postinst creates /etc/munge/munge.key)
 install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge

@@ -86,6 +86,11 @@ def slurm_cluster():
         pytest.skip("SLURM tests run with RELUVIT_SLURM_TESTS=1 on the cluster of slurm/up.sh (make test-all)")
     if not _ours():
         pytest.fail("RELUVIT_SLURM_TESTS=1 but the reachable SLURM is not the one slurm/up.sh starts: run slurm/up.sh")
+    # The tests' jobs would queue behind another sweep's (for hours): say so at once instead
+    queued = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    if queued:
+        pytest.fail(f"the local SLURM has {len(queued)} jobs queued (squeue), and the SLURM tests need it idle: "
+                    "wait for them, or scancel them")
 
 
 def test_the_default_suite_cannot_install_or_reach_a_cluster():
