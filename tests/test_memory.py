@@ -126,9 +126,10 @@ def test_estimate_of_every_path_and_precision(attention, pool, checkpointing, pr
     assert estimate == pytest.approx(measured_peak(arch, 8, checkpointing, precision), rel=0.25)
 
 
-def test_estimate_of_chunked_reference_path(monkeypatch):
+@pytest.mark.parametrize("attention", [RELU, {"activation": "sigmoid_attn"}], ids=["relu", "sigmoid_attn"])
+def test_estimate_of_chunked_reference_path(attention, monkeypatch):
     """Weights over the byte budget are chunked over queries: the model counts one chunk's weights, not all."""
-    arch, batch = architecture(RELU), 8
+    arch, batch = architecture(attention), 8
     whole = TrainingStep.of(arch, "32-true", "cpu").memory(batch).peak
     monkeypatch.setattr(reference, "MAX_WEIGHTS_BYTES", 1 << 20)  # 8 x 2 x 256^2 x 4 bytes: 8 chunks of 32 queries
     chunked = TrainingStep.of(arch, "32-true", "cpu").memory(batch).peak

@@ -18,6 +18,7 @@ import yaml
 
 from reluvit.attention import PointwiseAttention
 from reluvit.errors import ArgumentError
+from reluvit.kernels import reference as reference_path
 from reluvit.run.train import run as train_run
 from reluvit.sweep import spec as sweeps
 from test_attention import HEADS, N, make_input, make_layer, reference, rel_err, run
@@ -38,6 +39,25 @@ def test_sigmoid_attention_matches_reference(bias, expected):
     layer, p = make_layer(activation="sigmoid_attn", sigmoid_bias=bias)
     xt, x = make_input()
     assert rel_err(run(layer, xt), sigmoid_reference(x, p, expected)) <= 1e-5
+
+
+def test_sigmoid_attention_chunked_over_queries_matches_whole(monkeypatch):
+    """Over the weights' byte budget sigmoid attention is built a chunk of queries at a time (as point-wise
+    attention): the same output and gradients as whole."""
+    layer, p = make_layer(activation="sigmoid_attn")
+    xt, x = make_input()
+    xt.requires_grad_(True)
+    out = layer(xt)
+    (grad_whole,) = torch.autograd.grad(out.sum(), xt)
+    chunks = []
+    monkeypatch.setattr(reference_path, "MAX_WEIGHTS_BYTES", 2 * HEADS * N * 4 * xt.shape[0])  # two queries per chunk
+    monkeypatch.setattr(reference_path, "checkpoint", lambda fn, *args, **kw: chunks.append(1) or fn(*args))
+    chunked = layer(xt)
+    assert len(chunks) == N // 2
+    (grad_chunked,) = torch.autograd.grad(chunked.sum(), xt)
+    assert rel_err(chunked, sigmoid_reference(x, p, -math.log(N))) <= 1e-5
+    torch.testing.assert_close(chunked, out)
+    torch.testing.assert_close(grad_chunked, grad_whole)
 
 
 def test_sigmoid_attention_is_not_pointwise_sigmoid():

@@ -187,11 +187,9 @@ class PointwiseAttention(nn.Module):
 
     def _sigmoid_attention(self, q, k, v, attn_mask, is_causal) -> torch.Tensor:
         bias = -math.log(self.seq_length(k.shape[-2])) if self.sigmoid_bias is None else self.sigmoid_bias
-        a = torch.sigmoid((q * self.scale) @ k.transpose(-2, -1) + bias)
         keep = _keep_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.device)
-        if keep is not None:
-            a = a.masked_fill(~keep, 0.0)
-        return self.attn_drop(a) @ v
+        return kernels.reference_pointwise_attention(q, k, v, lambda s: torch.sigmoid(s + bias), scale=self.scale,
+                                                     length_factor=None, keep=keep, dropout=self.attn_drop)
 
     def seq_length(self, num_keys: int) -> int:
         """L: every key, or only the patch tokens when ``seq_len="patches"``."""

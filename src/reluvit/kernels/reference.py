@@ -1,7 +1,8 @@
 """Point-wise attention written with plain tensor operations: the L x L weights are materialised.
 
-This is the path for CPUs, for attention masks and dropout, and for every ``h`` without a fused kernel; in float64
-it is also the reference the fused kernel is tested against.
+This is the path for CPUs, for attention masks and dropout, for every ``h`` without a fused kernel and for sigmoid
+attention (``h(s) = sigmoid(s + b)``, no length factor); in float64 it is also the reference the fused kernel is
+tested against.
 
 Its memory is bounded: when the B x H x L_q x L_k weights would take more than ``max_weights_bytes``
 (:data:`MAX_WEIGHTS_BYTES`, 1 GiB, by default) they are built a chunk of queries at a time, and under autograd each
@@ -30,12 +31,13 @@ def reference_pointwise_attention(
     h: Callable[[torch.Tensor], torch.Tensor],
     *,
     scale: float,
-    length_factor: float | torch.Tensor,
+    length_factor: float | torch.Tensor | None,
     keep: torch.Tensor | None = None,
     dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
     max_weights_bytes: int | None = None,
 ) -> torch.Tensor:
-    """``length_factor * h(scale * q k^T) v`` over the last two dims of (..., L, d) tensors; ``keep`` (boolean,
+    """``length_factor * h(scale * q k^T) v`` (``h(scale * q k^T) v`` when ``length_factor`` is None: no
+    L x L product is made and saved) over the last two dims of (..., L, d) tensors; ``keep`` (boolean,
     broadcast to (..., L_q, L_k)) zeroes the pairs it marks False, ``dropout`` is applied to the weights. Weights
     over ``max_weights_bytes`` (None: :data:`MAX_WEIGHTS_BYTES`) are built in chunks of queries
     (:func:`query_chunk_rows`); with autograd each chunk is recomputed in the backward pass with the forward's
@@ -70,7 +72,9 @@ def weights_itemsize(q: torch.Tensor, k: torch.Tensor) -> int:
 
 def _attend(q, k, v, keep, *, h, scale, length_factor, dropout) -> torch.Tensor:
     """The whole computation for some queries and all keys."""
-    weights = h((q * scale) @ k.transpose(-2, -1)) * length_factor
+    weights = h((q * scale) @ k.transpose(-2, -1))
+    if length_factor is not None:
+        weights = weights * length_factor
     if keep is not None:
         weights = weights.masked_fill(~keep, 0.0)
     if dropout is not None:

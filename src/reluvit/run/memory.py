@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reluvit.attention import POINTWISE, SIGMOID_ATTENTION, structure
+from reluvit.attention import SIGMOID_ATTENTION, structure
 from reluvit.kernels import reference, select_impl
 from reluvit.models import PreLogits, create_model
 from reluvit.run.schema import ConfigError
@@ -337,8 +337,8 @@ class TrainingStep:
         return batch * self.vit.heads * self.vit.tokens**2
 
     def _query_chunk_rows(self, batch: int) -> int:
-        """Queries per chunk of the reference path (reluvit.kernels.reference); sigmoid_attn is never chunked."""
-        if self.vit.attention not in POINTWISE:
+        """Queries per chunk of the reference path (reluvit.kernels.reference); all of them on other paths."""
+        if self.vit.attention_path != "reference":
             return self.vit.tokens
         return reference.query_chunk_rows(batch * self.vit.heads, self.vit.tokens, self.vit.tokens,
                                           self.precision.compute, reference.MAX_WEIGHTS_BYTES)
