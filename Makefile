@@ -9,7 +9,8 @@ TORCH  ?= torch>=2.4,!=2.13.*
 # in slurm/profiles> | /path/to/profile.yaml; DRY_RUN=1 prints the SLURM submission to CLUSTER (job arrays, sbatch
 # script, GPU-hours) and submits nothing; NO_WAIT=1 submits and returns; SEEDS=0,1,2 replaces the sweep file's seeds;
 # ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb"); COMPLETED_IN=<roll-up table>: runs it records
-# as completed are not trained again (reluvit sweep --completed-in).
+# as completed are not trained again (reluvit sweep --completed-in). RUNS_DIR=<dir>: where runs live (default:
+# $RELUVIT_RUNS_DIR, else runs/; put paper-scale runs on scratch), passed to every command that reads or writes runs.
 SCALE    ?= smoke
 LAUNCHER ?= local
 CLUSTER  ?= local
@@ -18,8 +19,8 @@ NO_WAIT  ?=
 SEEDS    ?=
 ARGS     ?=
 COMPLETED_IN ?=
-RUNS_DIR ?= runs
-SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS))
+RUNS_DIR ?=
+SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
 LAUNCH_OPTS = --launcher $(LAUNCHER) --cluster $(CLUSTER) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait) \
               $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
 # fig1 ... fig5, as sweeps/ defines them
@@ -47,13 +48,13 @@ help:
 	@echo "                  COMPLETED_IN=results/reference/smoke/runs.csv: with the committed smoke runs"
 	@echo "make reference-runs     add RUNS_DIR's completed clean-commit runs to results/reference/smoke/runs.csv"
 	@echo "make reference-figures  redraw results/reference/smoke/*.png|pdf from its committed roll-ups (clean checkout)"
-	@echo "make wandb-sync   upload the offline W&B runs under RUNS_DIR (default runs/) not uploaded yet"
+	@echo "make wandb-sync   upload the offline W&B runs under RUNS_DIR not uploaded yet"
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
 	@echo "make bench-data   shard pipeline vs ImageFolder loader: images/s per core"
 	@echo "make bench-cli    wall time of reluvit --help / results / status on 10 000 generated runs"
 	@echo "make device-check everything that needs a GPU, ~8 min on an H200 (CPU: the plumbing at tiny scale); README \"GPU check\""
 	@echo "make device-wheels  the wheels a bare GPU machine lacks, into .whl/ (README \"GPU check\")"
-	@echo "make lint         ruff;  make clean: remove runs/ and results (keeps the virtual environment)"
+	@echo "make lint         ruff;  make clean: remove the results of plots (keeps runs and the virtual environment)"
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -96,7 +97,7 @@ REFERENCE = results/reference/smoke
 # The completed runs under RUNS_DIR trained from a clean commit join the committed smoke roll-up (a sweep run in
 # pieces: commit the table after each piece, then make reference-figures).
 reference-runs: venv
-	$(BIN)/python -m reluvit.report.reference $(REFERENCE)/runs.csv $(RUNS_DIR)
+	$(BIN)/python -m reluvit.report.reference $(REFERENCE)/runs.csv $(or $(RUNS_DIR),$(RELUVIT_RUNS_DIR),runs)
 
 # The committed smoke figures, redrawn from the committed roll-up alone (no runs/): drawn in a scratch folder, then
 # copied into results/reference/smoke/. From a clean checkout only, as the runs it plots were trained.
@@ -112,10 +113,10 @@ status: venv
 	$(BIN)/reluvit status $(SWEEP_OPTS)
 
 results: venv
-	$(BIN)/reluvit results
+	$(BIN)/reluvit results $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
 
 wandb-sync: venv
-	$(BIN)/reluvit wandb-sync --runs-dir $(RUNS_DIR)
+	$(BIN)/reluvit wandb-sync $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
 
 bench: venv
 	$(BIN)/python bench/attention.py
@@ -140,5 +141,6 @@ device-wheels: venv
 lint: venv
 	$(BIN)/ruff check src tests bench
 
+# Never runs: they are deleted by hand (rm -r runs/...), as they cost hours to train
 clean:
-	rm -rf runs results/smoke results/paper results/*.csv results/*.parquet
+	rm -rf results/smoke results/paper results/*.csv results/*.parquet

@@ -207,7 +207,7 @@ def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
 
     reference = _uninterrupted(_point(tmp_path / "reference", epochs=2))
     point = [*_point(tmp_path / "runs", epochs=2), "logger=wandb", "logger.wandb_mode=offline"]
-    job = submit([_config(point)], load_profile("local"), tmp_path / "submitit", "preempt-test")[0]
+    job = submit([_config(point)], load_profile("local"), tmp_path / "submitit", "preempt-test").popitem()[1]
     metrics = Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs")))
     log = metrics / "csv" / "version_0" / "metrics.csv"
     deadline = time.time() + 300
@@ -235,7 +235,7 @@ def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_pa
     # here meanwhile, on the other core. What is checked does not depend on where the signals land: a resume is
     # exact from any step (tests/test_resume.py), so the final weights equal the reference's for any pieces.
     profile = replace(load_profile("local"), timeout_min=2, signal_delay_s=20, max_num_timeout=30)
-    job = submit([_config(_point(tmp_path / "runs", epochs=24))], profile, tmp_path / "submitit", "timeout-test")[0]
+    job = submit([_config(_point(tmp_path / "runs", epochs=24))], profile, tmp_path / "submitit", "timeout-test").popitem()[1]
     reference = _uninterrupted(_point(tmp_path / "reference", epochs=24))
     assert job.result() == "completed"
     resumed = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs"))))
@@ -265,7 +265,7 @@ def test_two_task_ddp_job_equals_the_single_process_run(slurm_cluster, tmp_path)
              "recipe.batch_size=64", "trainer.deterministic=true", "trainer.enable_progress_bar=false"]
     reference = _uninterrupted([*point, f"runs_dir={tmp_path / 'single'}"])
     ddp = [*point, f"runs_dir={tmp_path / 'ddp'}", "trainer.accelerator=cpu", "trainer.devices=2"]
-    job = submit([_config(ddp)], load_profile("local"), tmp_path / "submitit", "ddp-test")[0]
+    job = submit([_config(ddp)], load_profile("local"), tmp_path / "submitit", "ddp-test").popitem()[1]
     assert job.results() == ["completed", "completed"]  # one result per task
     summary = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "single"), str(tmp_path / "ddp"))))
     assert summary["world_size"] == 2 and summary["micro_batch_size"] == 32

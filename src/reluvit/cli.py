@@ -6,14 +6,16 @@ Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status``
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger("reluvit")
 RESULTS = Path("results")
-RUNS = Path("runs")
+RUNS_ENV = "RELUVIT_RUNS_DIR"  # where runs live unless --runs-dir (or runs_dir=) says otherwise; conf/train.yaml too
 
 
 def _reference_dir() -> Path:
@@ -67,10 +69,32 @@ def _sweep_args(parser: argparse.ArgumentParser, many: bool) -> None:
     _dirs(parser)
 
 
+def _runs_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", default=None, type=Path,
+                        help=f"where runs live (default: ${RUNS_ENV}, else runs; runs_dir=... says the same)")
+
+
 def _dirs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs-dir", default=RUNS, type=Path, help="where runs live (default: runs)")
+    _runs_dir_arg(parser)
     parser.add_argument("--results-dir", default=RESULTS, type=Path,
                         help="roll-up table and figures (default: results)")
+
+
+def _runs_dir(args, overrides: list[str]) -> list[str]:
+    """Settle ``args.runs_dir`` from its one source: ``--runs-dir``, or a ``runs_dir=`` override (taken out of
+    ``overrides``, which are returned), or $RELUVIT_RUNS_DIR, or ``runs``; both flag and override, disagreeing, are
+    refused."""
+    from reluvit.run.schema import ConfigError
+
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "runs_dir"]
+    overrides = [o for o in overrides if o.split("=", 1)[0] != "runs_dir"]
+    if len({os.path.abspath(g) for g in given}) > 1 or (
+            given and args.runs_dir and os.path.abspath(given[0]) != os.path.abspath(args.runs_dir)):
+        shown = ", ".join([*([f"--runs-dir {args.runs_dir}"] if args.runs_dir else []),
+                           *(f"runs_dir={g}" for g in given)])
+        raise ConfigError("runs_dir", f"{shown} name different runs directories; give one")
+    args.runs_dir = Path(args.runs_dir or (given[0] if given else None) or os.environ.get(RUNS_ENV) or "runs")
+    return overrides
 
 
 def _completed_in_arg(parser: argparse.ArgumentParser, what: str) -> None:
@@ -95,7 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     _sweep_args(sweep, many=False)
     _launch_args(sweep)
     _completed_in_arg(sweep, "not trained again, their rows join the roll-up (for runs whose directory is gone)")
+    sweep.add_argument("--resubmit-failed", action="store_true",
+                       help="train only the sweep's failed runs again (they resume from their checkpoints)")
     sweep.epilog = "Further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
+    cancel = sub.add_parser("cancel", help="cancel the queued and running SLURM jobs of a sweep (its manifest's)")
+    _sweep_args(cancel, many=False)
     commands = {}
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
                        ("plots", "roll up and plot what exists"),
@@ -103,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         commands[name] = sub.add_parser(name, help=text)
         _sweep_args(commands[name], many=True)
         commands[name].epilog = "Further key=value arguments: the Hydra overrides the sweep was launched with."
+    commands["status"].add_argument("--failed", action="store_true",
+                                    help="also list each failed, interrupted or diverged run: its error and logs")
     commands["plots"].add_argument("--wandb", action="store_true",
                                    help="also log each figure as a W&B figure run (offline unless logged in)")
     commands["wandb"].add_argument("--publish", action="store_true",
@@ -113,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--project", default="reluvit", help="W&B project (default: reluvit)")
         command.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
     sync = sub.add_parser("wandb-sync", help="upload every offline W&B run under the runs directory not synced yet")
-    sync.add_argument("--runs-dir", default=RUNS, type=Path, help="where runs live (default: runs)")
+    _runs_dir_arg(sync)
     sync.add_argument("--dry-run", action="store_true", help="list them and let `wandb sync --dry-run` check them")
     _dirs(sub.add_parser("results", help="roll every summary.json up into <results-dir>/runs.{parquet,csv}"))
 
@@ -157,15 +187,18 @@ def _check_launcher(args):
     return None
 
 
-def _launch(args, points: list, label: str, follow: str) -> list[str]:
-    """Execute the points, or print their dry run; returns what failed. ``follow``: the command that shows the
-    progress of runs submitted without waiting."""
-    from reluvit.sweep.execute import execute, preview
+def _launch_preview(args, points: list, label: str) -> str:
+    from reluvit.sweep.execute import preview
 
-    if args.dry_run:
-        print(preview(points, args.cluster, label))
-        return []
-    failed = execute(points, args.launcher, args.cluster, label, block=not args.no_wait)
+    return preview(points, args.cluster, label)
+
+
+def _launch(args, points: list, label: str, follow: str, on_submit=None) -> list[str]:
+    """Execute the points; returns what failed. ``follow``: the command that shows the progress of runs submitted
+    without waiting."""
+    from reluvit.sweep.execute import execute
+
+    failed = execute(points, args.launcher, args.cluster, label, block=not args.no_wait, on_submit=on_submit)
     if args.no_wait:
         log.info("follow with `%s`", follow)
     return failed
@@ -177,6 +210,9 @@ def _train(args, overrides: list[str]) -> None:
 
     _check_launcher(args)
     points = prepare(expand(overrides), dry_run=args.dry_run)
+    if args.dry_run:
+        print(_launch_preview(args, points, "train"))
+        return
     if failed := _launch(args, points, "train", follow="squeue --me; reluvit results"):
         for line in failed:
             log.error("failed: %s", line)
@@ -184,7 +220,7 @@ def _train(args, overrides: list[str]) -> None:
 
 
 def _sweep(args, overrides: list[str]) -> None:
-    from reluvit.report.rollup import completed_in, recorded_run_dirs
+    from reluvit.report.rollup import completed_in, config_identities, select
     from reluvit.sweep import spec
     from reluvit.sweep.execute import membership, prepare, tag_figures
 
@@ -200,19 +236,23 @@ def _sweep(args, overrides: list[str]) -> None:
     points = prepare(sweep.points(gpu, extra), dry_run=args.dry_run)
     if any(p.cfg.logger.wandb for p in points) and not args.dry_run:
         tag_figures(points, membership(args.scale, gpu, extra))
-    done = completed_in([p.cfg for p in points], elsewhere) if elsewhere is not None else {}
+    configs = [p.cfg for p in points]  # the figure's runs, trained here or not
+    done = completed_in(configs, elsewhere) if elsewhere is not None else {}
     log.info("%s-%s: %d runs%s", sweep.name, sweep.scale, len(points),
              f", {len(done)} completed in {args.completed_in}" if elsewhere is not None else "")
-    run_dirs = recorded_run_dirs([p.cfg for p in points], done)  # the figure's, trained here or not
     wandb_logger = next((p.cfg.logger for p in points if p.cfg.logger.wandb), None)  # even if none trains here
     points = [p for i, p in enumerate(points) if i not in done]
-    follow = " ".join(["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(args.runs_dir),
-                       *overrides])
-    failed = _launch(args, points, f"{sweep.name}-{sweep.scale}", follow)
-    if args.dry_run or args.no_wait:
+    label = f"{sweep.name}-{sweep.scale}"
+    if args.dry_run:
+        print(_launch_preview(args, points, label))
+        return
+    points, on_submit = _to_train(args, sweep, overrides, extra, points)
+    failed = _launch(args, points, label, " ".join(
+        ["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(args.runs_dir)]), on_submit)
+    if args.no_wait:
         return
     table = _rollup(args.runs_dir, results_dir, elsewhere)
-    runs = table[table["run_dir"].isin(run_dirs)] if len(table) else table
+    runs = select(config_identities(configs), table)
     drawn = _plot(sweep, runs, results_dir)
     if wandb_logger is not None:
         _figure_run(sweep, runs, drawn, args.runs_dir, wandb_logger.project, wandb_logger.entity,
@@ -222,6 +262,35 @@ def _sweep(args, overrides: list[str]) -> None:
         log.error("failed: %s", line)
     if failed:  # the figure shows what finished; failed runs are in the roll-up with status failed
         raise SystemExit(1)
+
+
+def _to_train(args, sweep, overrides: list[str], extra: list[str], points: list):
+    """Record the sweep's manifest, and keep the points nobody needs to train now: completed, diverged, queued or
+    running runs are left alone (with ``--resubmit-failed``, all but the failed ones). Returns those points and the
+    callback that records their jobs in the manifest once submitted."""
+    from reluvit.report.status import ACTIVE, cached_collect, entries, run_states
+    from reluvit.run.compose import compose_points
+    from reluvit.sweep.manifest import write_manifest
+
+    label = f"{sweep.name}-{sweep.scale}"
+    runs = entries(compose_points(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
+    manifest = write_manifest(args.runs_dir, label, overrides, runs)
+    log.info("manifest: %s", manifest)
+    recorded = json.loads(manifest.read_text())["runs"]
+    states = {os.path.abspath(args.runs_dir / run["run_dir"]): state
+              for run, state in zip(recorded, run_states(recorded, args.runs_dir, cached_collect(args.runs_dir)),
+                                    strict=True)}
+    state = {p.name: states.get(os.path.abspath(p.cfg.run_dir)) for p in points}
+    keep = [p for p in points if state[p.name] is None or (
+        state[p.name].status == "failed" if args.resubmit_failed
+        else state[p.name].status not in (*ACTIVE, "completed", "diverged"))]
+    if left := Counter(state[p.name].status for p in points if p not in keep):
+        log.info("not submitted: %s", ", ".join(f"{n} {s}" for s, n in sorted(left.items())))
+
+    def on_submit(jobs: dict[str, dict]) -> None:
+        write_manifest(args.runs_dir, label, overrides, runs, jobs)
+
+    return keep, on_submit
 
 
 def _rollup(runs_dir: Path, results_dir: Path, also=None):
@@ -271,24 +340,62 @@ def _sweeps(args) -> list:
             if args.sweeps or spec.has_scale(name, args.scale)]
 
 
-def _status(args, overrides: list[str]) -> None:
-    from reluvit.report.rollup import collect
-    from reluvit.report.status import status_table
+def _sweep_runs(args, sweep, overrides: list[str]) -> list[dict]:
+    """The runs of a sweep as its manifest records them (launched into this runs directory, with the overrides it
+    was launched with), or, without one (or when overrides or seeds are given), as composed now."""
+    from reluvit.report.status import entries
+    from reluvit.run.compose import compose_points
+    from reluvit.sweep.manifest import read_manifest
 
+    manifest = None if overrides or args.seeds else read_manifest(args.runs_dir, f"{sweep.name}-{sweep.scale}")
+    if manifest is not None:
+        return manifest["runs"]
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
-    print(status_table(_sweeps(args), collect(args.runs_dir), gpu=True, extra=extra).to_string(index=False))
+    return entries(compose_points(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
+
+
+def _status(args, overrides: list[str]) -> None:
+    import pandas as pd
+
+    from reluvit.report.status import cached_collect, counts, describe, run_states
+
+    table = cached_collect(args.runs_dir)
+    rows, details = [], []
+    for sweep in _sweeps(args):
+        states = run_states(_sweep_runs(args, sweep, overrides), args.runs_dir, table)
+        rows.append(counts(sweep.name, sweep.scale, states))
+        if lines := describe(states, failed=args.failed):
+            details += [f"{sweep.name}-{sweep.scale}", *(f"  {line}" for line in lines)]
+    print(pd.DataFrame(rows).to_string(index=False))
+    if details:
+        print("\n".join(details))
+
+
+def _cancel(args, overrides: list[str]) -> None:
+    from reluvit.report.status import ACTIVE, cached_collect, run_states
+    from reluvit.run.schema import ConfigError
+    from reluvit.sweep import spec
+    from reluvit.sweep.manifest import cancel, manifest_path, read_manifest
+
+    sweep = spec.load(args.sweep, args.scale, args.seeds)
+    manifest = read_manifest(args.runs_dir, f"{sweep.name}-{sweep.scale}")
+    if manifest is None:
+        raise ConfigError("sweep", f"no manifest {manifest_path(args.runs_dir, f'{sweep.name}-{sweep.scale}')}: "
+                                   "the sweep was not launched into this runs directory (--runs-dir?)")
+    states = run_states(manifest["runs"], args.runs_dir, cached_collect(args.runs_dir))
+    jobs = sorted({s.job for s in states if s.job and s.status in ACTIVE})
+    cancel(jobs)
+    print(f"cancelled {len(jobs)} jobs of {sweep.name}-{sweep.scale}" + (f": {' '.join(jobs)}" if jobs else ""))
 
 
 def _figures(args, overrides: list[str]):
     """Roll up, then for each sweep asked for: the sweep, its runs and its figure drawn and saved (:func:`_plot`)."""
-    from reluvit.report.status import run_dirs
+    from reluvit.report.rollup import select
 
     results_dir = _results_dir(args.results_dir)
-    elsewhere = _completed_table(args)
-    table = _rollup(args.runs_dir, results_dir, elsewhere)
-    extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
+    table = _rollup(args.runs_dir, results_dir, _completed_table(args))
     for sweep in _sweeps(args):
-        runs = table[table["run_dir"].isin(run_dirs(sweep, True, extra, elsewhere))] if len(table) else table
+        runs = select([run["identities"] for run in _sweep_runs(args, sweep, overrides)], table)
         yield sweep, runs, _plot(sweep, runs, results_dir)
 
 
@@ -371,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in ("status", "plots", "wandb"):  # the positional SWEEP list takes the key=value overrides too
         overrides += [name for name in args.sweeps if "=" in name]
         args.sweeps = [name for name in args.sweeps if "=" not in name]
-    takes_overrides = ("train", "sweep", "evaluate", "status", "plots", "wandb")
+    takes_overrides = ("train", "sweep", "evaluate", "status", "plots", "wandb", "cancel")
     if overrides and (args.command not in takes_overrides or any(o.startswith("-") for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -379,12 +486,16 @@ def main(argv: list[str] | None = None) -> None:
     from reluvit.run.schema import ConfigError
 
     try:
+        if hasattr(args, "runs_dir"):
+            overrides = _runs_dir(args, overrides)
         if args.command == "train":
             _train(args, overrides)
         elif args.command == "sweep":
             _sweep(args, overrides)
         elif args.command == "status":
             _status(args, overrides)
+        elif args.command == "cancel":
+            _cancel(args, overrides)
         elif args.command == "plots":
             _plots(args, overrides)
         elif args.command == "wandb":

@@ -7,6 +7,7 @@ Works on plain resolved configs (``dict``), so reading summaries never needs Hyd
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -65,6 +66,8 @@ GRID: dict[str, GridKey] = {
 NOT_TRAINING: dict[str, str] = {
     "eval": "how a run is evaluated: `reluvit evaluate` re-evaluates a finished run",
     "data.minival_split": "held-out training samples that are only validated on: data.train_split says what trains",
+    "data.path": "where the data lives: the summary's data_fingerprint says what it is, and a resume checks it",
+    "data.num_workers": "decoding processes: every batch's samples and augmentation draws are the same for any count",
     "logger": "where metrics go",
     "trainer.enable_progress_bar": "display",
     "trainer.log_every_n_steps": "logging frequency",
@@ -109,15 +112,61 @@ def _trains(path: str) -> bool:
     return not any(path == key or path.startswith(f"{key}.") for key in NOT_TRAINING)
 
 
+@functools.cache
+def _schema_defaults() -> dict[str, object]:
+    """Dotted key -> default of every plain field of the schema (not required, not interpolated, not a mapping)."""
+    from reluvit.run.schema import TrainConfig
+
+    def walk(node, prefix: str):
+        for f in dataclasses.fields(node):
+            if dataclasses.is_dataclass(f.default_factory):  # a config group
+                yield from walk(f.default_factory, f"{prefix}{f.name}.")
+                continue
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if not (isinstance(value, dict) or value == "???" or isinstance(value, str) and "${" in value):
+                yield f"{prefix}{f.name}", value
+
+    return dict(walk(TrainConfig, ""))
+
+
 def training_values(config: dict) -> dict[str, object]:
-    """Every leaf of a resolved config that changes training (dotted keys)."""
-    return {path: value for path, value in leaves(config).items() if _trains(path)}
+    """Every leaf of a resolved config that changes training (dotted keys). A schema key that a recorded config lacks
+    was added to reluvit after the run: the run trained as if at its default (a key whose default changes what runs
+    did before it existed goes to :data:`LEGACY_RULES` instead)."""
+    values = {path: value for path, value in leaves(config).items() if _trains(path)}
+    for path, value in _schema_defaults().items():
+        if path not in values and _trains(path):
+            values[path] = value
+    return values
+
+
+def _digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def identity(config: dict) -> str:
     """Digest of :func:`training_values`: two configs that train differently never share it."""
-    text = json.dumps(training_values(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _digest(training_values(config))
+
+
+# The identity's earlier rules, by version: the keys that were training values then and are not now, and the keys
+# that did not exist yet. Summaries and roll-up rows written under them (the committed reference roll-up) keep their
+# digests; a config composed now is matched by those too (:func:`identities`), so no run is trained twice.
+LEGACY_RULES: dict[str, dict[str, tuple[str, ...]]] = {
+    # until data.path and data.num_workers left the identity (and data.stream_slots came)
+    "v1": {"were_training": ("data.path", "data.num_workers"), "absent": ("data.stream_slots",)},
+}
+
+
+def identities(config: dict) -> list[str]:
+    """The run's identity under the current rules, then under each earlier one (:data:`LEGACY_RULES`)."""
+    values, flat = training_values(config), leaves(config)
+    found = [_digest(values)]
+    for rules in LEGACY_RULES.values():
+        then = {key: value for key, value in values.items() if key not in rules["absent"]}
+        then.update({key: flat[key] for key in rules["were_training"] if key in flat})
+        found.append(_digest(then))
+    return found
 
 
 def differences(recorded: dict, config: dict) -> dict[str, tuple]:

@@ -38,6 +38,22 @@ def slurm_job() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
+def slurm_job_record() -> dict | None:
+    """This SLURM job's ids and, when submitit started it, its log files (a run's summary records them); None
+    outside SLURM."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return None
+    record = {"job": slurm_job(), "job_id": env["SLURM_JOB_ID"], "array_job_id": env.get("SLURM_ARRAY_JOB_ID"),
+              "array_task_id": env.get("SLURM_ARRAY_TASK_ID")}
+    if "SUBMITIT_FOLDER" in env:
+        import submitit
+
+        paths = submitit.JobEnvironment().paths
+        record.update(stdout=str(paths.stdout), stderr=str(paths.stderr))
+    return record
+
+
 def read_lock(run_dir: str | Path) -> dict | None:
     """The holder recorded in a run directory's lock; None when there is none (or it cannot be read)."""
     try:
@@ -85,7 +101,8 @@ def _describe(lock: dict) -> str:
 @contextlib.contextmanager
 def hold(run_dir: str | Path):
     """Hold ``run_dir``'s lock while the body runs, renewing its heartbeat; :class:`RunBusy` when a live process
-    holds it."""
+    holds it. Yields a dict whose entries each heartbeat records too (``step``, ``total``: ``reluvit status``
+    shows them)."""
     path = Path(run_dir) / LOCK
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "job": slurm_job()}
     while not _create(path, {**mine, "time": time.time()}):
@@ -100,11 +117,11 @@ def hold(run_dir: str | Path):
         with contextlib.suppress(FileNotFoundError):  # another process may have taken it over first
             os.replace(path, path.with_name(f"{LOCK}.stale-{os.getpid()}"))
             os.unlink(path.with_name(f"{LOCK}.stale-{os.getpid()}"))
-    stop = threading.Event()
-    beat = threading.Thread(target=_beat, args=(path, mine, stop), name="reluvit-heartbeat", daemon=True)
+    stop, progress = threading.Event(), {}
+    beat = threading.Thread(target=_beat, args=(path, mine, progress, stop), name="reluvit-heartbeat", daemon=True)
     beat.start()
     try:
-        yield
+        yield progress
     finally:
         stop.set()
         beat.join()
@@ -132,13 +149,13 @@ def _ours(path: Path, holder: dict) -> bool:
     return bool(lock) and (lock.get("host"), lock.get("pid")) == (holder["host"], holder["pid"])
 
 
-def _beat(path: Path, holder: dict, stop: threading.Event) -> None:
+def _beat(path: Path, holder: dict, progress: dict, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
         if not _ours(path, holder):  # taken over after a stall longer than STALE_S: that process writes now
             return
         tmp = path.with_name(f"{LOCK}.{holder['pid']}.tmp")
         try:
-            tmp.write_text(json.dumps({**holder, "time": time.time()}))
+            tmp.write_text(json.dumps({**progress, **holder, "time": time.time()}))
             os.replace(tmp, path)
         except OSError as e:  # a full or vanished disk: the run itself will report it
             log.warning("heartbeat of %s failed: %s", path, e)

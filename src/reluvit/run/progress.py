@@ -36,3 +36,17 @@ class LogProgress(pl.Callback):
         log.info("epoch %d/%d  batch %d%s  step %d  loss %s  %.1f batches/s", trainer.current_epoch + 1,
                  trainer.max_epochs, done, length, trainer.global_step,
                  "-" if loss is None else f"{float(loss):.4f}", (done - before) / max(now - then, 1e-9))
+
+
+class HeartbeatProgress(pl.Callback):
+    """Keeps the run's optimizer step and total steps in ``progress``, the dict the run's lock heartbeat records
+    (:func:`reluvit.run.lock.hold`), so ``reluvit status`` shows how far a running run is."""
+
+    def __init__(self, progress: dict) -> None:
+        self.progress = progress
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        total = trainer.estimated_stepping_batches
+        if (max_steps := pl_module.hparams.get("max_steps", -1)) > 0:
+            total = min(total, max_steps)
+        self.progress.update(step=trainer.global_step, total=int(total) if math.isfinite(total) else None)

@@ -37,8 +37,8 @@ from reluvit.run.build import (
 from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError
 from reluvit.run.compute import Chrono
 from reluvit.run.grid import identity, wandb_config, wandb_group, wandb_tags
-from reluvit.run.lock import hold
-from reluvit.run.progress import LogProgress
+from reluvit.run.lock import hold, slurm_job_record
+from reluvit.run.progress import HeartbeatProgress, LogProgress
 from reluvit.run.requeue import CheckpointOnSignal
 from reluvit.run.rundir import (
     FINISHED,
@@ -68,21 +68,21 @@ def run(cfg: DictConfig) -> dict:
             return previous
     run_dir.mkdir(parents=True, exist_ok=True)
     # one writer per directory: rank 0 holds the lock (the other ranks of a DDP job are its partners)
-    writer = hold(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext()
-    with writer, _log_to(run_dir / "train.log"):
+    writer = hold(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext({})
+    with writer as progress, _log_to(run_dir / "train.log"):
         log.info("run %s in %s (identity %s)", cfg.run_name, run_dir, identity(config))
-        return _train(cfg, run_dir, config, previous)
+        return _train(cfg, run_dir, config, previous, progress)
 
 
-def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, progress: dict) -> dict:
     summary = {
         "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running", "identity": identity(config),
         "config": config, "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "git_revision": git_revision(), "host": socket.gethostname(), "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": torch.__version__, **({"slurm": job} if (job := slurm_job_record()) else {}),
     }
     try:
-        module, datamodule, trainer, chrono, evaluation, facts = setup(cfg, run_dir)
+        module, datamodule, trainer, chrono, evaluation, facts = setup(cfg, run_dir, progress)
     except Exception as e:  # recorded, so the roll-up and `make status` count the run as failed, not missing
         write_json_atomic(run_dir / SUMMARY, {**summary, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
@@ -138,7 +138,7 @@ def _record_progress(summary: dict, module, trainer: pl.Trainer, chrono: Chrono,
                    metrics={k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
 
 
-def setup(cfg: DictConfig, run_dir: Path) -> tuple:
+def setup(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> tuple:
     """The run's module, data module, trainer with its callbacks (Chrono, checkpoints, evaluation, progress), the
     Chrono and evaluation callbacks, and the facts the summary records about them."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -170,7 +170,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> tuple:
         callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
                    pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
                        dirpath=last.parent, filename=last.stem, save_top_k=1, enable_version_counter=False),
-                   *evaluation,
+                   *evaluation, HeartbeatProgress({} if progress is None else progress),
                    *([LogProgress()] if cfg.trainer.enable_progress_bar and not progress_bar else [])],
     )
     facts = {"forward_macs": macs, **plan.facts(), "compile": compiled}
