@@ -4,10 +4,12 @@ RELUVIT_SLURM_TESTS=1; the default suite skips them and cannot reach any cluster
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -140,16 +142,55 @@ def test_no_wait_submits_and_returns(slurm_cluster, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     array = re.search(r"array (\d+): 2 jobs, \1_0 \.\.\. \1_1", result.stderr)
     assert array, result.stderr[-3000:]
-    follow = (f"reluvit status fig3 --scale smoke --runs-dir {tmp_path / 'runs'} trainer.max_steps=4 "
-              "trainer.enable_progress_bar=false")
-    assert f"follow with `{follow}`" in result.stderr
+    assert f"follow with `reluvit status fig3 --scale smoke --runs-dir {tmp_path / 'runs'}`" in result.stderr
     assert not (tmp_path / "results").exists()  # no roll-up, no figure: the command did not wait
+    manifest = json.loads((tmp_path / "runs" / ".reluvit" / "sweeps" / "fig3-smoke.json").read_text())
+    assert sorted(run["jobs"][-1]["job_id"] for run in manifest["runs"]) == [f"{array[1]}_0", f"{array[1]}_1"]
     folder = next((tmp_path / "runs" / ".submitit").glob("fig3-smoke-*"))
     jobs = [submitit.SlurmJob(folder=folder / "%j", job_id=f"{array[1]}_{task}") for task in (0, 1)]
     assert [job.result() for job in jobs] == ["completed", "completed"]
-    status = subprocess.run([sys.executable, "-m", "reluvit.cli", "status", "fig3", *dirs, "trainer.max_steps=4"],
+    # the manifest says which runs the sweep has: no launch overrides needed
+    status = subprocess.run([sys.executable, "-m", "reluvit.cli", "status", "fig3", *dirs],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=True).stdout
     assert re.search(r"fig3\s+smoke\s+2\s+2\s", status), status  # 2 runs, 2 completed
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("summary.json")]
+    assert sorted(s["slurm"]["job"] for s in summaries) == [f"{array[1]}_0", f"{array[1]}_1"]
+    assert all(Path(s["slurm"]["stderr"]).exists() for s in summaries)
+
+
+def test_status_cancel_and_resubmit_failed(slurm_cluster, tmp_path):
+    """A sweep's jobs while they wait or train are queued or running (never missing); cancel stops them; the
+    cancelled runs are then failed (never started) or interrupted (stopped mid-run), and --resubmit-failed trains
+    the failed ones again: the status reads each step from the manifest."""
+    env = sweep_file(tmp_path, TWO_POINTS)
+    dirs = ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+    launch = [sys.executable, "-m", "reluvit.cli", "sweep", "fig3", "--launcher", "slurm", "--cluster", "local",
+              *dirs, "--no-wait", "trainer.max_steps=100000", "trainer.enable_progress_bar=false"]
+
+    def status(*flags):
+        return subprocess.run([sys.executable, "-m", "reluvit.cli", "status", "fig3", *dirs, *flags],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=True).stdout
+
+    subprocess.run(launch, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=True)
+    counts = _status_counts(status())
+    assert counts["queued"] + counts["running"] == 2, counts
+    cancelled = subprocess.run([sys.executable, "-m", "reluvit.cli", "cancel", "fig3", *dirs], capture_output=True,
+                               text=True, timeout=300, cwd=tmp_path, env=env, check=True).stdout
+    assert cancelled.startswith("cancelled 2 jobs of fig3-smoke"), cancelled
+    deadline = time.time() + 120
+    while subprocess.run(["squeue", "-h", "-r"], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, "cancelled jobs still in the queue"
+        time.sleep(1)
+    counts = _status_counts(status("--failed"))
+    assert counts["failed"] + counts["interrupted"] == 2 and counts["queued"] + counts["running"] == 0, counts
+    again = subprocess.run([*launch[:-2], "trainer.max_steps=2", "--resubmit-failed"], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def _status_counts(text: str) -> dict[str, int]:
+    header, row = text.splitlines()[:2]
+    return dict(zip(header.split()[3:], map(int, row.split()[3:]), strict=True))
 
 
 @pytest.mark.slow
@@ -200,7 +241,6 @@ def _assert_same_run(resumed: dict, reference: dict) -> None:
 
 
 def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path):
-    import time
 
     from reluvit.run.rundir import read_summary
     from reluvit.sweep.slurm import load_profile, submit
@@ -235,7 +275,8 @@ def test_job_hitting_its_time_limit_is_requeued_until_done(slurm_cluster, tmp_pa
     # here meanwhile, on the other core. What is checked does not depend on where the signals land: a resume is
     # exact from any step (tests/test_resume.py), so the final weights equal the reference's for any pieces.
     profile = replace(load_profile("local"), timeout_min=2, signal_delay_s=20, max_num_timeout=30)
-    job = submit([_config(_point(tmp_path / "runs", epochs=24))], profile, tmp_path / "submitit", "timeout-test").popitem()[1]
+    config = _config(_point(tmp_path / "runs", epochs=24))
+    job = submit([config], profile, tmp_path / "submitit", "timeout-test").popitem()[1]
     reference = _uninterrupted(_point(tmp_path / "reference", epochs=24))
     assert job.result() == "completed"
     resumed = read_summary(Path(reference["run_dir"].replace(str(tmp_path / "reference"), str(tmp_path / "runs"))))
