@@ -71,7 +71,7 @@ def test_panels_are_the_figures_panels_in_sweeps(name, scale):
 def test_wandb_keys_invert_the_rollups_columns():
     summary = {"run_name": "r", "run_dir": "/nowhere", "status": "completed",
                "config": sweeps_config(), "metrics": {"val/acc": 0.5, "val/i1k_acc": 0.4, "fewshot/10shot_mean": 0.3}}
-    row = summary_row(summary)
+    row = summary_row(summary, "/nowhere")
     for key in summary["metrics"]:
         column = key.replace("/", "_")
         assert column in row and wandb_key(column) == f"summary.{key}"
@@ -179,9 +179,10 @@ def test_offline_figure_run_holds_the_rollup_the_figure_and_its_charts(tmp_path,
     files = run / "files"
     table = pd.read_parquet(results_dir / "runs.parquet")
     sweep = sweeps.load("fig1", "smoke")
-    from reluvit.report.status import run_dirs
+    from reluvit.report.rollup import config_identities, select
+    from reluvit.run.compose import compose_points
 
-    expected = table[table["run_dir"].isin(run_dirs(sweep, True, [f"runs_dir={runs_dir.resolve()}"]))]
+    expected = select(config_identities(compose_points(sweep.points(True))), table)
     logged = _table(run, "runs")
     assert len(logged) == len(expected) > 0  # rows = the roll-up's rows of the figure
     assert sorted(logged["run_name"]) == sorted(expected["run_name"])

@@ -107,7 +107,8 @@ def test_rolling_up_again_reads_only_the_summaries_that_changed(tmp_path, monkey
     first = rollup(runs, stem).set_index("run_name")
     read = []
     summary_row = module.summary_row
-    monkeypatch.setattr(module, "summary_row", lambda summary: read.append(summary["run_name"]) or summary_row(summary))
+    monkeypatch.setattr(module, "summary_row",
+                        lambda summary, run_dir: read.append(summary["run_name"]) or summary_row(summary, run_dir))
     path = Path(first.loc[done, "run_dir"]) / "summary.json"
     summary = json.loads(path.read_text())
     summary["metrics"]["val/acc"] = 0.25

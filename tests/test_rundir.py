@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
 from reluvit.report.rollup import collect
-from reluvit.report.status import status_table
+from reluvit.report.status import entries, run_states
 from reluvit.run import lock
 from reluvit.run.checkpoint import CheckpointError, load_checkpoint
 from reluvit.run.rundir import SUMMARY, last_checkpoint, read_summary
@@ -111,11 +110,8 @@ def test_an_unreadable_summary_is_named_and_skipped(tiny_cfg, tmp_path, caplog, 
         run(cfg)
     assert len(collect(tmp_path / "runs")) == 0
     assert f"skipping {path} is unreadable" in caplog.text
-    from reluvit.sweep.spec import Sweep
-
-    sweep = Sweep(name="one", scale="smoke", blocks=[], plot={})
-    sweep.points = lambda gpu, extra: [[*TINY, *QUICK, f"runs_dir={tmp_path / 'runs'}"]]
-    assert status_table([sweep], collect(tmp_path / "runs"), gpu=False).iloc[0]["unreadable"] == 1
+    runs = entries([cfg], tmp_path / "runs")
+    assert [s.status for s in run_states(runs, tmp_path / "runs", collect(tmp_path / "runs"))] == ["unreadable"]
 
 
 class RunsCode:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from omegaconf import OmegaConf
 
 import reluvit.report.status as status_module
@@ -170,3 +171,24 @@ def test_identities_lists_the_current_digest_first():
 def test_queue_states_without_slurm_are_empty(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert manifest.queue_states(["1_0"]) == {}
+
+
+def test_a_resume_on_a_copy_of_the_data_is_accepted_and_on_other_data_refused(tmp_path):
+    from PIL import Image
+
+    from reluvit.data.fingerprint import fingerprint
+    from reluvit.run.rundir import check_same_data
+    from reluvit.run.schema import ConfigError
+
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "dog"))):
+        for name in classes:
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "d" / split / name / "a.png")
+    shutil.copytree(tmp_path / "d", tmp_path / "copy")
+    recorded = {"run_dir": "runs/r", "data_fingerprint": fingerprint({"dataset": "imagefolder",
+                                                                      "path": str(tmp_path / "d")})}
+    check_same_data(recorded, fingerprint({"dataset": "imagefolder", "path": str(tmp_path / "copy/")}), "copy")
+    Image.new("RGB", (8, 9)).save(tmp_path / "copy" / "train" / "dog" / "b.png")
+    with pytest.raises(ConfigError, match="runs/r was trained on other data") as error:
+        check_same_data(recorded, fingerprint({"dataset": "imagefolder", "path": str(tmp_path / "copy")}), "copy")
+    assert "\n" not in str(error.value)

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from conftest import TWO_POINTS, sweep_file
 from reluvit import cli
-from reluvit.report.status import status_table
+from reluvit.report.status import counts, entries, run_states
 from reluvit.run.compose import compose, compose_all, compose_points
+from reluvit.run.grid import identity
 from reluvit.run.schema import ConfigError
 from reluvit.run.validate import validate
 from reluvit.sweep import spec as sweeps
@@ -178,17 +179,24 @@ def test_a_failed_block_does_not_stop_the_sweep(tmp_path):
     assert (tmp_path / "results" / "smoke" / "fig3.png").stat().st_size > 0
 
 
+def _counts(sweep, table, gpu: bool, extra: list[str], runs_dir) -> dict:
+    configs = compose_points(sweep.points(gpu, extra))
+    states = run_states(entries(configs, runs_dir, set(sweep.gpu_only_models())), runs_dir, table)
+    return counts(sweep.name, sweep.scale, states)
+
+
 def test_status_counts_runs(tmp_path):
     sweep, extra = sweeps.load("fig3", "smoke"), [f"runs_dir={tmp_path}"]  # not the checkout's runs/
     configs = compose_points(sweep.points(False, extra))
-    runs = pd.DataFrame({"run_dir": [configs[0].run_dir, configs[1].run_dir, configs[2].run_dir, "elsewhere/other"],
+    first = [identity(OmegaConf.to_container(c, resolve=True)) for c in configs[:3]]
+    runs = pd.DataFrame({"identity": [*first, "another"], "run_dir": [c.run_dir for c in configs[:3]] + ["x/other"],
                          "status": ["completed", "diverged", "running", "completed"]})
-    row = status_table([sweep], runs, gpu=False, extra=extra).iloc[0]
-    assert (row.runs, row.completed, row.diverged, row.running, row.failed) == (len(configs), 1, 1, 1, 0)
-    assert row.missing == len(configs) - 3
+    row = _counts(sweep, runs, False, extra, tmp_path)
+    assert (row["runs"], row["completed"], row["diverged"], row["running"], row["failed"]) == (len(configs), 1, 1, 1, 0)
+    assert row["missing"] == len(configs) - 3
     # with the GPU-only block (L = 784): its runs are counted apart from the missing ones
-    with_gpu = status_table([sweep], runs, gpu=True, extra=extra).iloc[0]
-    assert (with_gpu.runs, with_gpu.missing, with_gpu.needs_gpu) == (len(configs) + 12, len(configs) - 3, 12)
+    with_gpu = _counts(sweep, runs, True, extra, tmp_path)
+    assert (with_gpu["runs"], with_gpu["missing"], with_gpu["needs_gpu"]) == (len(configs) + 12, len(configs) - 3, 12)
 
 
 def test_sweep_points_name_distinct_runs():

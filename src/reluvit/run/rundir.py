@@ -55,6 +55,21 @@ def check_same_run(recorded: dict | None, config: dict) -> None:
                                                "run_name= or runs_dir=")
 
 
+def check_same_data(recorded: dict | None, fingerprint: dict, path: str | None) -> None:
+    """Refuse to continue or skip a run recorded on other data than ``path`` holds now (its fingerprint:
+    :func:`reluvit.data.fingerprint.fingerprint`); the same data anywhere else (a copy on scratch) is the same run."""
+    before = (recorded or {}).get("data_fingerprint")
+    if before and before.get("digest") != fingerprint["digest"]:
+        raise ConfigError("data.path", f"{recorded['run_dir']} was trained on other data ({_data(before)}) than "
+                                       f"{path or 'the data'} holds ({_data(fingerprint)}); resume=false trains it "
+                                       "again there, or choose another runs_dir=")
+
+
+def _data(fingerprint: dict) -> str:
+    splits = ", ".join(f"{name} {count}" for name, count in (fingerprint.get("splits") or {}).items())
+    return f"{fingerprint.get('kind')} {fingerprint.get('digest')}: {fingerprint.get('classes')} classes; {splits}"
+
+
 DIRTY = "-dirty"
 
 

@@ -23,6 +23,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_only
 
 from reluvit.data import build_datamodule
+from reluvit.data.fingerprint import fingerprint
 from reluvit.data.stream import SkippedSamples
 from reluvit.evaluate.callbacks import FewshotProbe, evaluation_callbacks
 from reluvit.models import forward_macs
@@ -43,6 +44,7 @@ from reluvit.run.requeue import CheckpointOnSignal
 from reluvit.run.rundir import (
     FINISHED,
     SUMMARY,
+    check_same_data,
     check_same_run,
     git_revision,
     last_checkpoint,
@@ -60,8 +62,10 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     previous = read_summary(run_dir)
+    data_fingerprint = fingerprint(config["data"])
     if cfg.resume:
         check_same_run(previous, config)
+        check_same_data(previous, data_fingerprint, config["data"]["path"])
         if previous and previous["status"] in FINISHED:
             log.info("%s %s at step %s; skipping (resume=false trains it again from the start)", run_dir,
                      previous["status"], previous.get("global_step"))
@@ -71,13 +75,15 @@ def run(cfg: DictConfig) -> dict:
     writer = hold(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext({})
     with writer as progress, _log_to(run_dir / "train.log"):
         log.info("run %s in %s (identity %s)", cfg.run_name, run_dir, identity(config))
-        return _train(cfg, run_dir, config, previous, progress)
+        return _train(cfg, run_dir, config, previous, progress, data_fingerprint)
 
 
-def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, progress: dict) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, progress: dict,
+           data_fingerprint: dict) -> dict:
     summary = {
         "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running", "identity": identity(config),
-        "config": config, "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "config": config, "data_fingerprint": data_fingerprint,
+        "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "git_revision": git_revision(), "host": socket.gethostname(), "python": platform.python_version(),
         "torch": torch.__version__, **({"slurm": job} if (job := slurm_job_record()) else {}),
     }
