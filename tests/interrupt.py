@@ -101,8 +101,8 @@ def main(overrides: str, kind: str, where: str, at: str) -> None:
         callbacks.append(Interrupt(kind, where, int(at)))
     setup = train.setup
 
-    def setup_with_callbacks(cfg, run_dir):
-        parts = setup(cfg, run_dir)
+    def setup_with_callbacks(cfg, run_dir, progress=None):
+        parts = setup(cfg, run_dir, progress)
         parts[2].callbacks.extend(callbacks)
         return parts
 

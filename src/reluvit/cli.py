@@ -1,4 +1,5 @@
-"""``reluvit <command>``: train, sweep, status, results, plots, wandb, wandb-sync, evaluate, shards, soft-table.
+"""``reluvit <command>``: train, sweep, status, cancel, prune, results, plots, wandb, wandb-sync, evaluate, shards,
+soft-table.
 
 Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status`` never load torch or Lightning.
 """
@@ -124,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.epilog = "Further key=value arguments are Hydra overrides for every run (e.g. trainer.max_steps=5)."
     cancel = sub.add_parser("cancel", help="cancel the queued and running SLURM jobs of a sweep (its manifest's)")
     _sweep_args(cancel, many=False)
+    prune = sub.add_parser("prune", help="drop the optimizer state from finished runs' checkpoints (a third of the "
+                                         "disk is left; they can be evaluated and exported, not trained further)")
+    prune.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR",
+                       help="run directories (default: every completed or diverged run under the runs directory)")
+    _runs_dir_arg(prune)
     commands = {}
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
                        ("plots", "roll up and plot what exists"),
@@ -388,6 +394,23 @@ def _cancel(args, overrides: list[str]) -> None:
     print(f"cancelled {len(jobs)} jobs of {sweep.name}-{sweep.scale}" + (f": {' '.join(jobs)}" if jobs else ""))
 
 
+def _prune(args) -> None:
+    from reluvit.run.checkpoint import CheckpointError, PruneRefused, drop_optimizer_state, finished_runs
+    from reluvit.run.lock import RunBusy
+    from reluvit.sweep.cost import byte_size
+
+    freed, refused = 0, 0
+    for run_dir in args.run_dirs or finished_runs(args.runs_dir):
+        try:
+            freed += drop_optimizer_state(run_dir).freed
+        except (PruneRefused, RunBusy, CheckpointError) as e:
+            log.error("%s", e)
+            refused += 1
+    log.info("freed %s", byte_size(freed))
+    if refused:
+        raise SystemExit(1)
+
+
 def _figures(args, overrides: list[str]):
     """Roll up, then for each sweep asked for: the sweep, its runs and its figure drawn and saved (:func:`_plot`)."""
     from reluvit.report.rollup import select
@@ -496,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
             _status(args, overrides)
         elif args.command == "cancel":
             _cancel(args, overrides)
+        elif args.command == "prune":
+            _prune(args)
         elif args.command == "plots":
             _plots(args, overrides)
         elif args.command == "wandb":
