@@ -13,10 +13,11 @@ import re
 
 import pytest
 import submitit
+import torch
 
 from conftest import TINY
 from reluvit import cli
-from reluvit.models import forward_macs
+from reluvit.models import create_model, forward_macs
 from reluvit.run.compose import compose
 from reluvit.sweep import cost, execute
 from reluvit.sweep.slurm import PreviewExecutor, Profile, Resources, sbatch_script, submit
@@ -86,6 +87,40 @@ def test_a_few_paper_runs_in_two_arrays(no_data, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+DISK = re.compile(r"checkpoints: ([\d.]+) (\w+)(?: \(up to ([\d.]+) (\w+) a run\))?; ([\d.]+) (\w+) once")
+
+
+def printed_disk(line: str) -> list[float]:
+    """Bytes of a checkpoints line: all of them, (the largest,) and after reluvit prune."""
+    numbers = [n for n in DISK.search(line).groups() if n is not None]
+    return [float(value) * UNITS[unit] for value, unit in zip(numbers[::2], numbers[1::2], strict=True)]
+
+
+def test_checkpoint_disk_per_array_and_in_all(no_data, tmp_path, capsys):
+    """Weights and AdamW's two moments in float32 per run, and the weights alone after reluvit prune (the estimate
+    against a trained checkpoint: tests/test_prune.py)."""
+    out = dry_run(["train", "recipe=i21k_30ep", "data=imagenet21k", "model=s16,b16", "seed=0,1",
+                   f"runs_dir={tmp_path / 'runs'}", "--cluster", "example_gpu"], capsys)
+    with torch.device("meta"):
+        weights = {v: 4 * sum(p.numel() for p in create_model(v, num_classes=21843).parameters())
+                   for v in ("S/16", "B/16")}
+    whole = {v: 3 * w + cost.CHECKPOINT_EXTRAS for v, w in weights.items()}
+    pruned = {v: w + cost.CHECKPOINT_EXTRAS for v, w in weights.items()}
+    arrays = [line for line in out.splitlines() if line.startswith("  checkpoints: ")]
+    for line, variant in zip(arrays, ("S/16", "B/16"), strict=True):  # 2 runs each
+        assert printed_disk(line) == pytest.approx([2 * whole[variant], whole[variant], 2 * pruned[variant]],
+                                                   rel=5e-3)
+    total, = (line for line in out.splitlines() if line.startswith("total checkpoints: "))
+    assert printed_disk(total) == pytest.approx([2 * sum(whole.values()), 2 * sum(pruned.values())], rel=5e-3)
+
+
+@pytest.mark.parametrize("count,shown", [(0, "0 B"), (999, "999 B"), (999.6, "1 kB"), (1_321_995, "1.32 MB"),
+                                         (121.6e9, "122 GB"), (40.6e12, "40.6 TB"), (2.5e15, "2,500 TB")])
+def test_byte_sizes(count, shown):
+    assert cost.byte_size(count) == shown
+
+
 def test_a_cpu_profile_given_by_path(tmp_path, capsys):
     """A profile outside the repository; the embedded dataset counts its own training images (digits: 1797 - 297
     held out)."""
@@ -128,9 +163,9 @@ def test_profile_keys_reach_submitits_executor(tmp_path, monkeypatch):
                       slurm_additional_parameters={"exclusive": True, "reservation": "paper", "exclude": "n[1-2]"})
     submitted = []
     monkeypatch.setattr(submitit.SlurmExecutor, "map_array",
-                        lambda executor, fn, configs: submitted.append((executor.parameters, configs)) or [])
+                        lambda executor, fn, configs: submitted.append((executor.parameters, configs)) or [None])
     config = {"model": {"variant": "B/16"}, "trainer": {"devices": "auto", "num_nodes": 1},
-              "recipe": {"batch_size": 4096}}
+              "recipe": {"batch_size": 4096}, "run_dir": "runs/b16"}
     submit([config], profile, tmp_path, "reluvit-test")
     (parameters, configs), = submitted
     assert {k: parameters[k] for k in ("partition", "account", "qos", "constraint", "nodes", "ntasks_per_node",

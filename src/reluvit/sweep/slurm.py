@@ -17,7 +17,9 @@ import re
 import shutil
 import subprocess
 import textwrap
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -203,14 +205,24 @@ def sbatch_script(profile: Profile, res: Resources, folder: Path, name: str, job
     return preview_executor._make_submission_file_text(preview_executor._submitit_command_str, uid="preview")
 
 
-def submit(configs: list[dict], profile: Profile, folder: Path, name: str) -> list[submitit.Job]:
+def submit(configs: list[dict], profile: Profile, folder: Path, name: str) -> dict[str, submitit.Job]:
     """Submit one job per resolved run config (:mod:`reluvit.sweep.execute` composed and checked them), one array
-    per resource class, each config with the trainer's devices and nodes set to the allocation; returns the jobs."""
-    jobs = []
+    per resource class, each config with the trainer's devices and nodes set to the allocation; returns run
+    directory -> its job."""
+    jobs = {}
     for res, group in job_arrays(configs, profile).items():
         group = [{**config, "trainer": {**config["trainer"], **res.trainer_settings()}} for config in group]
-        jobs += executor(profile, res, folder, name).map_array(TrainJob(), group)
+        submitted = executor(profile, res, folder, name).map_array(TrainJob(), group)
+        jobs.update(zip((config["run_dir"] for config in group), submitted, strict=True))
     return jobs
+
+
+def job_record(job: submitit.Job) -> dict:
+    """What a sweep's manifest keeps of a submitted job: its ids and log files."""
+    array, _, index = job.job_id.partition("_")
+    return {"job_id": job.job_id, "array_id": array if index else None, "index": int(index) if index else None,
+            "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
+            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def wait(jobs: list[submitit.Job]) -> dict[str, str]:
@@ -234,12 +246,17 @@ def job_ranges(jobs: list[submitit.Job]) -> list[str]:
             for array, ids in arrays.items()]
 
 
-def run_on_slurm(configs: list[dict], cluster: str, folder: Path, name: str, block: bool = True) -> dict[str, str]:
-    """Submit the runs to the cluster of profile ``cluster`` (checked first); ``block``: wait for them and return
-    job id -> outcome, else return nothing at once (the job ids are logged)."""
+def run_on_slurm(configs: list[dict], cluster: str, folder: Path, name: str, block: bool = True,
+                 on_submit: Callable[[dict[str, dict]], None] | None = None) -> dict[str, str]:
+    """Submit the runs to the cluster of profile ``cluster`` (checked first) and hand ``on_submit`` run directory
+    -> job record (:func:`job_record`); ``block``: wait for them and return job id -> outcome, else return nothing
+    at once (the job ids are logged)."""
     profile = load_profile(cluster)
     check_cluster(profile, profile_path(cluster).name)
-    jobs = submit(configs, profile, folder, name)
+    by_run = submit(configs, profile, folder, name)
+    if on_submit is not None:
+        on_submit({run_dir: job_record(job) for run_dir, job in by_run.items()})
+    jobs = list(by_run.values())
     log.info("submitted %d jobs to partition %r; logs in %s", len(jobs), profile.partition, folder)
     if not block:
         for line in job_ranges(jobs):
@@ -251,7 +268,7 @@ def run_on_slurm(configs: list[dict], cluster: str, folder: Path, name: str, blo
 def preview(cfgs: list, profile: Profile, folder: Path, name: str) -> str:
     """What submitting the resolved run configs (DictConfig) would do, as text: each job array (jobs, models,
     resources, time limit, the sbatch script submitit would write) and the cost estimate of each and of all
-    (:mod:`reluvit.sweep.cost`). Submits nothing and needs no cluster."""
+    (:mod:`reluvit.sweep.cost`: device-hours, wall time, checkpoint disk). Submits nothing and needs no cluster."""
     arrays = job_arrays(cfgs, profile)
     unit = "GPU" if profile.gpus_per_node else "CPU task"
     lines = [f"{plural(len(cfgs), 'run')} in {plural(len(arrays), 'job array')} on partition "
@@ -267,10 +284,11 @@ def preview(cfgs: list, profile: Profile, folder: Path, name: str) -> str:
             f"{profile.max_num_timeout} times",
             f"  estimate: {costs[-1].describe(unit, profile.gpu_tflops, profile.timeout_min)}",
             *_too_long(costs[-1], profile),
+            f"  checkpoints: {costs[-1].disk()}",
             "  the sbatch script submitit writes for it:",
             textwrap.indent(sbatch_script(profile, res, folder, name, len(group)), "    ").rstrip(),
         ]
-    lines.append(f"total: {cost.total(costs, unit)}")
+    lines += [f"total: {cost.total(costs, unit)}", f"total checkpoints: {cost.disk(costs)}"]
     return "\n".join(lines)
 
 
