@@ -88,7 +88,7 @@ def test_eval_images_are_within_a_grey_level_of_the_reference(jpeg_shards):
 
 def test_ranks_and_a_mid_epoch_resume_follow_the_reference_order(jpeg_shards):
     """Each rank reads its share, equal batch counts; a resume after 3 batches continues with batch 4 of the same
-    epoch, as the reference loader does (whose crops and flips after a restart are drawn afresh: so are DALI's)."""
+    epoch, as the reference loader does, with the same crops and flips (the stream draws them per sample)."""
     for rank in (0, 1):
         reference = _batches(jpeg_shards, "reference", trainer=FakeTrainer(rank, 2, epoch=1))
         dali = _batches(jpeg_shards, "dali", trainer=FakeTrainer(rank, 2, epoch=1))

@@ -169,5 +169,5 @@ def test_an_image_folder_slices_a_seeded_permutation_of_its_files(tmp_path):
     loaders = dm.val_dataloader()
     assert [len(loader.dataset) for loader in loaders] == [4, 20]  # val, minival
     sampler = training_sampler(dm, len(dm.train_set), seed=0, batch_size=8)
-    trained = [files(dm.train_set)[i] for i in sampler]
+    trained = [files(dm.train_set)[i] for _, i in sampler]  # keyed: (epoch, index)
     assert len(trained) == len(set(trained)) == 80 and set(trained) == set(head)

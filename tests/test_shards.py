@@ -259,8 +259,9 @@ def test_bad_data_is_skipped_counted_and_fails_past_the_fraction(digit_shards, t
     if expected == "shard":
         expected = json.loads((root / "_info.json").read_text())["splits"]["train"]["shards"][1]["num_samples"]
     clean = _epoch(digit_shards, batch=15, max_bad_fraction=0.5)  # 1500 = 100 x 15: every sample is read
+    # two slots of 750 samples: the budget, half of a slot, holds a missing shard's 245
     stream = ShardStream(root, "train", EvalTransform(8, 1), 15, train=True, num_classes=10, shuffle_buffer=50,
-                         max_bad_fraction=0.5)
+                         max_bad_fraction=0.5, stream_slots=2)
     batches = list(EpochLoader(stream, lambda: (0, 0), 0))
     assert stream.skipped == expected
     assert len(batches) == len(clean[0])  # the batch count never changes

@@ -20,9 +20,10 @@ reference averages areas exactly), the same floored central crop. Mixup stays in
 What differs from the reference pipeline: the resampling filters (DALI's linear and antialiased filters against
 TF's bilinear and area: a mean difference of about a grey level, tests/test_dali.py measures it), RandAugment's
 geometric ops' rounding (:mod:`reluvit.data.dali_randaug`), and RandAugment's random draws (DALI's generator,
-seeded per (seed, epoch, rank) when an epoch starts, where the reference draws from the worker's generator). A run
-resumed mid-epoch trains the same samples in the same order as the interrupted one; its augmentations after the
-restart are drawn afresh, as in the reference loader (which skips the trained samples without decoding them).
+seeded per (seed, epoch, rank) when an epoch starts, where the reference seeds each sample's draws by its place in
+the stream, :mod:`reluvit.data.seeding`). A run resumed mid-epoch trains the same samples in the same order, with
+the same crop boxes and flips (drawn per sample by the stream), as the interrupted one; DALI's RandAugment draws
+after the restart are new (its generator starts again at the resumed batch), where the reference's are the same.
 A file that passes the completeness check but that DALI cannot decode stops the run with DALI's error.
 """
 

@@ -30,9 +30,10 @@ from reluvit.data.dali import (
 )
 from reluvit.data.embedded import EMBEDDED, validation_split
 from reluvit.data.preprocess import EvalTransform, TrainTransform
+from reluvit.data.seeding import seeded_draws
 from reluvit.data.shards import read_info
 from reluvit.data.splits import parse_split
-from reluvit.data.stream import ShardStream
+from reluvit.data.stream import ShardStream, check_workers
 from reluvit.errors import COUNT, check_range
 
 
@@ -41,30 +42,49 @@ class EpochSampler(Sampler[int]):
     every W-th index, so batch i of all ranks together is batch i of a single-process run with the global batch,
     and all ranks get the same number of batches. ``position()`` gives (epoch, batches already trained in it),
     read when an epoch's iteration starts: a run resumed from a mid-epoch checkpoint skips exactly those.
+    ``keyed``: yield ``(epoch, index)``, the key of the sample's augmentation draws (:class:`SeededSamples`).
     """
 
     def __init__(self, size: int, seed: int, batch_size: int, rank: int, world: int,
-                 position: Callable[[], tuple[int, int]]) -> None:
+                 position: Callable[[], tuple[int, int]], keyed: bool = False) -> None:
         self.seed, self.batch_size, self.rank, self.world, self.position = seed, batch_size, rank, world, position
         self.global_batch = batch_size * world
         self.size = size // self.global_batch * self.global_batch  # drop the last, partial global batch
+        self.keyed = keyed
 
     def __len__(self) -> int:
         return self.size // self.world
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         epoch, done = self.position()
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        return iter(order[done * self.global_batch:][self.rank::self.world].tolist())
+        indices = order[done * self.global_batch:][self.rank::self.world].tolist()
+        return iter([(epoch, i) for i in indices] if self.keyed else indices)
 
 
 def training_sampler(module: pl.LightningDataModule, size: int, seed: int, batch_size: int) -> EpochSampler:
-    """An :class:`EpochSampler` for ``module``'s trainer (its rank, world size and loop position)."""
+    """A keyed :class:`EpochSampler` for ``module``'s trainer (its rank, world size and loop position)."""
     trainer = module.trainer
     rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
     sampler = EpochSampler(size, seed, batch_size, rank, world,
-                           lambda: training_position(trainer, len(sampler) // batch_size))
+                           lambda: training_position(trainer, len(sampler) // batch_size), keyed=True)
     return sampler
+
+
+class SeededSamples(Dataset):
+    """A map-style training set read by keys ``(epoch, i)`` (a keyed :class:`EpochSampler`'s): item i of
+    ``dataset``, its random draws (augmentation) seeded by (``seed``, epoch, i), whichever worker reads it."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with seeded_draws((self.seed, epoch, index)):
+            return self.dataset[index]
 
 
 def training_position(trainer: pl.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
@@ -93,7 +113,8 @@ class DeferredLoader(DataLoader):
 
 class IndexedDataModule(pl.LightningDataModule):
     """The loaders of map-style ``train_set`` and ``val_set``: training in the :class:`EpochSampler`'s order (rank,
-    epoch, mid-epoch position), workers seeded by :func:`loader_generator`."""
+    epoch, mid-epoch position), each sample's draws seeded by its key (:class:`SeededSamples`), so the batches are
+    the same for any worker count."""
 
     batch_size: int
     num_workers: int
@@ -102,9 +123,9 @@ class IndexedDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = training_sampler(self, len(self.train_set), self.seed, self.batch_size)
-        return DeferredLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True,
-                          generator=loader_generator(self.seed), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
+        return DeferredLoader(SeededSamples(self.train_set, self.seed), self.batch_size, sampler=sampler,
+                              drop_last=True, generator=loader_generator(self.seed), num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, self.batch_size, num_workers=self.num_workers,
@@ -134,8 +155,9 @@ class EmbeddedDataModule(IndexedDataModule):
 
 
 def loader_generator(seed: int) -> torch.Generator:
-    """Loaders draw their workers' base seed from this, not from torch's global generator, so where a run creates
-    its loaders (a restart creates one mid-epoch) does not shift the global random stream."""
+    """Loaders draw their workers' base seed from this, not from torch's global generator, so neither where a run
+    creates its loaders (a restart creates one mid-epoch) nor how often (once with persistent workers, each epoch
+    without) shifts the global random stream (mixup's)."""
     return torch.Generator().manual_seed(seed)
 
 
@@ -187,10 +209,12 @@ class FolderImages(Dataset):
         return self.transform(read_bytes(path)), label
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(IndexedDataModule):
     """A torchvision ``ImageFolder`` tree with ``train/`` and ``val/`` subfolders, preprocessed as big_vision does
     (:mod:`reluvit.data.preprocess`); training on ``train_split`` of ``train/``, and validating on ``val/`` and, when
     given, ``minival_split`` of ``train/``."""
+
+    pin_memory = True
 
     def __init__(self, path: str, batch_size: int, img_size: int = 224, num_workers: int = 8,
                  augment: dict | None = None, seed: int = 0, train_split: str = "train",
@@ -213,25 +237,23 @@ class ImageFolderDataModule(pl.LightningDataModule):
             minival = folder_selection(len(files), self.minival_split, self.split_seed)
             self.minival_set = FolderImages(files, minival, EvalTransform(self.img_size))
 
-    def train_dataloader(self) -> DataLoader:
-        return DeferredLoader(self.train_set, self.batch_size, drop_last=True, pin_memory=True,
-                          sampler=training_sampler(self, len(self.train_set), self.seed, self.batch_size),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [DataLoader(images, self.batch_size, num_workers=self.num_workers, pin_memory=True)
+        loaders = [DataLoader(images, self.batch_size, num_workers=self.num_workers, pin_memory=True,
+                              generator=loader_generator(self.seed))
                    for images in (self.val_set, self.minival_set) if images is not None]
         return loaders if len(loaders) > 1 else loaders[0]
 
 
 class EpochLoader(DeferredLoader):
     """A loader over a :class:`ShardStream` that tells the stream its epoch and mid-epoch position each time an
-    epoch starts; workers are started per epoch, so they receive that position."""
+    epoch starts; workers are started per epoch, so they receive that position. Its iterator draws from
+    :func:`loader_generator`: a resumed epoch makes it after the checkpoint's generators are restored."""
 
     def __init__(self, stream: ShardStream, position: Callable[[], tuple[int, int]], num_workers: int,
                  pin_memory: bool | None = None) -> None:
         pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                         generator=loader_generator(stream.seed))
         self.position = position
 
     def start_epoch(self) -> None:
@@ -242,20 +264,23 @@ class ShardDataModule(pl.LightningDataModule):
     """Webdataset shards written by ``reluvit shards`` (``<path>/{train,val}-NNNNNN.tar`` + ``_info.json``),
     streamed by :class:`ShardStream` with big_vision's preprocessing: training on ``train_split``, validating on
     ``val`` and, when given, ``minival_split``. ``loader`` (:data:`reluvit.data.dali.LOADERS`): who decodes and
-    augments, the stream's workers (reference) or DALI (:mod:`reluvit.data.dali`), fed by the same stream."""
+    augments, the stream's workers (reference) or DALI (:mod:`reluvit.data.dali`), fed by the same stream.
+    ``num_workers`` must divide ``stream_slots`` (each worker serves whole slots of the stream)."""
 
     def __init__(self, path: str, batch_size: int, img_size: int, in_chans: int, num_classes: int,
                  num_workers: int = 8, augment: dict | None = None, seed: int = 0,
                  shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01, train_split: str = "train",
-                 minival_split: str | None = None, loader: str = "reference") -> None:
+                 minival_split: str | None = None, loader: str = "reference", stream_slots: int = 24) -> None:
         super().__init__()
+        check_workers(num_workers, stream_slots)
         self.loader = resolve_loader(loader, "shards")
         self.path, self.batch_size, self.img_size, self.in_chans = path, batch_size, img_size, in_chans
         self.num_classes, self.num_workers, self.seed = num_classes, num_workers, seed
         self.train_split, self.minival_split = train_split, minival_split
         self.augment = augment or {}  # TrainTransform's augmentation arguments (RandAugment, crop_antialias)
         self.randaug = dali_randaug_arguments(self.augment) if self.loader == "dali" else None
-        self.stream_options = {"shuffle_buffer": shuffle_buffer, "max_bad_fraction": max_bad_fraction}
+        self.stream_options = {"shuffle_buffer": shuffle_buffer, "max_bad_fraction": max_bad_fraction,
+                               "stream_slots": stream_slots}
         self.info = read_info(path)  # a missing directory fails here, at start, with the path named
         if self.info["num_classes"] != num_classes:
             raise ValueError(f"{path}: the shards have {self.info['num_classes']} classes, the config "
@@ -354,7 +379,7 @@ def build_datamodule(data_cfg, batch_size: int, augment: dict, seed: int) -> pl.
                                data_cfg.num_classes, data_cfg.num_workers, augment, seed=seed,
                                shuffle_buffer=data_cfg.shuffle_buffer, max_bad_fraction=data_cfg.max_bad_fraction,
                                train_split=data_cfg.train_split, minival_split=data_cfg.minival_split,
-                               loader=data_cfg.loader)
+                               loader=data_cfg.loader, stream_slots=data_cfg.stream_slots)
     if data_cfg.dataset == "synthetic":
         return SyntheticDataModule(batch_size, data_cfg.img_size, data_cfg.in_chans, data_cfg.num_classes,
                                    data_cfg.num_samples, data_cfg.val_size, data_cfg.split_seed,

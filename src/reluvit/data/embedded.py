@@ -45,6 +45,7 @@ def digits() -> ArrayDataset:
 
 
 EMBEDDED = {"animal_mnist": animal_mnist, "digits": digits}
+PACKAGES = {"animal_mnist": "animal-mnist", "digits": "scikit-learn"}  # the distribution that ships each dataset
 # Each dataset's fixed validation split (the runs' validation set, the few-shot stand-ins' test set)
 VAL_SIZES = {"animal_mnist": 1000, "digits": 297}  # digits: 1500 images remain for training
 

@@ -90,7 +90,7 @@ def sample_distorted_box(height: int, width: int, generator: torch.Generator | N
                          area_range: tuple[float, float] = CROP_AREA, aspect_range: tuple[float, float] = CROP_ASPECT,
                          max_attempts: int = CROP_ATTEMPTS) -> tuple[int, int, int, int]:
     """TF's ``sample_distorted_bounding_box`` without object boxes: ``(top, left, crop_height, crop_width)`` drawn
-    from torch's ``generator`` (None: the global one, seeded per worker by the loader); the whole image when
+    from torch's ``generator`` (None: the global one, seeded per sample by the loader); the whole image when
     ``max_attempts`` aspect ratios all miss."""
     if not (0 < area_range[0] <= 1 and 0 < area_range[1] <= 1 and min(aspect_range) > 0):
         raise ValueError(f"area_range must lie in (0, 1] and aspect_range be positive: {area_range}, {aspect_range}")
@@ -252,7 +252,7 @@ def resize_small_center_crop(data: bytes, size: int, mode: str = "RGB") -> torch
 
 
 def random_flip() -> bool:
-    """``flip_lr``'s draw, from torch's global generator (seeded per worker by the loader)."""
+    """``flip_lr``'s draw, from torch's global generator (seeded per sample by the loader)."""
     return bool(torch.rand(()) < 0.5)
 
 

@@ -283,7 +283,7 @@ def apply_op(image: torch.Tensor, name: str, magnitude: float, *, sign: int = 1,
 
 class RandAugment:
     """big_vision's ``randaug(num_layers, magnitude)``: per layer an op uniform over ``OPS`` and a sign uniform over
-    +-1 (drawn in that order, from ``generator``, or torch's global generator, which the loader seeds per worker),
+    +-1 (drawn in that order, from ``generator``, or torch's global generator, which the loader seeds per sample),
     always applied. Picklable (runs in loader workers)."""
 
     def __init__(self, num_layers: int = 2, magnitude: float = 10) -> None:

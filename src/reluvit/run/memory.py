@@ -18,12 +18,13 @@ left out. Not modelled: attention dropout (none of the recipes use it), mixup's 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from torch import nn
 from reluvit.attention import SIGMOID_ATTENTION, structure
 from reluvit.kernels import reference, select_impl
 from reluvit.models import PreLogits, create_model
+from reluvit.run.compose import environment_digest, read_cached, write_cached
 from reluvit.run.schema import ConfigError
 from reluvit.soft import SoftAttention
 
@@ -142,7 +144,18 @@ def _structure(architecture: Mapping) -> dict:
 
 @functools.cache
 def _vit_shape(architecture: str, device_type: str) -> ViTShape:
-    return ViTShape._read(json.loads(architecture), device_type)
+    """Read once per process, and kept on disk (building a model on the meta device takes up to a second: a sweep's
+    dry run reads dozens), keyed with the code, packages and machine it was read with."""
+    key = hashlib.sha256(json.dumps([architecture, device_type, environment_digest()]).encode()).hexdigest()
+    cached = read_cached("vit_shape", key)
+    if isinstance(cached, dict):
+        try:
+            return ViTShape(**cached)
+        except TypeError:  # written by another layout of ViTShape
+            pass
+    shape = ViTShape._read(json.loads(architecture), device_type)
+    write_cached("vit_shape", key, asdict(shape))
+    return shape
 
 
 def attention_path(attn: nn.Module, device_type: str) -> str:

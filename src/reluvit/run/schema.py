@@ -118,8 +118,12 @@ class DataConfig:
     num_workers: int = 0
     # who decodes and augments the shards: auto (DALI where a GPU and the package are present) | reference | dali
     loader: str = "auto"
+    # shards: the encoded samples a rank holds to shuffle, across its stream slots (ceil(shuffle_buffer / slots) each)
     shuffle_buffer: int = 2000
     max_bad_fraction: float = 0.01
+    # shards: the fixed number of shuffled streams a rank's batches come from (reluvit.data.stream); data.num_workers
+    # must divide it, and the batches are the same for every such count
+    stream_slots: int = 24
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -17,12 +18,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from reluvit.attention import structure
-from reluvit.data.preprocess import TrainTransform
 from reluvit.errors import COUNT, ArgumentError, Range, above, at_least, check_choice, check_range
-from reluvit.models import attention_class
-from reluvit.run.build import architecture, augment_name, build_module, micro_batch_size, train_augmentation
-from reluvit.run.schema import CONF_DIR, WANDB_MODES, ConfigError, ModelConfig
+from reluvit.run.compose import ON_DISK, check_data_path, composition_key, environment_digest, read_cached, write_cached
+from reluvit.run.schema import WANDB_MODES, ConfigError, ModelConfig
+
+# torch, timm and Lightning (~5 s to import) are imported where a check builds something, so that a dry run whose
+# sweep passed before (Outcomes) never loads them. check_data_path is composition's: a missing data path is named
+# before the values it leaves missing.
 
 SEED = Range(0, 2**32 - 1, integer=True)  # what Lightning's seed_everything and numpy's RNGs accept
 NON_NEGATIVE = at_least(0, integer=True)
@@ -56,7 +58,6 @@ EVAL_ITEMS: dict[str, Range] = {  # lists: non-empty, each item in range (l2_gri
     "eval.fewshot.seeds": SEED,
     "eval.fewshot.l2_grid": above(0),
 }
-ON_DISK = ("imagefolder", "shards")  # the datasets read from data.path, the only ones sliced (data.train_split)
 DEVICE_COUNT = at_least(1, integer=True, also=(-1,))  # -1: every GPU (Lightning's)
 DEVICES = "auto, -1 (every GPU), a count >= 1, or device ids >= 0 as a list ([0,1]) or a string ('0,1')"
 
@@ -82,6 +83,8 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
     """Check every value the run depends on; raise :class:`ConfigError` on the first bad one. ``data_path=False``
     leaves the data path out (a dry run needs no data)."""
     from reluvit.data import DATASETS
+    from reluvit.data.preprocess import TrainTransform
+    from reluvit.run.build import augment_name, micro_batch_size, train_augmentation
 
     _choice(cfg, "data.dataset", DATASETS)
     if data_path:
@@ -101,12 +104,61 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
     _validate_loader(cfg)
     _choice(cfg, "logger.wandb_mode", WANDB_MODES)
     _validate_trainer(cfg)
-    _check_writable(cfg, "runs_dir")
-    if not Path(cfg.run_dir).absolute().is_relative_to(Path(cfg.runs_dir).absolute()):
-        _check_writable(cfg, "run_dir")
+    _check_directories(cfg)
     _build_on_meta(cfg)
     micro_batch_size(cfg, budget_bytes=math.inf)  # the split; what fits is planned on the device (run.train)
     validate_eval(cfg, data=data_path)
+
+
+class Outcomes:
+    """Whether the configs of ``points`` (composed: :func:`reluvit.run.compose.compose_points`) passed
+    :func:`validate` before, so that a dry run of a sweep validated once skips its hundreds of checks and model
+    builds, and the torch and Lightning imports. Recorded on disk (:func:`reluvit.run.compose.cache_dir`) per
+    composition (:func:`reluvit.run.compose.composition_key`), with what else the checks read
+    (:func:`_outcome_key`); only the directories a run would create are checked again. Dry runs only
+    (``data_path=False``): a launch checks its data as it is now."""
+
+    def __init__(self, points: list[list[str]], configs: list[DictConfig], data_path: bool = True) -> None:
+        self.data_path = data_path
+        self.key = None if data_path else _outcome_key(points, configs)
+        self.passed = self.key is not None and read_cached("validate", self.key) is not None
+        self._writable: set[str] = set()  # directories found writable: a sweep's runs share their runs_dir
+
+    def validate(self, cfg: DictConfig) -> None:
+        """:func:`validate` of one of the configs, or of its directories only where they all passed before."""
+        if self.passed:
+            _check_directories(cfg, self._writable)
+        else:
+            validate(cfg, data_path=self.data_path)
+
+    def record(self) -> None:
+        """Every config passed (:meth:`validate` raised for none)."""
+        if self.key is not None and not self.passed:
+            write_cached("validate", self.key, True)
+
+
+# What the dry run's checks read besides the config: files (their state is part of the outcome's key)
+READ_PATHS = ("eval.i1k.path", "eval.real.labels", "eval.v2.path")
+
+
+def _outcome_key(points: list[list[str]], configs: list[DictConfig]) -> str | None:
+    """What a dry run's checks of a composition depend on: the composition, reluvit's code, the installed packages
+    and the machine (:func:`reluvit.run.compose.environment_digest`), and the files the checks read
+    (:data:`READ_PATHS`: mode, size and modification time). None where the composition is not cached."""
+    composition = composition_key(points)
+    if composition is None:
+        return None
+    paths = sorted({str(path) for cfg in configs for key in READ_PATHS if (path := OmegaConf.select(cfg, key))})
+    parts = [composition, environment_digest(), [(path, _file_state(path)) for path in paths]]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _file_state(path: str) -> list | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_mode, stat.st_size, stat.st_mtime_ns]
 
 
 def _build_on_meta(cfg: DictConfig) -> None:
@@ -114,6 +166,10 @@ def _build_on_meta(cfg: DictConfig) -> None:
     only in the attention's value-only options (Figure 2's alphas) build it once; each one's attention options are
     still checked, by building its attention class."""
     import torch
+
+    from reluvit.attention import structure
+    from reluvit.models import attention_class
+    from reluvit.run.build import architecture, build_module
 
     model = architecture(cfg)
     arguments = json.dumps([{**model, "attention": structure(model["attention"])}, cfg.model.name,
@@ -148,25 +204,10 @@ def _config_key(argument: str, cfg: DictConfig) -> str:
             return source[1]
         return argument
     if argument == "mixup":
+        from reluvit.run.build import augment_name
+
         return f"recipe.augment.{augment_name(cfg)}.mixup"
     return "trainer.max_steps" if argument == "max_steps" else f"recipe.{argument}"
-
-
-def check_data_path(cfg: DictConfig) -> None:
-    """``data.path`` of the datasets read from disk: required, and a folder of the dataset's layout. A data option
-    whose path defaults to an environment variable (``${oc.env:RELUVIT_IMAGENET1K,null}``) names it."""
-    dataset = OmegaConf.select(cfg, "data.dataset", throw_on_missing=False)
-    if dataset not in ON_DISK:
-        return
-    path, variable = cfg.data.path, _path_variable(cfg)
-    if not path:
-        hint = f"set {variable} or data.path=..." if variable else "add data.path=..."
-        raise ConfigError("data.path", f"a value is required for dataset={dataset} ({hint})")
-    origin = f" (from {variable})" if variable and os.environ.get(variable) == path else ""
-    if dataset == "imagefolder" and not all((Path(path) / s).is_dir() for s in ("train", "val")):
-        raise ConfigError("data.path", f"{path!r}{origin} is not a folder with train/ and val/ subfolders")
-    if dataset == "shards" and not (Path(path) / "_info.json").is_file():
-        raise ConfigError("data.path", f"{path!r}{origin} holds no _info.json: write shards with `reluvit shards`")
 
 
 def check_splits(cfg: DictConfig, sized: bool = True) -> None:
@@ -220,23 +261,26 @@ def _tree_size(path: str) -> int | None:
     return split_size("imagefolder", path)
 
 
-def _path_variable(cfg: DictConfig) -> str | None:
-    """The environment variable that the data option's ``path`` interpolates, read from its file in ``conf/data``
-    (``data.name`` is the option's name)."""
-    file = CONF_DIR / "data" / f"{OmegaConf.select(cfg, 'data.name', throw_on_missing=False)}.yaml"
-    raw = OmegaConf.to_container(OmegaConf.load(file), resolve=False).get("path") if file.is_file() else None
-    variable = re.match(r"\$\{oc\.env:(\w+)", str(raw))
-    return variable[1] if variable else None
+def _check_directories(cfg: DictConfig, writable: set[str] | None = None) -> None:
+    """The runs directory, and the run directory where it lies elsewhere, can be made (``writable``: directories
+    found so, skipped; those found here are added)."""
+    _check_writable(cfg, "runs_dir", writable)
+    if not Path(cfg.run_dir).absolute().is_relative_to(Path(cfg.runs_dir).absolute()):
+        _check_writable(cfg, "run_dir", writable)
 
 
-def _check_writable(cfg: DictConfig, key: str) -> None:
+def _check_writable(cfg: DictConfig, key: str, writable: set[str] | None = None) -> None:
     """The directory can be made: its nearest existing ancestor is a directory this process can create in."""
     path = Path(OmegaConf.select(cfg, key)).absolute()
+    if writable is not None and str(path) in writable:
+        return
     existing = next(p for p in (path, *path.parents) if os.path.exists(p))
     if not existing.is_dir():
         raise ConfigError(key, f"cannot create {str(path)!r}: {existing} is not a directory")
     if not (os.access(existing, os.W_OK | os.X_OK) and _can_create_in(existing)):
         raise ConfigError(key, f"cannot create {str(path)!r}: {existing} is not writable")
+    if writable is not None:
+        writable.add(str(path))
 
 
 def _can_create_in(directory: Path) -> bool:
@@ -260,6 +304,7 @@ def _validate_loader(cfg: DictConfig) -> None:
     """``data.loader``: one of LOADERS, DALI only for shards and where it is installed, and only with big_vision's
     RandAugment (:func:`reluvit.data.dali.dali_randaug_arguments`)."""
     from reluvit.data.dali import LOADERS, dali_randaug_arguments, resolve_loader
+    from reluvit.run.build import train_augmentation
 
     _choice(cfg, "data.loader", LOADERS)
     try:
