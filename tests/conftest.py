@@ -35,6 +35,8 @@ GUARD_LOG = "RELUVIT_GUARD_LOG"
 
 def pytest_configure(config) -> None:
     _offline_wandb(Path(tempfile.mkdtemp(prefix="reluvit-wandb-")))
+    # reluvit's composition and validation cache: in the temporary directory, never the user's ~/.cache
+    os.environ["RELUVIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="reluvit-cache-")
     if SLURM_TESTS:
         return
     stubs = Path(tempfile.mkdtemp(prefix="reluvit-guard-"))
@@ -72,6 +74,8 @@ def pytest_collection_modifyitems(items) -> None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     if wandb_home := os.environ.get("WANDB_CACHE_DIR"):
         shutil.rmtree(Path(wandb_home).parent, ignore_errors=True)
+    if cache := os.environ.get("RELUVIT_CACHE_DIR"):
+        shutil.rmtree(cache, ignore_errors=True)
     log = os.environ.get(GUARD_LOG)
     calls = Path(log).read_text().strip() if log and Path(log).exists() else ""
     if log:
