@@ -197,31 +197,15 @@ def test_shards_copied_elsewhere_give_the_same_batches_after_a_resume(shards, tm
     _assert_equal(_epochs(_shard_module(f"{copy}/", 3), [(1, 7)])[0], original)
 
 
-# A run in a subprocess, to the end or (argv[2] > 0) interrupted by the requeue signal after that optimizer step.
-# tests/interrupt.py's own main is not used: its setup wrapper takes (cfg, run_dir) only, not train.setup's progress.
-TRAIN = """
-import json, sys
-sys.path.insert(0, sys.argv[3])
-from interrupt import Interrupt
-from reluvit.run import train
-from reluvit.run.compose import compose
-
-setup, at = train.setup, int(sys.argv[2])
-
-def interrupted(*args, **kwargs):
-    parts = setup(*args, **kwargs)
-    parts[2].callbacks.append(Interrupt("usr2", "step", at))
-    return parts
-
-if at:
-    train.setup = interrupted
-train.run(compose(json.loads(sys.argv[1])))
-"""
+HARNESS = Path(__file__).with_name("interrupt.py")
 
 
 def _train(overrides: list[str], interrupt_at: int = 0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", TRAIN, json.dumps(overrides), str(interrupt_at),
-                           str(Path(__file__).parent)], capture_output=True, text=True, timeout=600)
+    """A run in a subprocess (tests/interrupt.py), to the end or interrupted by the requeue signal after that
+    optimizer step."""
+    kind = "usr2" if interrupt_at else "none"
+    return subprocess.run([sys.executable, str(HARNESS), json.dumps(overrides), kind, "step", str(interrupt_at)],
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
