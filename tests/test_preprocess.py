@@ -75,7 +75,7 @@ def test_crop_boxes_are_deterministic_under_a_seed():
     torch.manual_seed(5)
     first = draws()
     torch.manual_seed(5)
-    assert draws() == first  # no generator: the global one, seeded per worker by the loader
+    assert draws() == first  # no generator: the global one, seeded per sample by the loader (data.seeding)
 
 
 def _expected_area_fraction() -> float:
