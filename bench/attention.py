@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from benchlib import bf16_peak_tflops, device_name, goal, median_seconds, show, write_csv
 
 from reluvit.kernels import fused_pointwise_attention, reference_pointwise_attention
-from reluvit.models import parse_variant
+from reluvit.variants import parse_variant
 
 SHAPES = [(variant, img) for img in (224, 384) for variant in ("S/32", "S/16", "S/8", "B/16", "L/16")]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from reluvit import SIZES, PointwiseAttention, create_model
 from reluvit.attention import ATTENTIONS
 from reluvit.errors import ArgumentError
-from reluvit.models import Size, forward_macs, parse_variant
+from reluvit.models import forward_macs
+from reluvit.variants import Size, parse_variant
 
 BIG_VISION = {  # width, depth, mlp_dim, heads: spec Sec. 3 ("Table 2 of arXiv 2106.04560")
     "Ti": (192, 12, 768, 3),

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Loaded on first use, so that importing a light submodule (``reluvit.sweep.job`` in a SLURM job) does not import torch
 _EXPORTS = {"ACTIVATIONS": "attention", "POINTWISE": "attention", "PointwiseAttention": "attention",
-            "attention_layer": "attention", "SIZES": "models", "create_model": "models"}
+            "attention_layer": "attention", "SIZES": "variants", "create_model": "models"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -22,17 +22,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 import yaml
 
 from reluvit import ROOT
 from reluvit.errors import COUNT, above
-from reluvit.models import SIZES, parse_variant
 from reluvit.run.schema import ConfigError
-from reluvit.sweep import cost
-from reluvit.sweep.cost import plural
 from reluvit.sweep.job import TrainJob
+from reluvit.variants import SIZES, parse_variant
+
+if TYPE_CHECKING:
+    from reluvit.sweep.cost import ArrayCost
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +271,9 @@ def preview(cfgs: list, profile: Profile, folder: Path, name: str) -> str:
     """What submitting the resolved run configs (DictConfig) would do, as text: each job array (jobs, models,
     resources, time limit, the sbatch script submitit would write) and the cost estimate of each and of all
     (:mod:`reluvit.sweep.cost`: device-hours, wall time, checkpoint disk). Submits nothing and needs no cluster."""
+    from reluvit.sweep import cost  # the model and data code: not for a submission or a job
+    from reluvit.sweep.cost import plural
+
     arrays = job_arrays(cfgs, profile)
     unit = "GPU" if profile.gpus_per_node else "CPU task"
     lines = [f"{plural(len(cfgs), 'run')} in {plural(len(arrays), 'job array')} on partition "
@@ -292,7 +297,7 @@ def preview(cfgs: list, profile: Profile, folder: Path, name: str) -> str:
     return "\n".join(lines)
 
 
-def _too_long(array: cost.ArrayCost, profile: Profile) -> list[str]:
+def _too_long(array: ArrayCost, profile: Profile) -> list[str]:
     """A warning line when the longest job needs more starts (requeues after time-outs) than the profile allows."""
     starts = array.starts(profile.timeout_min)
     if starts <= profile.max_num_timeout + 1:
