@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from reluvit.report.rollup import collect
 from reluvit.report.status import entries, run_states
@@ -110,7 +111,7 @@ def test_an_unreadable_summary_is_named_and_skipped(tiny_cfg, tmp_path, caplog, 
         run(cfg)
     assert len(collect(tmp_path / "runs")) == 0
     assert f"skipping {path} is unreadable" in caplog.text
-    runs = entries([cfg], tmp_path / "runs")
+    runs = entries([OmegaConf.to_container(cfg)], tmp_path / "runs")
     assert [s.status for s in run_states(runs, tmp_path / "runs", collect(tmp_path / "runs"))] == ["unreadable"]
 
 

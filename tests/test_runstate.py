@@ -21,7 +21,7 @@ import reluvit.report.status as status_module
 from reluvit.report.rollup import best_rows, collect, config_identities, match, rollup
 from reluvit.report.status import cached_collect, counts, describe, entries, run_states
 from reluvit.run import lock
-from reluvit.run.compose import compose, compose_points
+from reluvit.run.compose import compose, compose_containers, compose_points
 from reluvit.run.grid import identities, identity
 from reluvit.run.rundir import write_json_atomic
 from reluvit.sweep import manifest, spec
@@ -77,13 +77,14 @@ def test_a_summary_without_a_later_key_is_the_run_at_its_default():
 def test_relative_and_moved_runs_dirs_are_rolled_up_and_counted(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     fake_run(Path("rel"), ["attention=softmax"])  # written under the relative path, as runs_dir=rel does
-    configs = compose_points([["runs_dir=elsewhere", "attention=softmax"], ["runs_dir=elsewhere"]])
+    points = [["runs_dir=elsewhere", "attention=softmax"], ["runs_dir=elsewhere"]]
+    configs = compose_points(points)
     for runs_dir in ("rel", str(tmp_path / "rel")):
         assert [row is not None for row in match(config_identities(configs), collect(runs_dir))] == [True, False]
     shutil.move("rel", "moved")
     table = rollup("moved", tmp_path / "results" / "runs")
     assert list(table["status"]) == ["completed"] and table["run_dir"][0].startswith("moved")
-    states = run_states(entries(configs, "moved"), "moved", cached_collect("moved"))
+    states = run_states(entries(compose_containers(points), "moved"), "moved", cached_collect("moved"))
     assert [s.status for s in states] == ["completed", "missing"]
 
 
@@ -121,8 +122,7 @@ def test_status_names_queued_jobs_failures_and_progress(tmp_path, monkeypatch):
     lock_file = Path(running["run_dir"]) / lock.LOCK
     lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time() - 12, "step": 7,
                                      "total": 560}))
-    configs = compose_points([[f"runs_dir={runs_dir}", f"seed={s}"] for s in range(5)])
-    runs = entries(configs, runs_dir)
+    runs = entries(compose_containers([[f"runs_dir={runs_dir}", f"seed={s}"] for s in range(5)]), runs_dir)
     manifest.write_manifest(runs_dir, "demo-smoke", [], runs, {
         runs[3]["run_dir"]: {"job_id": "41_3", "stderr": "/logs/41_3_0_log.err"},
         runs[4]["run_dir"]: {"job_id": "41_4", "stderr": "/logs/41_4_0_log.err"}})

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from conftest import TWO_POINTS, sweep_file
 from reluvit import cli
 from reluvit.report.status import counts, entries, run_states
-from reluvit.run.compose import compose, compose_all, compose_points
+from reluvit.run.compose import compose, compose_all, compose_containers, compose_points
 from reluvit.run.grid import identity
 from reluvit.run.schema import ConfigError
 from reluvit.run.validate import validate
@@ -180,7 +180,7 @@ def test_a_failed_block_does_not_stop_the_sweep(tmp_path):
 
 
 def _counts(sweep, table, gpu: bool, extra: list[str], runs_dir) -> dict:
-    configs = compose_points(sweep.points(gpu, extra))
+    configs = compose_containers(sweep.points(gpu, extra))
     states = run_states(entries(configs, runs_dir, set(sweep.gpu_only_models())), runs_dir, table)
     return counts(sweep.name, sweep.scale, states)
 

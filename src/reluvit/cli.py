@@ -275,11 +275,11 @@ def _to_train(args, sweep, overrides: list[str], extra: list[str], points: list)
     running runs are left alone (with ``--resubmit-failed``, all but the failed ones). Returns those points and the
     callback that records their jobs in the manifest once submitted."""
     from reluvit.report.status import ACTIVE, cached_collect, entries, run_states
-    from reluvit.run.compose import compose_points
+    from reluvit.run.compose import compose_containers
     from reluvit.sweep.manifest import write_manifest
 
     label = f"{sweep.name}-{sweep.scale}"
-    runs = entries(compose_points(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
+    runs = entries(compose_containers(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
     manifest = write_manifest(args.runs_dir, label, overrides, runs)
     log.info("manifest: %s", manifest)
     recorded = json.loads(manifest.read_text())["runs"]
@@ -350,14 +350,14 @@ def _sweep_runs(args, sweep, overrides: list[str]) -> list[dict]:
     """The runs of a sweep as its manifest records them (launched into this runs directory, with the overrides it
     was launched with), or, without one (or when overrides or seeds are given), as composed now."""
     from reluvit.report.status import entries
-    from reluvit.run.compose import compose_points
+    from reluvit.run.compose import compose_containers
     from reluvit.sweep.manifest import read_manifest
 
     manifest = None if overrides or args.seeds else read_manifest(args.runs_dir, f"{sweep.name}-{sweep.scale}")
     if manifest is not None:
         return manifest["runs"]
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
-    return entries(compose_points(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
+    return entries(compose_containers(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
 
 
 def _status(args, overrides: list[str]) -> None:

@@ -44,18 +44,13 @@ class RunState:
         return ", ".join(p for p in parts if p)
 
 
-def entries(configs: list, runs_dir: str | Path, gpu_models: set[str] = frozenset()) -> list[dict]:
-    """Manifest entries (:func:`reluvit.sweep.manifest.write_manifest`) of composed run configs."""
-    from omegaconf import OmegaConf
-
+def entries(configs: list[dict], runs_dir: str | Path, gpu_models: set[str] = frozenset()) -> list[dict]:
+    """Manifest entries (:func:`reluvit.sweep.manifest.write_manifest`) of resolved run configs (plain, as
+    :func:`reluvit.run.compose.compose_containers` gives them)."""
     from reluvit.run.grid import identities
 
-    found = []
-    for cfg in configs:
-        config = OmegaConf.to_container(cfg, resolve=True)
-        found.append({"run_name": config["run_name"], "run_dir": config["run_dir"], "identities": identities(config),
-                      "needs_gpu": config["model"]["name"] in gpu_models})
-    return found
+    return [{"run_name": config["run_name"], "run_dir": config["run_dir"], "identities": identities(config),
+             "needs_gpu": config["model"]["name"] in gpu_models} for config in configs]
 
 
 def cached_collect(runs_dir: str | Path) -> pd.DataFrame:
