@@ -192,3 +192,17 @@ def test_a_resume_on_a_copy_of_the_data_is_accepted_and_on_other_data_refused(tm
     with pytest.raises(ConfigError, match="runs/r was trained on other data") as error:
         check_same_data(recorded, fingerprint({"dataset": "imagefolder", "path": str(tmp_path / "copy")}), "copy")
     assert "\n" not in str(error.value)
+
+
+def test_a_shard_run_resumed_on_another_layout_records_it():
+    from reluvit.run.train import _note_stream_layout
+
+    previous = {"world_size": 8, "micro_batch_size": 512, "global_step": 900}
+    summary = {"world_size": 4, "micro_batch_size": 512}
+    _note_stream_layout(summary, previous, "shards")
+    assert summary["stream_layout_changes"] == [{"step": 900, "from": {"world_size": 8, "micro_batch_size": 512},
+                                                 "to": {"world_size": 4, "micro_batch_size": 512}}]
+    for dataset, layout in (("animal_mnist", {"world_size": 4}), ("shards", {"world_size": 8})):
+        summary = {"micro_batch_size": 512, **layout}
+        _note_stream_layout(summary, previous, dataset)  # map-style data, or the same layout: nothing changed
+        assert "stream_layout_changes" not in summary

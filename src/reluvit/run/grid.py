@@ -73,10 +73,12 @@ NOT_TRAINING: dict[str, str] = {
     "trainer.log_every_n_steps": "logging frequency",
     "trainer.check_val_every_n_epoch": "validation frequency: validation draws no random numbers of training",
     "trainer.accelerator": "hardware layout: the global batch, its order and the schedule do not depend on it",
-    "trainer.devices": "hardware layout (gradient accumulation keeps the global batch; EpochSampler the order)",
+    "trainer.devices": "hardware layout (gradient accumulation keeps the global batch; EpochSampler the order; the "
+                       "shard stream's order changes, and a resume that changes it is recorded in the summary)",
     "trainer.num_nodes": "hardware layout",
     "trainer.strategy": "hardware layout",
-    "trainer.micro_batch_size": "hardware layout: gradient accumulation keeps the global batch",
+    "trainer.micro_batch_size": "hardware layout: gradient accumulation keeps the global batch (the shard stream's "
+                                "order changes, as with trainer.devices)",
     "trainer.grad_checkpointing": "recomputation: the same activations, computed again in the backward pass",
     "trainer.compile": "the same function, compiled",
     "trainer.deterministic": "the same algorithms, only their determinism",

@@ -97,11 +97,12 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
                    label_set=getattr(datamodule, "label_set", None),  # shards: the label set _info.json names
                    data_loader=getattr(datamodule, "loader", "reference"))  # shards: reference | dali
     last = last_checkpoint(run_dir)
-    if trainer.is_global_zero:
-        write_json_atomic(run_dir / SUMMARY, summary)
     resume = cfg.resume and last.exists()
     if resume:
         log.info("resuming from %s", last)
+        _note_stream_layout(summary, previous, cfg.data.dataset)
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / SUMMARY, summary)
     metrics, restored = trainer.callback_metrics, True
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
@@ -132,6 +133,26 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
         log.info("%s: %s at step %d (%s)", cfg.run_name, summary["status"], trainer.global_step,
                  ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/")) or "-")
     return summary
+
+
+# What the shard stream's order depends on besides the run's training values (reluvit.data.stream): its batches are
+# the loader's micro-batches, cut per rank. Map-style data (embedded, trees) keeps one order whatever they are.
+STREAM_LAYOUT = ("world_size", "micro_batch_size")
+
+
+def _note_stream_layout(summary: dict, previous: dict | None, dataset: str) -> None:
+    """A shard run resumed on another layout (GPU count, micro-batch) continues with another sample order from the
+    resumed step on: say so in the log and record it in the summary (``stream_layout_changes``)."""
+    before = {key: (previous or {}).get(key) for key in STREAM_LAYOUT}
+    now = {key: summary.get(key) for key in STREAM_LAYOUT}
+    changes = list((previous or {}).get("stream_layout_changes", []))
+    if dataset == "shards" and None not in before.values() and before != now:
+        step = previous.get("global_step")
+        log.warning("resuming with %s where the run trained with %s: the shard order differs from step %s on",
+                    now, before, step)
+        changes.append({"step": step, "from": before, "to": now})
+    if changes:
+        summary["stream_layout_changes"] = changes
 
 
 def _record_progress(summary: dict, module, trainer: pl.Trainer, chrono: Chrono, metrics) -> None:
