@@ -121,6 +121,7 @@ BAD = [
     ("data.max_bad_fraction=-0.1", "data.max_bad_fraction", "[0, 1)"),
     ("data.num_workers=-1", "data.num_workers", ">= 0"),
     ("data.shuffle_buffer=0", "data.shuffle_buffer", ">= 1"),
+    ("data.stream_slots=0", "data.stream_slots", ">= 1"),
     ("data.val_size=0", "data.val_size", ">= 1 or null"),
     ("data=imagefolder data.num_classes=10", "data.path", "data.path=..."),
     ("data=imagefolder data.num_classes=10 data.path=/no/such/dir", "data.path", "/no/such/dir"),

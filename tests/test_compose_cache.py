@@ -1,16 +1,20 @@
 """The disk caches of compositions (:func:`reluvit.run.compose.compose_points`), of dry-run validation outcomes
-(:class:`reluvit.run.validate.Outcomes`) and of model shapes (:class:`reluvit.run.memory.ViTShape`): a cached result
-is the one a cold computation gives, anything it depends on (a config file, an override, an environment variable an
-interpolation reads, a file a check reads) misses, a corrupt entry is recomputed, and the cache lives where
-RELUVIT_CACHE_DIR says. Also the progress lines of a long composition."""
+(:class:`reluvit.run.validate.Outcomes`), of model shapes (:class:`reluvit.run.memory.ViTShape`) and of the cost
+estimate's model readings (:func:`reluvit.sweep.cost.model_costs`): a cached result is the one a cold computation
+gives, anything it depends on (a config file, an override, an environment variable an interpolation reads, a file a
+check reads) misses, a corrupt entry is recomputed, and the cache lives where RELUVIT_CACHE_DIR says. Also the
+progress lines of a long composition or estimate, and configs read back kept out of the garbage collector's way."""
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import pickle
 import re
 import shutil
 import threading
+import weakref
 import zlib
 
 import pytest
@@ -20,7 +24,7 @@ from conftest import TINY
 from reluvit.run import compose, memory, validate
 from reluvit.run.compose import Progress, cache_dir, compose_containers, compose_points, composition_key
 from reluvit.run.schema import TrainConfig
-from reluvit.sweep import execute, spec
+from reluvit.sweep import cost, execute, spec
 
 
 @pytest.fixture(autouse=True)
@@ -202,3 +206,35 @@ def test_a_long_composition_logs_its_progress(caplog):
     with Progress("composing", 1, first=0.01, every=0.01):
         threading.Event().wait(0.05)
     assert not caplog.text  # one run's command stays silent
+
+
+def test_model_costs_are_read_once_with_their_progress(caplog, monkeypatch):
+    """Reading the estimate's model costs imports torch and builds models (seconds, cold): it logs its progress like a
+    composition, and is read back from disk, silently, for a model seen before."""
+    caplog.set_level(logging.INFO, logger="reluvit.run.compose")
+    monkeypatch.setattr(cost, "Progress", functools.partial(Progress, first=0.01, every=0.01))
+    read, reads = cost.ModelCost.read, []
+
+    def slow_read(cfg):
+        reads.append(cfg)
+        threading.Event().wait(0.02)
+        return read(cfg)
+
+    monkeypatch.setattr(cost.ModelCost, "read", slow_read)
+    cfgs = compose_points([[*TINY, f"attention.alpha={alpha / 8}"] for alpha in range(12)])
+    costs = cost.model_costs(cfgs)
+    assert len(reads) == 12 and "estimating the cost of 12 runs: " in caplog.text and "models read" in caplog.text
+    caplog.clear()
+    assert cost.model_costs(cfgs) == costs and len(reads) == 12 and not caplog.text
+
+
+def test_configs_read_back_stay_out_of_later_collections(fresh):
+    """A million objects of a sweep's configs, traversed by every collection, took half of a warm dry run: a read
+    freezes them (gc.freeze), and the next one collects those dropped since."""
+    compose_points([TINY])
+    cfg = compose_points([TINY])[0]
+    assert len(fresh) == 1 and not any(o is cfg for o in gc.get_objects())  # frozen: left out of collections
+    dropped = weakref.ref(cfg)
+    del cfg
+    compose_points([TINY])
+    assert dropped() is None

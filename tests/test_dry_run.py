@@ -10,6 +10,8 @@ import logging
 import math
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import submitit
@@ -18,9 +20,12 @@ import torch
 from conftest import TINY
 from reluvit import cli
 from reluvit.models import create_model, forward_macs
-from reluvit.run.compose import compose
-from reluvit.sweep import cost, execute
-from reluvit.sweep.slurm import PreviewExecutor, Profile, Resources, sbatch_script, submit
+from reluvit.run import compose as composition
+from reluvit.run.compose import compose, compose_points
+from reluvit.run.schema import ConfigError
+from reluvit.run.validate import validate
+from reluvit.sweep import cost, execute, spec
+from reluvit.sweep.slurm import PreviewExecutor, Profile, Resources, load_profile, preview, sbatch_script, submit
 
 # paper.md §2 "Steps": ImageNet-1k train[:99%]; ImageNet-21k full[51200:] as a scenic config counts it
 PAPER_IMAGES = {"imagenet21k": 12_743_321, "imagenet1k": 1_268_355}
@@ -222,3 +227,71 @@ def test_no_wait_logs_each_arrays_job_ids(tmp_path, monkeypatch, caplog):
     script = next((tmp_path / "runs" / ".submitit").glob("train-*/*/*.sh")).read_text()
     assert "#SBATCH --array=0-1%2" in script  # the local profile's array_parallelism
     assert not any((tmp_path / "runs").glob("smoke-*"))  # nothing trained here
+
+
+# Paper sweeps (S/8 to L/16, SOFT, gates, learned alphas, ImageNet-21k and -1k with their heads) and a CPU sweep on
+# an embedded dataset: (sweep, scale, every how many points)
+ESTIMATED = [("fig1", "paper", 1), ("fig2", "paper", 48), ("fig4", "paper", 9), ("fig5", "paper", 1),
+             ("fig2", "smoke", 20)]
+
+
+def test_the_estimate_read_back_from_disk_is_the_one_read_cold(no_data, tmp_path, monkeypatch):
+    """What the estimate reads from torch-side code (forward MACs, parameters, embedded images) is kept on disk: a
+    preview that reads it back shows every number as the preview that read it from the model code."""
+    monkeypatch.setenv("RELUVIT_CACHE_DIR", str(tmp_path / "cache"))
+    profiles = {"paper": load_profile("example_gpu"), "smoke": Profile(partition="cpu", gpu_tflops=1e-3)}
+    sweeps = [(compose_points(spec.load(name, scale).points(scale == "paper", [f"runs_dir={tmp_path}"])[::every]),
+               profiles[scale]) for name, scale, every in ESTIMATED]
+
+    def previews() -> list[str]:
+        return [preview(cfgs, profile, tmp_path, "test") for cfgs, profile in sweeps]
+
+    cold = previews()
+    cost._embedded_images.cache_clear()  # as a new process
+    monkeypatch.setattr(cost.ModelCost, "read", lambda cfg: pytest.fail("a model read again"))
+    monkeypatch.setattr("reluvit.data.embedded.EMBEDDED", {})  # a dataset loaded again: KeyError
+    assert previews() == cold
+    assert all(re.search(r"estimate: [\d,.]+ (GPU|CPU task)-hours", text) for text in cold)
+
+
+HEAVY = {"torch", "timm", "pytorch_lightning", "lightning", "lightning_fabric"}
+
+
+def without_time(preview_text: str) -> str:
+    """The preview less the time in its submitit folder's name (``train-20260101-120000``)."""
+    return re.sub(r"-\d{8}-\d{6}", "-TIME", preview_text)
+
+
+def test_a_dry_run_shown_before_imports_neither_torch_timm_nor_lightning(no_data, tmp_path, monkeypatch, capsys):
+    """The composition, the validation outcomes and the estimate's model readings come back from the disk cache: a
+    new process shows the same preview without the ~5 s of torch, timm and Lightning imports."""
+    monkeypatch.setenv("RELUVIT_CACHE_DIR", str(tmp_path / "cache"))
+    composition._installation_digest.cache_clear()  # the code as the new process reads it
+    args = ["train", "recipe=i21k_30ep", "data=imagenet21k", "model=s32,b16", "attention=relu,softmax",
+            f"runs_dir={tmp_path / 'runs'}", "--cluster", "example_gpu", "--dry-run"]
+    cli.main(args)
+    cold = capsys.readouterr().out
+    warm = subprocess.run([sys.executable, "-X", "importtime", "-m", "reluvit", *args], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ))
+    assert warm.returncode == 0, warm.stderr
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in warm.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "reluvit" in imported and not imported & HEAVY
+    assert without_time(warm.stdout) == without_time(cold) and "4 runs in 2 job arrays" in cold
+
+
+def test_a_worker_count_that_does_not_divide_the_stream_slots_is_refused_before_anything_runs(no_data, tmp_path,
+                                                                                              capsys):
+    """The shard stream's rule (reluvit.data.stream.check_workers), checked with the config: a dry run and a sweep's
+    prepare refuse it, not the data module once the run has started. Other datasets take any count."""
+    runs = ["recipe=i21k_30ep", "data=imagenet21k", "model=s16", f"runs_dir={tmp_path / 'runs'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", *runs, "data.num_workers=5", "--dry-run"])
+    assert exit_info.value.code == 2
+    assert ("config error: data.num_workers: data.num_workers=5 does not divide data.stream_slots=24"
+            in capsys.readouterr().err)
+    with pytest.raises(ConfigError, match="data.num_workers=3 does not divide data.stream_slots=16") as error:
+        execute.prepare([[*runs, "data.num_workers=3", "data.stream_slots=16", f"seed={seed}"] for seed in (0, 1)],
+                        dry_run=True)
+    assert error.value.key == "data.num_workers"
+    validate(compose([*TINY, "data.num_workers=5", f"runs_dir={tmp_path / 'runs'}"]))

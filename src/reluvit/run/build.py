@@ -1,16 +1,19 @@
 """What a config builds: the model's arguments, the LightningModule, the recipe's augmentation for the model, the
 precision, and the split of the global batch over devices and accumulation steps (reluvit.run.memory's plan). Used
-to train (reluvit.run.train) and, on the meta device, to validate (reluvit.run.validate)."""
+to train (reluvit.run.train) and, on the meta device, to validate (reluvit.run.validate). torch (and run.memory) is
+imported by the functions that use it: a dry run shown before reads :func:`architecture` without it."""
 
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from reluvit.run import memory
 from reluvit.run.schema import AugmentConfig, ConfigError
+
+if TYPE_CHECKING:
+    from reluvit.run.memory import Plan
 
 
 def architecture(cfg: DictConfig) -> dict:
@@ -60,6 +63,8 @@ def build_module(cfg: DictConfig, grad_checkpointing: bool = False):
 
 
 def trains_on_cuda(cfg: DictConfig) -> bool:
+    import torch
+
     return cfg.trainer.accelerator != "cpu" and torch.cuda.is_available()
 
 
@@ -79,6 +84,8 @@ def world_size(trainer: DictConfig) -> int:
     """Number of training processes the trainer config asks for ('auto' devices: all GPUs, else 1 CPU process)."""
     devices = trainer.devices
     if devices in ("auto", -1, "-1"):
+        import torch
+
         on_gpu = trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         devices = torch.cuda.device_count() if on_gpu else 1
     elif isinstance(devices, list | ListConfig):  # device ids
@@ -88,11 +95,13 @@ def world_size(trainer: DictConfig) -> int:
     return int(devices) * trainer.num_nodes
 
 
-def micro_batch_size(cfg: DictConfig, budget_bytes: float | None = None) -> memory.Plan:
+def micro_batch_size(cfg: DictConfig, budget_bytes: float | None = None) -> Plan:
     """How each device takes its share of the recipe's global batch on this world size: micro-batch, accumulation
     steps and gradient checkpointing (:func:`reluvit.run.memory.plan` of ``trainer.micro_batch_size`` and
     ``trainer.grad_checkpointing``). ``budget_bytes``: the device memory to plan for; None: this process's device's
     (:func:`reluvit.run.memory.device_budget`)."""
+    from reluvit.run import memory
+
     world = world_size(cfg.trainer)
     global_batch = cfg.recipe.batch_size
     if global_batch % world:

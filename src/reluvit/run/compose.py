@@ -304,13 +304,20 @@ def _cached_composition(points: list[list[str]], part: str) -> list:
 
 
 def _unpickle(data: bytes) -> object:
-    """``pickle.loads`` without the cyclic garbage collector: a sweep's configs are ~50 000 OmegaConf nodes, all kept,
-    and the collections their creation sets off take 80 % of the time."""
+    """``pickle.loads`` without the cyclic garbage collector, and what it made frozen out of later collections
+    (:func:`gc.freeze`): a sweep's configs are ~50 000 OmegaConf nodes (a million objects), all kept; the collections
+    their creation sets off took 80 % of the time, and each later one that traversed them (the one at exit too) took
+    0.1-0.5 s, half of a warm dry run. The next read unfreezes them and collects the configs dropped since (a long
+    process: the tests)."""
     enabled = gc.isenabled()
     gc.disable()
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
     try:
         return pickle.loads(data)
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 

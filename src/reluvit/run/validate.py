@@ -39,6 +39,7 @@ RANGES: dict[str, Range] = {
     "data.split_seed": SEED,
     "data.num_workers": NON_NEGATIVE,
     "data.shuffle_buffer": COUNT,
+    "data.stream_slots": COUNT,
     "data.max_bad_fraction": Range(0, 1, high_open=True),
     "trainer.num_nodes": COUNT,
     # auto: the largest that fits the device (run.memory); null: the per-device batch
@@ -93,6 +94,7 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
     if missing:
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
     _check_ranges(cfg, RANGES)
+    _check_workers(cfg)
     check_splits(cfg, sized=data_path)
     entry = augment_name(cfg)
     for key, allowed in AUGMENT_RANGES.items():
@@ -208,6 +210,19 @@ def _config_key(argument: str, cfg: DictConfig) -> str:
 
         return f"recipe.augment.{augment_name(cfg)}.mixup"
     return "trainer.max_steps" if argument == "max_steps" else f"recipe.{argument}"
+
+
+def _check_workers(cfg: DictConfig) -> None:
+    """Shards: ``data.num_workers`` divides ``data.stream_slots`` (:func:`reluvit.data.stream.check_workers`, the rule
+    that the data module applies once the run has started)."""
+    if cfg.data.dataset != "shards":
+        return
+    from reluvit.data.stream import check_workers
+
+    try:
+        check_workers(cfg.data.num_workers, cfg.data.stream_slots)
+    except ValueError as e:
+        raise ConfigError("data.num_workers", str(e)) from None
 
 
 def check_splits(cfg: DictConfig, sized: bool = True) -> None:

@@ -8,29 +8,47 @@ one ends; the arrays of a sweep run side by side. Queue waits, requeue restarts 
 the cluster is assumed to have room for every array at its limit: the wall time is a lower bound.
 
 Disk: a run keeps one checkpoint, ``checkpoints/last.ckpt`` (:func:`checkpoint_bytes`); its logs (train.log, CSV,
-W&B) are small beside it and not counted."""
+W&B) are small beside it and not counted.
+
+What the estimate reads from the model and data code (:class:`ModelCost`, an embedded dataset's images) needs torch,
+timm or the datasets' packages, seconds to import: it is read once and kept on disk, so that a dry run shown before
+imports none of them."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from reluvit.data.embedded import EMBEDDED, VAL_SIZES
+from reluvit.data.embedded import VAL_SIZES
 from reluvit.data.splits import parse_split
-from reluvit.models import forward_macs
-from reluvit.run.build import architecture, resolve_precision
-from reluvit.run.memory import TrainingStep
+from reluvit.run.build import architecture
+from reluvit.run.compose import Progress, environment_digest, read_cached, write_cached
+
+
+def _cache_key(*parts) -> str:
+    """Of a value read from the model or data code: what it was read from, and the code, packages and machine it was
+    read with (:func:`reluvit.run.compose.environment_digest`: ``trainer.precision=auto`` depends on the GPUs)."""
+    return hashlib.sha256(json.dumps([*parts, environment_digest()]).encode()).hexdigest()
 
 
 @functools.cache
 def _embedded_images(name: str) -> int:
-    return len(EMBEDDED[name]().labels)
+    """The images of embedded dataset ``name``, loaded once and then read back from disk."""
+    key = _cache_key("embedded images", name)
+    count = read_cached("cost", key)
+    if not isinstance(count, int):
+        from reluvit.data.embedded import EMBEDDED
+
+        count = len(EMBEDDED[name]().labels)
+        write_cached("cost", key, count)
+    return count
 
 
 def _shard_images(path: str) -> int | None:
@@ -43,7 +61,7 @@ def _shard_images(path: str) -> int | None:
 def train_images(data: DictConfig) -> int | None:
     """Training images per epoch: what the data itself holds (an embedded dataset, the ``data.train_split`` of shards
     with their ``_info.json``), else ``data.num_samples``; None when neither says."""
-    if data.dataset in EMBEDDED:
+    if data.dataset in VAL_SIZES:
         return _embedded_images(data.dataset) - (VAL_SIZES[data.dataset] if data.val_size is None else data.val_size)
     counted = _shard_images(data.path) if data.dataset == "shards" and data.path else None
     if not counted:
@@ -63,13 +81,13 @@ def examples_trained(cfg: DictConfig) -> int | None:
     return examples
 
 
-def device_hours(cfg: DictConfig, tflops: float) -> float | None:
-    """Device-hours a run needs at ``tflops`` achieved TFLOP/s per device; None when its training-set size is
-    unknown."""
+def device_hours(cfg: DictConfig, forward_macs: int, tflops: float) -> float | None:
+    """Device-hours a run of ``forward_macs`` per example needs at ``tflops`` achieved TFLOP/s per device; None when
+    its training-set size is unknown."""
     examples = examples_trained(cfg)
     if examples is None:
         return None
-    return 6 * forward_macs(**architecture(cfg)) * examples / (tflops * 1e12) / 3600
+    return 6 * forward_macs * examples / (tflops * 1e12) / 3600
 
 
 def makespan(durations: list[float], parallelism: int) -> float:
@@ -103,10 +121,54 @@ class CheckpointBytes:
         return self.weights + CHECKPOINT_EXTRAS
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """What a run's estimate reads of its model."""
+
+    forward_macs: int
+    checkpoint: CheckpointBytes
+
+    @classmethod
+    def read(cls, cfg: DictConfig) -> ModelCost:
+        """From the model code: :func:`reluvit.models.forward_macs`, and the parameters that
+        :class:`reluvit.run.memory.TrainingStep` counts at the run's precision (the same on any device)."""
+        from reluvit.models import forward_macs
+        from reluvit.run.build import resolve_precision
+        from reluvit.run.memory import TrainingStep
+
+        arguments = architecture(cfg)
+        step = TrainingStep.of(arguments, resolve_precision(cfg), "cpu")
+        checkpoint = CheckpointBytes(step.vit.params * step.precision.param, step.optimizer_states())
+        return cls(forward_macs(**arguments), checkpoint)
+
+
+def _model_key(cfg: DictConfig) -> str:
+    """What :meth:`ModelCost.read` reads of a config: the model's arguments, and the trainer (the precision, and the
+    accelerator that ``auto`` resolves it by)."""
+    return json.dumps([architecture(cfg), OmegaConf.to_container(cfg.trainer, resolve=True)], sort_keys=True)
+
+
+def model_costs(cfgs: list[DictConfig]) -> list[ModelCost]:
+    """The :class:`ModelCost` of each config: read once per model, and kept on disk as one entry for all of them (a
+    sweep's dry run reads them back at once). Reading them imports torch and builds models: its progress is logged."""
+    keys = [_model_key(cfg) for cfg in cfgs]
+    models = dict(zip(keys, cfgs, strict=True))
+    entry = _cache_key("model costs", sorted(models))
+    costs = read_cached("cost", entry)
+    if not (isinstance(costs, dict) and costs.keys() == models.keys()):
+        with Progress("estimating the cost of", len(cfgs)) as progress:
+            progress.stage("models read", len(models))
+            costs = {}
+            for key, cfg in models.items():
+                costs[key] = ModelCost.read(cfg)
+                progress.advance()
+        write_cached("cost", entry, costs)
+    return [costs[key] for key in keys]
+
+
 def checkpoint_bytes(cfg: DictConfig) -> CheckpointBytes:
-    """The size of a run's ``last.ckpt``, from the parameters :class:`reluvit.run.memory.TrainingStep` counts."""
-    step = TrainingStep.of(architecture(cfg), resolve_precision(cfg), "cpu")  # the parameters are the same anywhere
-    return CheckpointBytes(step.vit.params * step.precision.param, step.optimizer_states())
+    """The size of a run's ``last.ckpt`` (:class:`ModelCost`)."""
+    return model_costs([cfg])[0].checkpoint
 
 
 @dataclass(frozen=True)
@@ -160,10 +222,11 @@ def _unknown(jobs: int) -> str:
 
 def array_cost(cfgs: list[DictConfig], devices_per_job: int, parallelism: int, tflops: float | None) -> ArrayCost:
     """The cost of one job array of runs that each get ``devices_per_job`` devices."""
-    hours = [device_hours(cfg, tflops) for cfg in cfgs] if tflops else []
+    models = model_costs(cfgs)
+    hours = [device_hours(cfg, m.forward_macs, tflops) for cfg, m in zip(cfgs, models, strict=True)] if tflops else []
     known = [h for h in hours if h is not None]
     walls = [h / devices_per_job for h in known]
-    checkpoints = [checkpoint_bytes(cfg) for cfg in cfgs]
+    checkpoints = [model.checkpoint for model in models]
     return ArrayCost(len(cfgs), sum(known) if tflops else None, len(hours) - len(known), max(walls, default=0.0),
                      makespan(walls, parallelism), sum(c.whole for c in checkpoints),
                      sum(c.pruned for c in checkpoints), max((c.whole for c in checkpoints), default=0))

@@ -271,7 +271,7 @@ def preview(cfgs: list, profile: Profile, folder: Path, name: str) -> str:
     """What submitting the resolved run configs (DictConfig) would do, as text: each job array (jobs, models,
     resources, time limit, the sbatch script submitit would write) and the cost estimate of each and of all
     (:mod:`reluvit.sweep.cost`: device-hours, wall time, checkpoint disk). Submits nothing and needs no cluster."""
-    from reluvit.sweep import cost  # the model and data code: not for a submission or a job
+    from reluvit.sweep import cost  # the estimate (and its cache of model readings): a preview's only
     from reluvit.sweep.cost import plural
 
     arrays = job_arrays(cfgs, profile)
