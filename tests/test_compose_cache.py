@@ -21,8 +21,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY
+from reluvit.cache import cache_dir, read_cached, write_cached
 from reluvit.run import compose, memory, validate
-from reluvit.run.compose import Progress, cache_dir, compose_containers, compose_points, composition_key
+from reluvit.run.compose import Progress, compose_containers, compose_points, composition_key
 from reluvit.run.schema import TrainConfig
 from reluvit.sweep import cost, execute, spec
 
@@ -137,11 +138,11 @@ def test_writers_of_the_same_entry_never_show_a_reader_half_a_file(cache):
 
     def read():
         while not stop.is_set():
-            seen.append(compose.read_cached("compose", "key"))
+            seen.append(read_cached("compose", "key"))
 
     reader = threading.Thread(target=read)
     reader.start()
-    writers = [threading.Thread(target=lambda: [compose.write_cached("compose", "key", value) for _ in range(20)])
+    writers = [threading.Thread(target=lambda: [write_cached("compose", "key", value) for _ in range(20)])
                for _ in range(4)]
     for writer in writers:
         writer.start()

@@ -18,9 +18,8 @@ import submitit
 import torch
 
 from conftest import TINY
-from reluvit import cli
+from reluvit import cache, cli
 from reluvit.models import create_model, forward_macs
-from reluvit.run import compose as composition
 from reluvit.run.compose import compose, compose_points
 from reluvit.run.schema import ConfigError
 from reluvit.run.validate import validate
@@ -266,7 +265,7 @@ def test_a_dry_run_shown_before_imports_neither_torch_timm_nor_lightning(no_data
     """The composition, the validation outcomes and the estimate's model readings come back from the disk cache: a
     new process shows the same preview without the ~5 s of torch, timm and Lightning imports."""
     monkeypatch.setenv("RELUVIT_CACHE_DIR", str(tmp_path / "cache"))
-    composition._installation_digest.cache_clear()  # the code as the new process reads it
+    cache._installation_digest.cache_clear()  # the code as the new process reads it
     args = ["train", "recipe=i21k_30ep", "data=imagenet21k", "model=s32,b16", "attention=relu,softmax",
             f"runs_dir={tmp_path / 'runs'}", "--cluster", "example_gpu", "--dry-run"]
     cli.main(args)

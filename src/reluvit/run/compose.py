@@ -2,14 +2,12 @@
 named (:func:`reluvit.run.grid.run_name`), and Hydra's sweep syntax (``seed=0,1``, ``range``, ``choice``)
 expanded into points. Hydra's errors come back as one-line :class:`ConfigError`.
 
-Compositions are cached on disk (:func:`cache_dir`), keyed by everything they depend on
+Compositions are cached on disk (:mod:`reluvit.cache`), keyed by everything they depend on
 (:func:`composition_key`): a sweep composed before, with nothing that shapes it changed, is read back in a fraction
 of a second instead of tens of seconds. A cold composition of many points logs its progress."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gc
 import hashlib
 import itertools
@@ -18,24 +16,21 @@ import logging
 import os
 import pickle
 import re
-import socket
 import sys
-import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import omegaconf
 from omegaconf import DictConfig, OmegaConf
 
+from reluvit.cache import files_digest, read_cached, write_cached
 from reluvit.run.grid import leaves, run_name
 from reluvit.run.schema import CONF_DIR, ConfigError, TrainConfig, is_schema_field, register, schema_type
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # of a cache entry: bumped when its layout changes
-CACHE_BYTES = 256 * 2**20  # per cache folder: the least recently used entries beyond this are removed
 ON_DISK = ("imagefolder", "shards")  # the datasets read from data.path, the only ones sliced (data.train_split)
 SHAPING = ("compose.py", "schema.py", "grid.py")  # the modules (beside this one) whose code shapes a composition
 # OmegaConf's resolvers that read nothing but their arguments and the config, or (oc.env) what the key records
@@ -89,14 +84,6 @@ class Progress:
             log.info("%s: done in %.0f s", self.what, time.monotonic() - self._start)
 
 
-def cache_dir() -> Path:
-    """Where reluvit caches what it can recompute: ``$RELUVIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/reluvit``, else
-    ``~/.cache/reluvit``. Its entries are pickles, read back as they are: a folder of the user's own."""
-    if os.environ.get("RELUVIT_CACHE_DIR"):
-        return Path(os.environ["RELUVIT_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reluvit"
-
-
 def config_dirs() -> list[Path]:
     """The directories Hydra reads the configs from, in order."""
     return [CONF_DIR]
@@ -137,35 +124,6 @@ def interpolation_reads(texts: Iterable[str]) -> dict[str, str | None] | None:
     return {name: os.environ.get(name) for name in names}
 
 
-def files_digest(paths: Iterable[Path]) -> str:
-    """Digest of the files' paths and contents (source files: the code a cached result was computed by)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        data = Path(path).read_bytes()
-        digest.update(f"{path}:{len(data)}\n".encode())
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def environment_digest() -> str:
-    """Digest of what checks and model readings depend on besides their arguments: reluvit's code (constructors
-    refuse what they cannot build), the installed packages (Lightning's registries, timm) and the machine (its host
-    name and visible GPUs: whether CUDA and DALI are there decides loaders and attention paths)."""
-    machine = [socket.gethostname(), os.environ.get("CUDA_VISIBLE_DEVICES")]
-    return hashlib.sha256(json.dumps([_installation_digest(), machine]).encode()).hexdigest()
-
-
-SITE_DIRS = ("site-packages", "dist-packages")  # installing, upgrading or removing a package changes their listing
-
-
-@functools.cache  # a process runs the code it started with
-def _installation_digest() -> str:
-    package = Path(__file__).resolve().parent.parent
-    code = files_digest(sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts))
-    installed = [(p, os.stat(p).st_mtime_ns) for p in sys.path if os.path.basename(p) in SITE_DIRS and os.path.isdir(p)]
-    return hashlib.sha256(json.dumps([code, installed, sys.version]).encode()).hexdigest()
-
-
 def composition_key(points: list[list[str]]) -> str | None:
     """Digest of everything the composition of ``points`` depends on: the config files and the environment they
     read (:func:`config_digest`), the points and the environment variables they read, the code of the modules
@@ -180,58 +138,6 @@ def composition_key(points: list[list[str]]) -> str | None:
     parts = [CACHE_FORMAT, configs, reads, points, files_digest(here / name for name in SHAPING),
              hydra_version, omegaconf.__version__, sys.version]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def read_cached(folder: str, key: str) -> object | None:
-    """The value :func:`write_cached` stored under ``key``; None when there is none, or it cannot be read (a
-    corrupt or foreign file is ignored: the caller computes the value again and overwrites it)."""
-    path = cache_dir() / folder / key
-    try:
-        value = pickle.loads(zlib.decompress(path.read_bytes()))
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # noqa: BLE001 - any unreadable entry is a miss
-        log.debug("ignoring the cache entry %s: %s", path, e)
-        return None
-    with contextlib.suppress(OSError):
-        os.utime(path)  # recently used: kept by _prune
-    return value
-
-
-def write_cached(folder: str, key: str, value: object) -> None:
-    """Store ``value`` under ``key``, atomically (another process writing the same entry writes the same value; a
-    reader sees the old file or the new one, whole); a cache that cannot be written is skipped."""
-    directory = cache_dir() / folder
-    tmp = None
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{key}.", suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            f.write(zlib.compress(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), 1))
-        os.replace(tmp, directory / key)
-        tmp = None
-        _prune(directory)
-    except OSError as e:
-        log.debug("not caching in %s: %s", directory, e)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-
-
-def _prune(directory: Path, keep_bytes: int = CACHE_BYTES) -> None:
-    """Remove the least recently used entries beyond ``keep_bytes`` (a sweep's composition takes a few MB)."""
-    entries = []
-    for path in directory.iterdir():
-        try:
-            stat = path.stat()
-        except OSError:  # removed by another process meanwhile
-            continue
-        entries.append((stat.st_mtime, stat.st_size, path))
-    total = 0
-    for _, size, path in sorted(entries, reverse=True):
-        total += size
-        if total > keep_bytes:
-            path.unlink(missing_ok=True)
 
 
 def _parse(overrides: list[str]) -> list:

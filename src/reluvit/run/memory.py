@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from reluvit.attention import SIGMOID_ATTENTION, structure
+from reluvit.cache import environment_digest, read_cached, write_cached
 from reluvit.kernels import reference, select_impl
 from reluvit.models import PreLogits, create_model
-from reluvit.run.compose import environment_digest, read_cached, write_cached
 from reluvit.run.schema import ConfigError
 from reluvit.soft import SoftAttention
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reluvit.cache import environment_digest, read_cached, write_cached
 from reluvit.errors import COUNT, ArgumentError, Range, above, at_least, check_choice, check_range
-from reluvit.run.compose import ON_DISK, check_data_path, composition_key, environment_digest, read_cached, write_cached
+from reluvit.run.compose import ON_DISK, check_data_path, composition_key
 from reluvit.run.schema import WANDB_MODES, ConfigError, ModelConfig
 
 # torch, timm and Lightning (~5 s to import) are imported where a check builds something, so that a dry run whose
@@ -115,7 +116,7 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
 class Outcomes:
     """Whether the configs of ``points`` (composed: :func:`reluvit.run.compose.compose_points`) passed
     :func:`validate` before, so that a dry run of a sweep validated once skips its hundreds of checks and model
-    builds, and the torch and Lightning imports. Recorded on disk (:func:`reluvit.run.compose.cache_dir`) per
+    builds, and the torch and Lightning imports. Recorded on disk (:func:`reluvit.cache.cache_dir`) per
     composition (:func:`reluvit.run.compose.composition_key`), with what else the checks read
     (:func:`_outcome_key`); only the directories a run would create are checked again. Dry runs only
     (``data_path=False``): a launch checks its data as it is now."""
@@ -145,7 +146,7 @@ READ_PATHS = ("eval.i1k.path", "eval.real.labels", "eval.v2.path")
 
 def _outcome_key(points: list[list[str]], configs: list[DictConfig]) -> str | None:
     """What a dry run's checks of a composition depend on: the composition, reluvit's code, the installed packages
-    and the machine (:func:`reluvit.run.compose.environment_digest`), and the files the checks read
+    and the machine (:func:`reluvit.cache.environment_digest`), and the files the checks read
     (:data:`READ_PATHS`: mode, size and modification time). None where the composition is not cached."""
     composition = composition_key(points)
     if composition is None:

@@ -26,15 +26,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from reluvit.cache import environment_digest, read_cached, write_cached
 from reluvit.data.embedded import VAL_SIZES
 from reluvit.data.splits import parse_split
 from reluvit.run.build import architecture
-from reluvit.run.compose import Progress, environment_digest, read_cached, write_cached
+from reluvit.run.compose import Progress
 
 
 def _cache_key(*parts) -> str:
     """Of a value read from the model or data code: what it was read from, and the code, packages and machine it was
-    read with (:func:`reluvit.run.compose.environment_digest`: ``trainer.precision=auto`` depends on the GPUs)."""
+    read with (:func:`reluvit.cache.environment_digest`: ``trainer.precision=auto`` depends on the GPUs)."""
     return hashlib.sha256(json.dumps([*parts, environment_digest()]).encode()).hexdigest()
 
 
