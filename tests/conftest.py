@@ -86,6 +86,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: its committed results/
+
 # A seconds-scale run: the digits dataset (8x8, patch 2 -> L = 16), the mini ViT, a handful of steps.
 TINY = [
     "model=mini2", "data=digits", "recipe=smoke", "recipe.batch_size=64", "recipe.warmup_steps=5",

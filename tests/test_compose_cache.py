@@ -25,6 +25,7 @@ from reluvit.cache import cache_dir, read_cached, write_cached
 from reluvit.run import compose, memory, validate
 from reluvit.run.compose import Progress, compose_containers, compose_points, composition_key
 from reluvit.run.schema import TrainConfig
+from reluvit.search import packaged
 from reluvit.sweep import cost, execute, spec
 
 
@@ -68,8 +69,8 @@ def test_the_cache_returns_what_a_cold_composition_gives(tmp_path, fresh, cache)
 
 def test_a_changed_config_file_misses(tmp_path, monkeypatch, fresh):
     conf = tmp_path / "conf"
-    shutil.copytree(compose.CONF_DIR, conf)
-    monkeypatch.setattr(compose, "CONF_DIR", conf)
+    shutil.copytree(packaged("conf"), conf)
+    monkeypatch.setenv("RELUVIT_CONF_DIR", str(conf))  # searched first: its recipe/smoke.yaml hides the packaged one
     lr = compose_points([TINY])[0].recipe.lr
     assert compose_points([TINY])[0].recipe.lr == lr != 0.123 and len(fresh) == 1
     recipe = conf / "recipe" / "smoke.yaml"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from reluvit.run.build import micro_batch_size
-from reluvit.run.compose import CONF_DIR, compose, expand
-from reluvit.run.schema import ConfigError
+from reluvit.run.compose import compose, expand
+from reluvit.run.schema import CONF_DIR, ConfigError
 from reluvit.run.validate import validate
 
 GROUPS = ["model", "attention", "recipe", "data", "trainer", "logger"]

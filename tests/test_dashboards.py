@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reluvit import ROOT
+from conftest import REPO as ROOT
 from reluvit.cli import main
 from reluvit.dashboards import spec
 from reluvit.dashboards.figure_run import line_series

@@ -24,16 +24,21 @@ from reluvit.sweep.slurm import GPUS_BY_SIZE, Profile, Resources, load_profile, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_profiles_load_and_validate(tmp_path):
+def test_profiles_load_and_validate(tmp_path, monkeypatch):
+    """The packaged profiles, and a user's profile directory ($RELUVIT_PROFILES_DIR) searched before them: its files
+    are found by name beside the packaged ones, and hide a packaged one of the same name."""
     assert load_profile("local").partition == "debug"
     assert load_profile("example_gpu").gpus_per_node == 8
+    monkeypatch.setenv("RELUVIT_PROFILES_DIR", str(tmp_path))
     (tmp_path / "nopart.yaml").write_text("gpus_per_node: 4\n")
     with pytest.raises(ConfigError, match="partition"):
-        load_profile("nopart", tmp_path)
+        load_profile("nopart")
     (tmp_path / "typo.yaml").write_text("partition: gpu\ngpus_per_nod: 4\n")
     with pytest.raises(ConfigError, match="gpus_per_nod"):
-        load_profile("typo", tmp_path)
-    with pytest.raises(ConfigError, match="known: .*local"):
+        load_profile("typo")
+    (tmp_path / "local.yaml").write_text("partition: mine\n")
+    assert load_profile("local").partition == "mine" and load_profile("example_gpu").gpus_per_node == 8
+    with pytest.raises(ConfigError, match="known: example_gpu, local, nopart, typo "):
         load_profile("no-such-cluster")
 
 

@@ -175,7 +175,7 @@ def test_soft_trains(tiny_cfg):
 def test_fig5_smoke_points_run_end_to_end(tmp_path):
     """The smoke block of sweeps/fig5.yaml, cut to SOFT and learned alpha on the 8x8 digits, through `reluvit sweep`:
     both runs complete, the roll-up has them, the figure is drawn."""
-    spec = yaml.safe_load((sweeps.SWEEPS_DIR / "fig5.yaml").read_text())
+    spec = yaml.safe_load(sweeps.path("fig5").read_text())
     block = spec["scales"]["smoke"]["blocks"][0]
     assert {"soft", "relu_learned", "sigmoid_attn", "softmax", "relu"} == set(block["attention"])
     spec["scales"] = {"smoke": {"blocks": [{**block, "data": "digits", "attention": ["soft", "relu_learned"],

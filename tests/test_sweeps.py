@@ -241,7 +241,7 @@ def test_runs_completed_in_a_rollup_are_not_trained_again(tmp_path):
 def test_plots_draw_a_figure_from_a_committed_rollup(tmp_path, monkeypatch):
     """`reluvit plots fig1 --completed-in results/reference/smoke/runs.csv`: with no runs here, the figure is drawn
     from the committed roll-up's rows of Figure 1 (identified by their grid values, not by where they were trained)."""
-    from reluvit import ROOT
+    from conftest import REPO as ROOT
     from reluvit.report import plots
 
     reference = pd.read_csv(ROOT / "results" / "reference" / "smoke" / "runs.csv")

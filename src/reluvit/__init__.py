@@ -1,10 +1,6 @@
 """reluvit: ReLU (and other softmax-free) attention for Vision Transformers, on timm, Lightning and Hydra."""
 
 import importlib
-from pathlib import Path
-
-# The repository checkout (reluvit is installed editable): conf/, sweeps/, slurm/profiles/ live here
-ROOT = Path(__file__).resolve().parents[2]
 
 # Loaded on first use, so that importing a light submodule (``reluvit.sweep.job`` in a SLURM job) does not import torch
 _EXPORTS = {"ACTIVATIONS": "attention", "POINTWISE": "attention", "PointwiseAttention": "attention",

@@ -20,9 +20,10 @@ RUNS_ENV = "RELUVIT_RUNS_DIR"  # where runs live unless --runs-dir (or runs_dir=
 
 
 def _reference_dir() -> Path:
-    from reluvit import ROOT
-
-    return ROOT / "results" / "reference"
+    """The committed reference results: the checkout's that reluvit runs from (an editable install), else under the
+    working directory."""
+    checkout = Path(__file__).resolve().parents[2] / RESULTS / "reference"
+    return checkout if checkout.is_dir() else RESULTS.absolute() / "reference"
 
 
 def exit_config_error(error: Exception) -> None:
@@ -48,7 +49,8 @@ def _results_dir(path: Path) -> Path:
 def _launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default="local", help="local (here, one run after another) | slurm")
     parser.add_argument("--cluster", default="local",
-                        help="SLURM profile: a name in slurm/profiles/ or the path of a profile file")
+                        help="SLURM profile: a name in slurm/profiles/ (and $RELUVIT_PROFILES_DIR) or the path of a "
+                             "profile file")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the SLURM submission to --cluster (job arrays, sbatch script, GPU-hours and wall "
                              "time) and submit nothing; needs no cluster and no data")
@@ -234,6 +236,8 @@ def _sweep(args, overrides: list[str]) -> None:
     elsewhere = _completed_table(args)
     profile = _check_launcher(args)
     sweep = spec.load(args.sweep, args.scale, args.seeds)
+    if not args.dry_run:
+        _plot_function(sweep)  # a figure that cannot be drawn: refused before anything trains
     extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
     gpu = bool(profile.gpus_per_node) if profile else _gpu()  # where the runs will train
     skipped = [b for b in sweep.blocks if b not in sweep.runnable(gpu)]
@@ -260,7 +264,7 @@ def _sweep(args, overrides: list[str]) -> None:
     table = _rollup(args.runs_dir, results_dir, elsewhere)
     runs = select(config_identities(configs), table)
     drawn = _plot(sweep, runs, results_dir)
-    if wandb_logger is not None:
+    if wandb_logger is not None and drawn is not None:
         _figure_run(sweep, runs, drawn, args.runs_dir, wandb_logger.project, wandb_logger.entity,
                     wandb_logger.wandb_mode)
     _show(runs)
@@ -308,16 +312,33 @@ def _rollup(runs_dir: Path, results_dir: Path, also=None):
 
 
 def _plot(sweep, runs, results_dir: Path):
-    """Draw and save the sweep's figure; returns it (with ``.points``) and its PNG and PDF paths. Missing points of
+    """Draw and save the sweep's figure (``results/<scale>/<sweep>.png``, by the plot function its ``figure`` names);
+    returns it (with ``.points``) and its PNG and PDF paths, or None for a sweep without a figure. Missing points of
     models that only a GPU trains are counted as needing one."""
     from reluvit.report import plots
 
+    draw = _plot_function(sweep)
+    if draw is None:
+        log.info("%s: no figure (a sweep file's figure: names its plot, e.g. figure: fig2)", sweep.name)
+        return None
     gpu_only = {"needs_gpu": models} if (models := sweep.gpu_only_models()) else {}
-    figure = getattr(plots, sweep.name)(runs, **sweep.plot, **gpu_only)
+    figure = draw(runs, **sweep.plot, **gpu_only)
     paths = plots.save(figure, results_dir / sweep.scale / sweep.name)
     for path in paths:
         log.info("figure: %s", path)
     return figure, paths
+
+
+def _plot_function(sweep):
+    """The function of :mod:`reluvit.report.plots` that the sweep file's ``figure`` names; None without one."""
+    from reluvit.report import plots
+    from reluvit.run.schema import ConfigError
+
+    if sweep.figure is None:
+        return None
+    if sweep.figure not in plots.FIGURES:
+        raise ConfigError("figure", f"{sweep.figure!r} is not a figure; the figures are: {', '.join(plots.FIGURES)}")
+    return getattr(plots, sweep.figure)
 
 
 def _figure_run(sweep, runs, drawn, runs_dir: Path, project: str, entity: str | None, mode: str) -> None:
@@ -496,7 +517,13 @@ def _shards(args, parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = _parser()
+    from reluvit.errors import ArgumentError
+    from reluvit.run.schema import ConfigError
+
+    try:
+        parser = _parser()  # lists the sweeps: a user's sweep directory that is not there is refused here
+    except ArgumentError as e:
+        exit_config_error(e)
     args, overrides = parser.parse_known_args(argv)
     if args.command in ("status", "plots", "wandb"):  # the positional SWEEP list takes the key=value overrides too
         overrides += [name for name in args.sweeps if "=" in name]
@@ -506,8 +533,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.captureWarnings(True)  # warnings reach train.log too
-    from reluvit.run.schema import ConfigError
-
     try:
         if hasattr(args, "runs_dir"):
             overrides = _runs_dir(args, overrides)
@@ -537,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
             from reluvit.soft import table
 
             print(table())
-    except ConfigError as e:
+    except (ConfigError, ArgumentError) as e:
         exit_config_error(e)
 
 

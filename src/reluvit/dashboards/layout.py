@@ -90,7 +90,7 @@ LAYOUTS = {"fig1": _fig1, "fig2": _fig2, "fig3": _fig3, "fig4": _fig4, "fig5": _
 
 def panels(sweep: Sweep) -> list[Panel]:
     """The panels of the figure ``sweep`` draws, from its plot arguments."""
-    return LAYOUTS[sweep.name](**sweep.plot)
+    return LAYOUTS[sweep.figure](**sweep.plot)
 
 
 def recipes(sweep: Sweep) -> list[str]:

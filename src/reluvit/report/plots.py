@@ -448,3 +448,7 @@ def train_length(df: pd.DataFrame, *, recipe: str, model: str, epochs: list[int]
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="training epochs", ylabel=AXIS_LABELS.get(metric, metric), title=aggs[0]["panel"].iloc[0])
     return _finish(fig, aggs)
+
+
+# The figures a sweep file may name (its figure: key), each drawn by the function of that name
+FIGURES = ("demo", "fig1", "fig2", "fig3", "fig4", "fig5", "train_length")

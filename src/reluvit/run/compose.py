@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from reluvit.cache import files_digest, read_cached, write_cached
 from reluvit.run.grid import leaves, run_name
 from reluvit.run.schema import CONF_DIR, ConfigError, TrainConfig, is_schema_field, register, schema_type
+from reluvit.search import search_path
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # of a cache entry: bumped when its layout changes
@@ -85,8 +86,8 @@ class Progress:
 
 
 def config_dirs() -> list[Path]:
-    """The directories Hydra reads the configs from, in order."""
-    return [CONF_DIR]
+    """The directories Hydra reads the configs from, in order (:func:`reluvit.search.search_path`)."""
+    return search_path("conf")
 
 
 def config_digest(dirs: Sequence[Path] | None = None) -> str | None:
@@ -177,7 +178,7 @@ def compose(overrides: list[str] = ()) -> DictConfig:
 
 
 def _groups() -> set[str]:
-    return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    return {p.name for d in config_dirs() for p in d.iterdir() if p.is_dir()}
 
 
 def compose_points(points: list[list[str]]) -> list[DictConfig]:
@@ -337,13 +338,15 @@ def _first_line(error: Exception) -> str:
 def compose_all(override_lists: list[list[str]], config_name: str = "train",
                 progress: Progress | None = None) -> list[DictConfig]:
     """Hydra's own composition of ``conf/<config_name>.yaml`` for each override list, under one initialisation
-    (each one counted by ``progress``)."""
+    (each one counted by ``progress``). The user's config directories come first in Hydra's search path, the packaged
+    one last (:func:`config_dirs`, put there by the search path plugin ``hydra_plugins.reluvit_searchpath``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
     register()
+    config_dirs()  # a user's config directory that is not there: refused before Hydra starts
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             configs = []

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
-from reluvit import ROOT
+from reluvit.search import packaged
 
-CONF_DIR = Path(os.environ.get("RELUVIT_CONF_DIR", ROOT / "conf"))  # the config groups the schema types
+CONF_DIR = packaged("conf")  # the config groups the schema types (a user's conf dirs are searched first)
 
 
 class ConfigError(ValueError):

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import submitit
 import yaml
 
-from reluvit import ROOT
+from reluvit import search
 from reluvit.errors import COUNT, above
 from reluvit.run.schema import ConfigError
 from reluvit.sweep.job import TrainJob
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROFILES_DIR = ROOT / "slurm" / "profiles"
 # GPUs one run asks for, by model size (a profile's gpus_by_size entries replace these): enough memory and speed for
 # the recipe's global batch of 4096 with gradient accumulation; jobs needing more GPUs than a node has span nodes.
 GPUS_BY_SIZE = {"micro": 1, "mini": 1, "Ti": 1, "S": 1, "M": 1, "B": 4, "L": 8, "H": 16}
@@ -79,18 +78,20 @@ class Profile:
             raise ConfigError("gpu_tflops", f"{self.gpu_tflops!r} is not {TFLOPS}")
 
 
-def profile_path(cluster: str, profiles_dir: Path = PROFILES_DIR) -> Path:
-    """``cluster``: the name of a profile in ``profiles_dir`` or the path of a profile file anywhere."""
+def profile_path(cluster: str) -> Path | None:
+    """``cluster``: the name of a profile in the profile directories (:mod:`reluvit.search`: the user's, then the
+    packaged ``profiles``), or the path of a profile file anywhere; None when there is no such file."""
     if cluster.endswith((".yaml", ".yml")) or os.sep in cluster:
-        return Path(cluster).expanduser()
-    return profiles_dir / f"{cluster}.yaml"
+        path = Path(cluster).expanduser()
+        return path if path.is_file() else None
+    return search.find("profiles", f"{cluster}.yaml")
 
 
-def load_profile(cluster: str, profiles_dir: Path = PROFILES_DIR) -> Profile:
-    path = profile_path(cluster, profiles_dir)
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in profiles_dir.glob("*.yaml")))
-        raise ConfigError("CLUSTER", f"no profile {path}; known: {known} (or the path of a profile file)")
+def load_profile(cluster: str) -> Profile:
+    path = profile_path(cluster)
+    if path is None:
+        known = ", ".join(search.names("profiles"))
+        raise ConfigError("CLUSTER", f"no profile {cluster!r}; known: {known} (or the path of a profile file)")
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - {f.name for f in fields(Profile)}
     if unknown:

@@ -1,4 +1,5 @@
-"""Sweep files: ``sweeps/<name>.yaml`` holds, per scale, the grid as blocks (each the cartesian product of its keys)
+"""Sweep files: ``sweeps/<name>.yaml`` (found by :mod:`reluvit.search`: the user's sweep directories, then the
+packaged one) holds, per scale, the grid as blocks (each the cartesian product of its keys)
 and the keyword arguments of its plot (:mod:`reluvit.report.plots`, the function named like the sweep). The
 figures of the paper are sweeps ``fig1`` ... ``fig5``; the demo is the sweep ``demo``. Extra overrides may use
 Hydra's sweep syntax (``seed=0,1``): they multiply every point."""
@@ -6,22 +7,20 @@ Hydra's sweep syntax (``seed=0,1``): they multiply every point."""
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from reluvit import ROOT
+from reluvit import search
 from reluvit.run.schema import ConfigError
 
-SWEEPS_DIR = Path(os.environ.get("RELUVIT_SWEEPS_DIR", ROOT / "sweeps"))
 SCALES = ("smoke", "paper")
 
 
-def names(sweeps_dir: Path = SWEEPS_DIR) -> list[str]:
-    """The sweeps there are (``sweeps/*.yaml``)."""
-    return sorted(p.stem for p in sweeps_dir.glob("*.yaml"))
+def names() -> list[str]:
+    """The sweeps there are (``sweeps/*.yaml`` of every sweep directory)."""
+    return search.names("sweeps")
 
 
 def _override(key: str, value) -> str:
@@ -48,6 +47,7 @@ class Sweep:
     scale: str
     blocks: list[Block]
     plot: dict
+    figure: str | None = None  # the function of reluvit.report.plots that draws it; None: rolled up only
 
     def runnable(self, gpu: bool) -> list[Block]:
         return [b for b in self.blocks if b.requires is None or (b.requires == "gpu" and gpu)]
@@ -66,18 +66,24 @@ class Sweep:
         return [list(p) for p in unique]
 
 
-def has_scale(name: str, scale: str, sweeps_dir: Path = SWEEPS_DIR) -> bool:
-    return scale in yaml.safe_load((sweeps_dir / f"{name}.yaml").read_text())["scales"]
+def path(name: str) -> Path:
+    """The file of sweep ``name``: the first ``<name>.yaml`` of the sweep directories."""
+    found = search.find("sweeps", f"{name}.yaml")
+    if found is None:
+        raise ConfigError("sweep", f"no sweep {name!r}; known sweeps: {', '.join(names())}")
+    return found
 
 
-def load(name: str, scale: str, seeds: list[int] | None = None, sweeps_dir: Path = SWEEPS_DIR) -> Sweep:
+def has_scale(name: str, scale: str) -> bool:
+    return scale in yaml.safe_load(path(name).read_text())["scales"]
+
+
+def load(name: str, scale: str, seeds: list[int] | None = None) -> Sweep:
     """Read ``sweeps/<name>.yaml`` at ``scale``; ``seeds`` replaces the seed list of every block."""
-    path = sweeps_dir / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError("sweep", f"no sweep file {path}; known sweeps: {', '.join(names(sweeps_dir))}")
-    spec = yaml.safe_load(path.read_text())
+    file = path(name)
+    spec = yaml.safe_load(file.read_text())
     if scale not in spec["scales"]:
-        raise ConfigError("scale", f"{path.name} has no scale {scale!r}; it has: {', '.join(spec['scales'])}")
+        raise ConfigError("scale", f"{file} has no scale {scale!r}; it has: {', '.join(spec['scales'])}")
     blocks = []
     for raw in spec["scales"][scale]["blocks"]:
         raw = dict(raw)
@@ -86,4 +92,4 @@ def load(name: str, scale: str, seeds: list[int] | None = None, sweeps_dir: Path
         if seeds is not None:
             keys["seed"] = list(seeds)
         blocks.append(Block(keys, requires))
-    return Sweep(name, scale, blocks, spec["scales"][scale].get("plot") or {})
+    return Sweep(name, scale, blocks, spec["scales"][scale].get("plot") or {}, spec.get("figure"))

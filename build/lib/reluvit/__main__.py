@@ -1,0 +1,5 @@
+"""``python -m reluvit``: the ``reluvit`` command."""
+
+from reluvit.cli import main
+
+main()
