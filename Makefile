@@ -2,8 +2,18 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# torch 2.13.0 is excluded: a local CPU-only wheel of it shadows the registry and torchvision cannot load with it.
-TORCH  ?= torch>=2.4,!=2.13.*
+# requirements.lock: every dependency's version, as `make lock` resolved and the suite tested them. torch and
+# torchvision are installed first by version with their own dependencies (the CUDA libraries of this platform's
+# build, which the lock leaves out); the rest exactly as locked, without resolving again.
+LOCK        = requirements.lock
+TORCH_PINS  = $(shell grep -E '^(torch|torchvision)==' $(LOCK))
+LOCK_VENV  ?= /tmp/reluvit-lock-venv
+# the requirements of the package with its dev and wandb extras, but animal-mnist, which comes without its own
+# (its metadata names TensorFlow, which only its loaders import); torch 2.13.0 is excluded: a local CPU-only wheel of
+# it shadows the registry and torchvision cannot load with it
+LOCK_REQUIREMENTS = $(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+    print(*(r for r in p["dependencies"] + p["optional-dependencies"]["dev"] + p["optional-dependencies"]["wandb"] \
+    if not r.startswith("animal-mnist")), "torch!=2.13.*")'
 
 # Figure sweeps: SCALE=smoke (embedded data, CPU) | paper (ImageNet); LAUNCHER=local | slurm; CLUSTER=<profile name
 # in slurm/profiles> | /path/to/profile.yaml; DRY_RUN=1 prints the SLURM submission to CLUSTER (job arrays, sbatch
@@ -13,7 +23,7 @@ TORCH  ?= torch>=2.4,!=2.13.*
 # $RELUVIT_RUNS_DIR, else runs/; put paper-scale runs on scratch), passed to every command that reads or writes runs.
 SCALE    ?= smoke
 LAUNCHER ?= local
-CLUSTER  ?= local
+CLUSTER  ?=
 DRY_RUN  ?=
 NO_WAIT  ?=
 SEEDS    ?=
@@ -21,7 +31,7 @@ ARGS     ?=
 COMPLETED_IN ?=
 RUNS_DIR ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
-LAUNCH_OPTS = --launcher $(LAUNCHER) --cluster $(CLUSTER) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait) \
+LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(CLUSTER),--cluster $(CLUSTER)) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait) \
               $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
 # fig1 ... fig5, as sweeps/ defines them
 FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
@@ -35,12 +45,13 @@ DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
 DEVICE_SDISTS = antlr4-python3-runtime
 WHEEL_PLATFORMS = $(foreach n,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(n)_x86_64)
 
-.PHONY: help venv venv-parity demo test test-all lint clean $(FIGURES) train-length plots reference-runs reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
+.PHONY: help venv venv-parity lock demo test test-all lint clean $(FIGURES) train-length plots reference-runs reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
 	@echo "make test-all     the full suite: + slow, TensorFlow parity and SLURM tests (starts the local cluster: slurm/up.sh, root)"
 	@echo "make venv-parity  add TensorFlow and DALI to the venv: the default suite then runs the parity and DALI tests too"
+	@echo "make lock         re-resolve the dependencies into requirements.lock (then make test-all before committing)"
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot;"
 	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
 	@echo "make train-length the smoke recipe's training-length study (4-32 epochs, 3 seeds; ~1 h on 2 CPU cores)"
@@ -57,19 +68,34 @@ help:
 	@echo "make lint         ruff;  make clean: remove the results of plots (keeps runs and the virtual environment)"
 
 venv: $(BIN)/.installed
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" torchvision -e ".[dev]"
-	$(BIN)/pip install -q --no-deps animal-mnist==0.4
-	$(BIN)/python -c "import torch, torchvision, timm, reluvit, animal_mnist"
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -c "import torch, torchvision, timm, wandb, reluvit, animal_mnist"
 	touch $@
+
+# Resolve the dependencies afresh (newest releases within pyproject.toml's bounds) into requirements.lock; then run
+# make test-all before committing it.
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/pip install -q $$($(LOCK_REQUIREMENTS))
+	$(LOCK_VENV)/bin/pip install -q --no-deps $$(grep -o '"animal-mnist[^"]*"' pyproject.toml | tr -d '"')
+	{ echo "# make lock: pip freeze of pyproject.toml's dependencies with the dev and wandb extras (Python" \
+	  "$$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())')); torch's own CUDA" \
+	  "libraries left out"; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | grep -vE '^(nvidia-|cuda-|triton==|pip==)'; } > $(LOCK)
 
 # The references of the parity tests, which skip without them; make test-all adds them: TensorFlow (~600 MB) for
 # the preprocessing, DALI (~200 MB; CPU-only here) for the DALI loader against the reference pipeline. About 1.5 min.
 venv-parity: $(BIN)/.parity-installed
 $(BIN)/.parity-installed: $(BIN)/.installed
-	$(BIN)/pip install -q -e ".[dev,parity,gpu]"
+	$(BIN)/pip install -q $$($(PYTHON) -c 'import tomllib; \
+	    extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; \
+	    print(*extras["parity"], *extras["gpu"])')
 	$(BIN)/python -c "import tensorflow, nvidia.dali"
 	touch $@
 

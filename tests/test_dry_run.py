@@ -23,6 +23,7 @@ from reluvit.models import create_model, forward_macs
 from reluvit.run.compose import compose, compose_points
 from reluvit.run.schema import ConfigError
 from reluvit.run.validate import validate
+from reluvit.search import packaged
 from reluvit.sweep import cost, execute, spec
 from reluvit.sweep.slurm import PreviewExecutor, Profile, Resources, load_profile, preview, sbatch_script, submit
 
@@ -294,3 +295,84 @@ def test_a_worker_count_that_does_not_divide_the_stream_slots_is_refused_before_
                         dry_run=True)
     assert error.value.key == "data.num_workers"
     validate(compose([*TINY, "data.num_workers=5", f"runs_dir={tmp_path / 'runs'}"]))
+
+
+@pytest.mark.parametrize("cluster,message", [
+    (None, "--cluster: a paper-scale sweep has no default profile: name your GPU cluster's"),
+    ("local", "--cluster: profile 'local' has no GPUs (gpus_per_node: 0): a paper-scale sweep needs a GPU cluster's"),
+])
+def test_a_paper_sweep_is_not_priced_on_a_cpu_profile(cluster, message, no_data, tmp_path, capsys):
+    """No default profile at paper scale, and none without GPUs: one line, exit 2, before anything is composed."""
+    args = ["sweep", "fig2", "--scale", "paper", "--launcher", "slurm", "--dry-run", "--runs-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*args, *(["--cluster", cluster] if cluster else [])])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith(f"reluvit: config error: {message}")
+
+
+def write_measurements(folder, steps: list[tuple[str, str, str, float]], loaders: dict[str, float]) -> None:
+    """A fixture of make device-check's train_step.csv and data.csv (their columns, other columns left out)."""
+    folder.mkdir(parents=True)
+    rows = ["bench,model,img,batch,attention,mode,img_per_s"]
+    rows += [f"attention,{model},224,128,{attention},{mode},{speed}" for model, attention, mode, speed in steps]
+    rows.append("loops,S/16,224,128,softmax,compiled,")  # the harness rows: no img_per_s
+    (folder / "train_step.csv").write_text("\n".join(rows) + "\n")
+    columns = ["mean width", *loaders]
+    (folder / "data.csv").write_text(",".join(f'"{c}"' for c in columns) + "\n"
+                                     + ",".join(map(str, [500, *loaders.values()])) + "\n"
+                                     + ",".join(map(str, [1000, *(v / 2 for v in loaders.values())])) + "\n")
+
+
+def test_measured_images_per_second_price_the_runs_they_cover(no_data, tmp_path, monkeypatch, capsys):
+    """results/bench/<gpu>/ (the profile's gpu) of a fixture: S/16 softmax and relu measured (compiled before eager:
+    trainer.compile is auto), B/16 and relu2 not (the profile's TFLOP/s); the DALI loader's 20,000 images/s caps
+    relu's 24,000. With data.loader=reference, the reference loader's images/s per core x the CPUs of a task."""
+    monkeypatch.chdir(tmp_path)
+    write_measurements(tmp_path / "results" / "bench" / "fixture-gpu",
+                       [("S/16", "softmax", "compiled", 8000.0), ("S/16", "softmax", "eager", 5000.0),
+                        ("S/16", "relu", "compiled", 24000.0)],
+                       {"dali GPU img/s": 20000.0, "shards img/s/core": 300.0})
+    profile = tmp_path / "gpu.yaml"
+    profile.write_text((packaged("profiles") / "example_gpu.yaml").read_text().replace("gpu: null", "gpu: fixture-gpu"))
+    out = dry_run(["train", "recipe=i21k_30ep", "data=imagenet21k", "model=s16,b16", "attention=softmax,relu,relu2",
+                   f"runs_dir={tmp_path / 'runs'}", "--cluster", str(profile)], capsys)
+    examples = 30 * PAPER_IMAGES["imagenet21k"]
+    expected = ((examples / 8000 + examples / 20000) / 3600 + paper_gpu_hours("S/16", "imagenet21k")
+                + 3 * paper_gpu_hours("B/16", "imagenet21k"))
+    assert ("speed: images/s measured in results/bench/fixture-gpu/train_step.csv (3 model x attention x mode rows), "
+            "else the profile's gpu_tflops (250 TFLOP/s per GPU); capped by the loaders' images/s of data.csv "
+            "(dali 20,000, reference 300)") in out
+    assert "estimate: " in out and "(2 measured, 1 at TFLOP/s; 1 capped by the loader)" in out  # the S/16 array
+    assert "(2 measured, 4 at TFLOP/s; 1 capped by the loader)" in out  # in all
+    assert printed_number(out, r"total: 6 jobs, ([\d,.]+) GPU-hours") == pytest.approx(expected, abs=0.5)
+    out = dry_run(["train", "recipe=i21k_30ep", "data=imagenet21k", "model=s16", "attention=relu",
+                   "data.loader=reference", f"runs_dir={tmp_path / 'runs'}", "--cluster", str(profile)], capsys)
+    per_task = 300.0 * 8  # the reference loader: images/s per core x the profile's 8 CPUs per task
+    assert printed_number(out, r"total: 1 jobs, ([\d,.]+) GPU-hours") == pytest.approx(examples / per_task / 3600,
+                                                                                      rel=2e-3)
+
+
+def test_without_measurements_the_preview_says_it_uses_the_profiles_tflops(no_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = dry_run(["train", "recipe=i21k_30ep", "data=imagenet21k", "model=s16", f"runs_dir={tmp_path / 'runs'}",
+                   "--cluster", "example_gpu"], capsys)
+    assert ("speed: the profile's gpu_tflops (250 TFLOP/s per GPU) (no measured images/s: set the profile's gpu to a "
+            "folder of results/bench/)") in out and "(1 at TFLOP/s)" in out
+
+
+def test_the_sbatch_script_of_a_gres_cluster_without_wckey(tmp_path):
+    """gpus_as: gres asks for the GPUs as --gres=gpu:<type>:N in place of --gpus-per-node (another gres joins it); no
+    wckey line unless the profile sets one; every job exports SRUN_CPUS_PER_TASK for Slurm 22.05-23.02's srun."""
+    gres = Profile(partition="gpu", gpus_per_node=8, gpus_as="gres", gpu_type="h100",
+                   slurm_additional_parameters={"gres": "nvme:1"})
+    script = sbatch_script(gres, Resources(1, 4, 4), tmp_path, "gres", 2)
+    assert "#SBATCH --gres=gpu:h100:4,nvme:1\n" in script and "gpus-per-node" not in script
+    assert "wckey" not in script and "\nexport SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK}\n" in script
+    plain = sbatch_script(Profile(partition="gpu", gpus_per_node=8, wckey="paper"), Resources(1, 4, 4), tmp_path,
+                          "plain", 2)
+    assert "#SBATCH --gpus-per-node=4\n" in plain and "#SBATCH --wckey=paper\n" in plain and "gres" not in plain
+    untyped = Profile(partition="gpu", gpus_per_node=8, gpus_as="gres")
+    assert "#SBATCH --gres=gpu:2\n" in sbatch_script(untyped, Resources(1, 2, 2), tmp_path, "untyped", 1)
+    with pytest.raises(ConfigError, match="slurm_additional_parameters: gres: names GPUs, which would add to"):
+        Profile(partition="gpu", gpus_per_node=8, slurm_additional_parameters={"gres": "gpu:a100:2"})
+    with pytest.raises(ConfigError, match="gpus_as: 'gpu' is not one of: gpus-per-node, gres"):
+        Profile(partition="gpu", gpus_as="gpu")

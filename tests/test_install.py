@@ -128,3 +128,15 @@ def test_a_wheel_in_a_fresh_venv_runs_the_demo_from_elsewhere(tmp_path):
     assert "3 runs in 1 job array" in result.stdout  # the packaged demo, previewed
     assert len(list((elsewhere / "runs").rglob("summary.json"))) == 2
     assert (elsewhere / "results" / "runs.parquet").is_file()
+
+
+def test_logging_to_wandb_without_the_extra_is_one_line(tmp_path, monkeypatch):
+    """W&B is an extra (reluvit[wandb]): logger=wandb without it is refused before anything runs."""
+    from reluvit.run.schema import ConfigError
+    from reluvit.run.validate import validate
+
+    cfg = compose([*TINY, "logger=wandb", f"runs_dir={tmp_path}"])
+    validate(cfg)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not importable
+    with pytest.raises(ConfigError, match=r"^logger.wandb: W&B is not installed: pip install 'reluvit\[wandb\]'$"):
+        validate(cfg)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import hydra
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
+import timm
+import torch
 
 from reluvit.attention import ACTIVATIONS
 from reluvit.run.rundir import read_summary
@@ -43,6 +47,11 @@ def test_short_run_loss_decreases(tiny_cfg, overrides):
     assert 0.0 <= on_disk["metrics"]["val/acc"] <= 1.0
     assert on_disk["core_hours"] > 0 and on_disk["examples_seen"] == 40 * 64
     assert on_disk["train_flops"] == pytest.approx(6 * on_disk["forward_macs"] * 40 * 64)
+    # what the numbers depend on: the packages' versions, the processes and each one's CPU threads
+    versions = on_disk["versions"]
+    assert versions["torch"] == torch.__version__.split("+")[0] and versions["timm"] == timm.__version__
+    assert versions["pytorch-lightning"] == pl.__version__ and versions["hydra-core"] == hydra.__version__
+    assert on_disk["threads"] == torch.get_num_threads() and on_disk["devices"] == on_disk["world_size"] == 1
 
 
 def test_a_run_directory_holding_other_training_values_is_refused(tiny_overrides, tmp_path, capsys):

@@ -48,9 +48,9 @@ def _results_dir(path: Path) -> Path:
 
 def _launch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", default="local", help="local (here, one run after another) | slurm")
-    parser.add_argument("--cluster", default="local",
+    parser.add_argument("--cluster", default=None,
                         help="SLURM profile: a name in slurm/profiles/ (and $RELUVIT_PROFILES_DIR) or the path of a "
-                             "profile file")
+                             "profile file (default: local, the test cluster; none at paper scale)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the SLURM submission to --cluster (job arrays, sbatch script, GPU-hours and wall "
                              "time) and submit nothing; needs no cluster and no data")
@@ -191,7 +191,17 @@ def _check_launcher(args):
     if args.launcher == "slurm" or args.dry_run:
         from reluvit.sweep.slurm import load_profile
 
-        return load_profile(args.cluster)
+        paper = getattr(args, "scale", None) == "paper"
+        if args.cluster is None:
+            if paper:
+                raise ConfigError("--cluster", "a paper-scale sweep has no default profile: name your GPU cluster's "
+                                  "(--cluster example_gpu for the template, or the path of a profile file)")
+            args.cluster = "local"
+        profile = load_profile(args.cluster)
+        if paper and not profile.gpus_per_node:
+            raise ConfigError("--cluster", f"profile {args.cluster!r} has no GPUs (gpus_per_node: 0): a paper-scale "
+                              "sweep needs a GPU cluster's profile")
+        return profile
     return None
 
 

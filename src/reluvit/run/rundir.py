@@ -3,8 +3,11 @@ found there is the one a config describes (its identity)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -71,6 +74,24 @@ def _data(fingerprint: dict) -> str:
 
 
 DIRTY = "-dirty"
+
+
+# The distributions a run's numbers depend on, recorded with their versions in its summary (DALI: whichever CUDA
+# build of it is installed)
+RECORDED_PACKAGES = ("reluvit", "torch", "torchvision", "pytorch-lightning", "timm", "hydra-core", "omegaconf")
+DALI_PREFIX = "nvidia-dali"
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and each installed :data:`RECORDED_PACKAGES`' and DALI's version (``importlib.metadata``)."""
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    for dist in importlib.metadata.distributions():
+        if (dist.metadata["Name"] or "").startswith(DALI_PREFIX):
+            versions[dist.metadata["Name"]] = dist.version
+    return versions
 
 
 def git_revision() -> str | None:

@@ -48,6 +48,7 @@ from reluvit.run.rundir import (
     check_same_run,
     git_revision,
     last_checkpoint,
+    package_versions,
     read_summary,
     write_json_atomic,
 )
@@ -84,15 +85,16 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
         "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running", "identity": identity(config),
         "config": config, "data_fingerprint": data_fingerprint,
         "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        "git_revision": git_revision(), "host": socket.gethostname(), "python": platform.python_version(),
-        "torch": torch.__version__, **({"slurm": job} if (job := slurm_job_record()) else {}),
+        "git_revision": git_revision(), "host": socket.gethostname(), "versions": package_versions(),
+        **({"slurm": job} if (job := slurm_job_record()) else {}),
     }
     try:
         module, datamodule, trainer, chrono, evaluation, facts = setup(cfg, run_dir, progress)
     except Exception as e:  # recorded, so the roll-up and `make status` count the run as failed, not missing
         write_json_atomic(run_dir / SUMMARY, {**summary, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
-    summary.update(device=_device_name(trainer), world_size=trainer.world_size,
+    summary.update(device=_device_name(trainer), world_size=trainer.world_size, devices=trainer.num_devices,
+                   threads=torch.get_num_threads(),  # intra-op CPU threads of each process
                    params=sum(p.numel() for p in module.parameters()), **facts,
                    label_set=getattr(datamodule, "label_set", None),  # shards: the label set _info.json names
                    data_loader=getattr(datamodule, "loader", "reference"))  # shards: reference | dali

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -106,6 +107,8 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
         raise ConfigError(f"recipe.{e.name}", e.message) from None
     _validate_loader(cfg)
     _choice(cfg, "logger.wandb_mode", WANDB_MODES)
+    if cfg.logger.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logger.wandb", "W&B is not installed: pip install 'reluvit[wandb]'")
     _validate_trainer(cfg)
     _check_directories(cfg)
     _build_on_meta(cfg)

@@ -1,7 +1,8 @@
-"""What a sweep costs before it runs. A run trains 6 x forward MACs (:func:`reluvit.models.forward_macs`) FLOPs per
-example, epochs x training-set size examples (fewer with ``trainer.max_steps``), at the profile's achieved training
-throughput per device (``gpu_tflops``, measured with ``make bench`` or ``make device-check`` on that GPU); its
-devices share the work evenly.
+"""What a sweep costs before it runs. A run trains epochs x training-set size examples (fewer with
+``trainer.max_steps``) at the images/s per device of :mod:`reluvit.sweep.speed`: measured on the cluster's GPU where
+``make device-check`` measured the run's model and attention, else the profile's achieved ``gpu_tflops`` at 6 x
+forward MACs (:func:`reluvit.models.forward_macs`) FLOPs per example; capped by the data loader's measured images/s.
+Its devices share the work evenly.
 
 Wall time: SLURM starts an array's jobs in order, at most ``array_parallelism`` at a time, each as soon as a running
 one ends; the arrays of a sweep run side by side. Queue waits, requeue restarts and evaluation are not counted, and
@@ -21,7 +22,8 @@ import hashlib
 import heapq
 import json
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +33,7 @@ from reluvit.data.embedded import VAL_SIZES
 from reluvit.data.splits import parse_split
 from reluvit.run.build import architecture
 from reluvit.run.compose import Progress
+from reluvit.sweep.speed import MEASURED, TFLOPS, Speed
 
 
 def _cache_key(*parts) -> str:
@@ -82,13 +85,12 @@ def examples_trained(cfg: DictConfig) -> int | None:
     return examples
 
 
-def device_hours(cfg: DictConfig, forward_macs: int, tflops: float) -> float | None:
-    """Device-hours a run of ``forward_macs`` per example needs at ``tflops`` achieved TFLOP/s per device; None when
-    its training-set size is unknown."""
+def device_hours(cfg: DictConfig, images_per_second: float) -> float | None:
+    """Device-hours a run needs at ``images_per_second`` per device; None when its training-set size is unknown."""
     examples = examples_trained(cfg)
     if examples is None:
         return None
-    return 6 * forward_macs * examples / (tflops * 1e12) / 3600
+    return examples / images_per_second / 3600
 
 
 def makespan(durations: list[float], parallelism: int) -> float:
@@ -175,23 +177,25 @@ def checkpoint_bytes(cfg: DictConfig) -> CheckpointBytes:
 @dataclass(frozen=True)
 class ArrayCost:
     jobs: int
-    device_hours: float | None  # of the jobs whose cost is known; None: no throughput in the profile
-    unknown: int  # jobs whose training-set size is unknown (left out of the hours)
+    device_hours: float | None  # of the jobs whose cost is known; None: no speed for any
+    unknown: int  # jobs whose training-set size or speed is unknown (left out of the hours)
     longest_hours: float  # wall time of the longest job
     wall_hours: float  # of the whole array
     checkpoints: int  # bytes of the array's checkpoints once its runs end
     pruned_checkpoints: int  # the same without the optimizer state (reluvit prune)
     largest_checkpoint: int
+    sources: Counter = field(default_factory=Counter)  # jobs by where their speed came from (reluvit.sweep.speed)
+    loader_bound: int = 0  # jobs whose speed the data loader caps
 
     def starts(self, timeout_min: int) -> int:
         """Starts (the first and its requeues) that the longest job needs at this time limit per job."""
         return math.ceil(self.longest_hours * 60 / timeout_min)
 
-    def describe(self, unit: str, tflops: float | None, timeout_min: int) -> str:
+    def describe(self, unit: str, timeout_min: int) -> str:
         if self.device_hours is None:
-            return "none: the profile has no gpu_tflops (achieved training TFLOP/s per device)"
+            return "none: no measured images/s and no gpu_tflops in the profile"
         starts = plural(self.starts(timeout_min), "start")
-        return (f"{_hours(self.device_hours)} {unit}-hours at {tflops:g} TFLOP/s per {unit}; longest job "
+        return (f"{_hours(self.device_hours)} {unit}-hours ({priced(self.sources, self.loader_bound)}); longest job "
                 f"{_hours(self.longest_hours)} h ({starts} of at most {timeout_min} min); wall "
                 f"{_hours(self.wall_hours)} h" + _unknown(self.unknown))
 
@@ -218,28 +222,43 @@ def plural(number: int, noun: str) -> str:
 
 
 def _unknown(jobs: int) -> str:
-    return f"; {plural(jobs, 'job')} not counted: no training-set size (set data.num_samples)" if jobs else ""
+    return (f"; {plural(jobs, 'job')} not counted: no training-set size (set data.num_samples) or no speed"
+            if jobs else "")
 
 
-def array_cost(cfgs: list[DictConfig], devices_per_job: int, parallelism: int, tflops: float | None) -> ArrayCost:
-    """The cost of one job array of runs that each get ``devices_per_job`` devices."""
+def priced(sources: Counter, loader_bound: int) -> str:
+    """How many jobs each speed source priced: ``40 measured, 8 at TFLOP/s; 2 capped by the loader``."""
+    text = ", ".join(f"{sources[source]} {'at ' * (source == TFLOPS)}{source}" for source in (MEASURED, TFLOPS)
+                     if sources[source])
+    return text + (f"; {loader_bound} capped by the loader" if loader_bound else "")
+
+
+def array_cost(cfgs: list[DictConfig], devices_per_job: int, parallelism: int, speed: Speed,
+               cpus_per_task: int) -> ArrayCost:
+    """The cost of one job array of runs that each get ``devices_per_job`` devices at ``speed``."""
     models = model_costs(cfgs)
-    hours = [device_hours(cfg, m.forward_macs, tflops) for cfg, m in zip(cfgs, models, strict=True)] if tflops else []
+    speeds = [speed.of_run(cfg, model.forward_macs, cpus_per_task) for cfg, model in zip(cfgs, models, strict=True)]
+    hours = [device_hours(cfg, s.images_per_second) if s.images_per_second else None
+             for cfg, s in zip(cfgs, speeds, strict=True)]
     known = [h for h in hours if h is not None]
     walls = [h / devices_per_job for h in known]
     checkpoints = [model.checkpoint for model in models]
-    return ArrayCost(len(cfgs), sum(known) if tflops else None, len(hours) - len(known), max(walls, default=0.0),
+    return ArrayCost(len(cfgs), sum(known) if known else None, len(hours) - len(known), max(walls, default=0.0),
                      makespan(walls, parallelism), sum(c.whole for c in checkpoints),
-                     sum(c.pruned for c in checkpoints), max((c.whole for c in checkpoints), default=0))
+                     sum(c.pruned for c in checkpoints), max((c.whole for c in checkpoints), default=0),
+                     Counter(s.source for s, h in zip(speeds, hours, strict=True) if h is not None),
+                     sum(s.loader_bound for s in speeds))
 
 
 def total(arrays: list[ArrayCost], unit: str) -> str:
     """The sweep's jobs, device-hours and wall time (its arrays side by side), and what the wall time leaves out."""
     jobs = sum(a.jobs for a in arrays)
-    if any(a.device_hours is None for a in arrays):
-        return f"{jobs} jobs; no estimate: the profile has no gpu_tflops"
+    if all(a.device_hours is None for a in arrays):
+        return f"{jobs} jobs; no estimate: no measured images/s and no gpu_tflops in the profile"
     wall = max((a.wall_hours for a in arrays), default=0.0)
-    return (f"{jobs} jobs, {_hours(sum(a.device_hours for a in arrays))} {unit}-hours, wall {_hours(wall)} h "
+    sources = sum((a.sources for a in arrays), Counter())
+    return (f"{jobs} jobs, {_hours(sum(a.device_hours or 0 for a in arrays))} {unit}-hours "
+            f"({priced(sources, sum(a.loader_bound for a in arrays))}), wall {_hours(wall)} h "
             f"({wall / 24:,.1f} days)" + _unknown(sum(a.unknown for a in arrays))
             + "\n  (wall: every array at its limit, side by side; queue waits, requeues and evaluation not counted)")
 

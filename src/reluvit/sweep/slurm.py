@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # the recipe's global batch of 4096 with gradient accumulation; jobs needing more GPUs than a node has span nodes.
 GPUS_BY_SIZE = {"micro": 1, "mini": 1, "Ti": 1, "S": 1, "M": 1, "B": 4, "L": 8, "H": 16}
 TFLOPS = above(0, null=True)
+GPU_REQUESTS = ("gpus-per-node", "gres")  # a profile's gpus_as
+# the line of every job's setup: Slurm 22.05-23.02 gives srun's tasks one core each unless it is exported
+SRUN_CPUS = "export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK}"
 
 
 @dataclass
@@ -63,6 +66,10 @@ class Profile:
     gpus_by_size: dict[str, int] = field(default_factory=dict)  # entries replace GPUS_BY_SIZE's
     slurm_additional_parameters: dict = field(default_factory=dict)  # more sbatch options: gres, exclude, ...
     gpu_tflops: float | None = None  # achieved training TFLOP/s per GPU (per task on a CPU cluster): the cost model
+    gpus_as: str = "gpus-per-node"  # how a job asks for its GPUs: --gpus-per-node=N, or --gres=gpu[:gpu_type]:N
+    gpu_type: str | None = None  # the GPU type a gres request names (gpus_as: gres), e.g. a100
+    wckey: str | None = None  # --wckey; none: no such line (submitit's default would be --wckey=submitit)
+    gpu: str | None = None  # the GPU's folder of measurements, results/bench/<gpu>/ (make device-check's slug)
 
     def __post_init__(self) -> None:
         for key in ("gpus_by_size", "slurm_additional_parameters"):
@@ -76,6 +83,22 @@ class Profile:
         self.gpus_by_size = {**GPUS_BY_SIZE, **self.gpus_by_size}
         if self.gpu_tflops not in TFLOPS:
             raise ConfigError("gpu_tflops", f"{self.gpu_tflops!r} is not {TFLOPS}")
+        if self.gpus_as not in GPU_REQUESTS:
+            raise ConfigError("gpus_as", f"{self.gpus_as!r} is not one of: {', '.join(GPU_REQUESTS)}")
+        if "gpu" in str(self.slurm_additional_parameters.get("gres", "")).split(":")[0].split(","):
+            raise ConfigError("slurm_additional_parameters: gres", "names GPUs, which would add to the GPUs the "
+                              "runs ask for: set gpus_as: gres (and gpu_type) instead")
+
+    def gpu_options(self, gpus_per_node: int) -> dict:
+        """submitit's parameters asking for ``gpus_per_node`` GPUs on each node, in the cluster's style
+        (:attr:`gpus_as`); a ``gres`` of ``slurm_additional_parameters`` (``nvme:1``) joins a gres request."""
+        other = self.slurm_additional_parameters.get("gres")
+        if not gpus_per_node:
+            return {}
+        if self.gpus_as == "gpus-per-node":
+            return {"gpus_per_node": gpus_per_node}
+        gpu = ":".join(["gpu", *([self.gpu_type] if self.gpu_type else []), str(gpus_per_node)])
+        return {"gres": ",".join([gpu, *([str(other)] if other else [])])}
 
 
 def profile_path(cluster: str) -> Path | None:
@@ -189,13 +212,16 @@ def executor(profile: Profile, res: Resources, folder: Path, name: str,
              kind: type[submitit.SlurmExecutor] = submitit.SlurmExecutor) -> submitit.SlurmExecutor:
     """submitit's executor for one job array of ``res`` jobs: every sbatch option comes from the profile."""
     optional = {key: getattr(profile, key) for key in ("account", "qos", "constraint") if getattr(profile, key)}
+    gpus = profile.gpu_options(res.gpus_per_node)
+    additional = {**profile.slurm_additional_parameters, **{k: v for k, v in gpus.items() if k == "gres"}}
     slurm = kind(folder / "%j", max_num_timeout=profile.max_num_timeout)
     slurm.update_parameters(
         job_name=name, partition=profile.partition, nodes=res.nodes, ntasks_per_node=res.tasks_per_node,
-        gpus_per_node=res.gpus_per_node or None, cpus_per_task=profile.cpus_per_task,
+        gpus_per_node=gpus.get("gpus_per_node"), cpus_per_task=profile.cpus_per_task,
         mem=f"{profile.mem_gb_per_task * res.tasks_per_node}GB", time=profile.timeout_min,
-        array_parallelism=profile.array_parallelism, setup=list(profile.setup), signal_delay_s=profile.signal_delay_s,
-        additional_parameters=dict(profile.slurm_additional_parameters) or None, **optional,
+        array_parallelism=profile.array_parallelism, setup=[SRUN_CPUS, *profile.setup],
+        signal_delay_s=profile.signal_delay_s, wckey=profile.wckey, additional_parameters=additional or None,
+        **optional,
     )
     return slurm
 
@@ -274,21 +300,23 @@ def preview(cfgs: list, profile: Profile, folder: Path, name: str) -> str:
     (:mod:`reluvit.sweep.cost`: device-hours, wall time, checkpoint disk). Submits nothing and needs no cluster."""
     from reluvit.sweep import cost  # the estimate (and its cache of model readings): a preview's only
     from reluvit.sweep.cost import plural
+    from reluvit.sweep.speed import Speed
 
     arrays = job_arrays(cfgs, profile)
     unit = "GPU" if profile.gpus_per_node else "CPU task"
+    speed = Speed.of(profile.gpu_tflops, profile.gpu)
     lines = [f"{plural(len(cfgs), 'run')} in {plural(len(arrays), 'job array')} on partition "
-             f"{profile.partition!r} (a dry run: nothing is submitted)"]
+             f"{profile.partition!r} (a dry run: nothing is submitted)", speed.describe(unit)]
     costs = []
     for number, (res, group) in enumerate(arrays.items(), 1):
-        costs.append(cost.array_cost(group, res.devices, profile.array_parallelism, profile.gpu_tflops))
+        costs.append(cost.array_cost(group, res.devices, profile.array_parallelism, speed, profile.cpus_per_task))
         models = ", ".join(f"{variant}: {n}" for variant, n in Counter(cfg.model.variant for cfg in group).items())
         lines += [
             f"array {number}: {plural(len(group), 'job')} ({models}), at most {profile.array_parallelism} at a time",
             f"  each: {plural(res.nodes, 'node')} x {plural(res.tasks_per_node, unit)}; {profile.cpus_per_task} "
             f"CPUs and {profile.mem_gb_per_task} GB per task; time limit {profile.timeout_min} min, requeued up to "
             f"{profile.max_num_timeout} times",
-            f"  estimate: {costs[-1].describe(unit, profile.gpu_tflops, profile.timeout_min)}",
+            f"  estimate: {costs[-1].describe(unit, profile.timeout_min)}",
             *_too_long(costs[-1], profile),
             f"  checkpoints: {costs[-1].disk()}",
             "  the sbatch script submitit writes for it:",
