@@ -298,3 +298,19 @@ def test_training_on_shards_records_the_label_set_and_skipped_count(digit_shards
                            f"runs_dir={tmp_path}"]))
     assert summary["status"] == "completed" and summary["label_set"] == "folder"
     assert summary["global_step"] == 1500 // 64 and summary["metrics"]["data/skipped"] == 0
+
+
+def test_auto_on_a_gpu_without_dali_falls_back_with_a_warning(digit_shards, monkeypatch, caplog):
+    """data.loader=auto on a machine with a GPU but no DALI decodes on the CPU: said in the log, and kept by the data
+    module for the run's summary (data_loader_fallback); silent where there is no GPU or where it was asked for."""
+    from reluvit.data import dali
+    from reluvit.data.datamodules import ShardDataModule
+
+    arguments = dict(path=str(digit_shards), batch_size=16, img_size=8, in_chans=1, num_classes=10, num_workers=0)
+    assert ShardDataModule(**arguments, loader="auto").loader_fallback is None or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dali, "dali_installed", lambda: False)
+    module = ShardDataModule(**arguments, loader="auto")
+    assert module.loader == "reference" and "NVIDIA DALI is not installed" in module.loader_fallback
+    assert module.loader_fallback in caplog.text
+    assert ShardDataModule(**arguments, loader="reference").loader_fallback is None

@@ -1,5 +1,5 @@
-"""``reluvit <command>``: train, sweep, status, cancel, prune, results, plots, wandb, wandb-sync, evaluate, shards,
-soft-table.
+"""``reluvit <command>``: train, sweep, status, cancel, prune, export, results, plots, wandb, wandb-sync, evaluate,
+shards, soft-table.
 
 Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status`` never load torch or Lightning.
 """
@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR",
                        help="run directories (default: every completed or diverged run under the runs directory)")
     _runs_dir_arg(prune)
+    export = sub.add_parser("export", help="a finished run's weights as safetensors that timm loads, and how to build "
+                                           "the model (a JSON beside them)")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--out", type=Path, default=None,
+                        help="the .safetensors file (default: RUN_DIR/export/<run name>.safetensors)")
     commands = {}
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
                        ("plots", "roll up and plot what exists"),
@@ -442,6 +447,24 @@ def _prune(args) -> None:
         raise SystemExit(1)
 
 
+def _export(args) -> None:
+    from reluvit.run.checkpoint import CheckpointError
+    from reluvit.run.export import ExportRefused, export
+
+    try:
+        path, recipe = export(args.run_dir, args.out)
+    except (ExportRefused, CheckpointError) as e:
+        raise SystemExit(f"reluvit: {e}") from None
+    log.info("weights: %s; how to build them: %s", path, path.with_suffix(".json"))
+    if recipe["stock_timm"]:
+        print(f"timm.create_model({recipe['timm_model']!r}, pretrained=True, pretrained_cfg_overlay=dict("
+              f"file={str(path)!r}, num_classes={recipe['timm_kwargs']['num_classes']}), "
+              f"**json.load(open({str(path.with_suffix('.json'))!r}))['timm_kwargs'])")
+    else:
+        print(f"reluvit.run.export.load_with_reluvit({str(path)!r})  # its attention is reluvit's: "
+              f"{recipe['reluvit_create_model']['attention']}")
+
+
 def _figures(args, overrides: list[str]):
     """Roll up, then for each sweep asked for: the sweep, its runs and its figure drawn and saved (:func:`_plot`)."""
     from reluvit.report.rollup import select
@@ -556,6 +579,8 @@ def main(argv: list[str] | None = None) -> None:
             _cancel(args, overrides)
         elif args.command == "prune":
             _prune(args)
+        elif args.command == "export":
+            _export(args)
         elif args.command == "plots":
             _plots(args, overrides)
         elif args.command == "wandb":

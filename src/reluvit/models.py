@@ -59,7 +59,7 @@ def create_model(
     Raises:
         reluvit.errors.ArgumentError: naming the refused argument (``attention.alpha``, ``pool``, ...).
     """
-    size, patch = parse_variant(variant)
+    _, patch = parse_variant(variant)
     for name, value in (("img_size", img_size), ("in_chans", in_chans), ("num_classes", num_classes)):
         check_range(name, value, COUNT)
     check_choice("pool", pool, POOLS)
@@ -67,7 +67,21 @@ def create_model(
     if img_size % patch:
         raise ArgumentError("variant", f"patch size {patch} does not divide img_size {img_size}")
     attn_layer, qk_norm = attention_class(attention, pool)
-    kwargs = dict(
+    kwargs = dict(vit_arguments(variant, num_classes=num_classes, img_size=img_size, in_chans=in_chans, pool=pool,
+                                qk_norm=qk_norm), weight_init="skip", attn_layer=attn_layer)
+    kwargs.update(timm_kwargs)
+    model = VisionTransformer(**kwargs)
+    if rep_size:
+        model.fc_norm = PreLogits(model.embed_dim, device=model.head.weight.device, dtype=model.head.weight.dtype)
+    init_big_vision(model, head_bias_init)
+    return model
+
+
+def vit_arguments(variant: str, *, num_classes: int, img_size: int, in_chans: int, pool: str, qk_norm: bool) -> dict:
+    """The arguments of timm's ``VisionTransformer`` (JSON values) for big_vision's ViT of ``variant``: all but the
+    attention layer and the initialisation. ``timm.create_model("vit_base_patch16_224", **them)`` builds it too."""
+    size, patch = parse_variant(variant)
+    return dict(
         img_size=img_size, patch_size=patch, in_chans=in_chans, num_classes=num_classes,
         embed_dim=size.width, depth=size.depth, num_heads=size.heads, mlp_ratio=size.mlp_dim / size.width,
         qkv_bias=True, qk_norm=qk_norm,
@@ -75,14 +89,7 @@ def create_model(
         fc_norm=False,  # big_vision applies the final LayerNorm to the tokens, then pools
         no_embed_class=True,  # big_vision adds the position embedding before prepending the class token
         act_layer="gelu_tanh",  # flax nn.gelu default
-        weight_init="skip", attn_layer=attn_layer,
     )
-    kwargs.update(timm_kwargs)
-    model = VisionTransformer(**kwargs)
-    if rep_size:
-        model.fc_norm = PreLogits(model.embed_dim, device=model.head.weight.device, dtype=model.head.weight.dtype)
-    init_big_vision(model, head_bias_init)
-    return model
 
 
 def attention_class(attention: Mapping | None, pool: str) -> tuple[type[nn.Module], bool]:

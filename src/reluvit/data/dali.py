@@ -62,6 +62,15 @@ def resolve_loader(loader: str, dataset: str) -> str:
     return loader
 
 
+def loader_fallback(loader: str, dataset: str) -> str | None:
+    """Why ``auto`` decodes shards on the CPU on a machine with a GPU (DALI missing), or None: a GPU left waiting for
+    its images is worth a warning in the log and a line in the run's summary."""
+    if loader == "auto" and dataset == "shards" and torch.cuda.is_available() and not dali_installed():
+        return ("data.loader=auto decodes the shards on the CPU (the reference loader): NVIDIA DALI is not installed "
+                "(pip install 'reluvit[gpu]'; data.loader=reference says this is meant)")
+    return None
+
+
 def dali_randaug_arguments(augment: dict) -> tuple[int, float]:
     """(layers, magnitude) of DALI's RandAugment from :class:`reluvit.data.preprocess.TrainTransform`'s arguments:
     DALI runs big_vision's RandAugment only (timm's works on PIL images, in the reference loader)."""

@@ -11,6 +11,7 @@ sorted order would put whole classes in minival)."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from reluvit.data.dali import (
     dali_randaug_arguments,
     encoded_batch,
     epoch_seed,
+    loader_fallback,
     resolve_loader,
 )
 from reluvit.data.embedded import EMBEDDED, validation_split
@@ -35,6 +37,8 @@ from reluvit.data.shards import read_info
 from reluvit.data.splits import parse_split
 from reluvit.data.stream import ShardStream, check_workers
 from reluvit.errors import COUNT, check_range
+
+log = logging.getLogger(__name__)
 
 
 class EpochSampler(Sampler[int]):
@@ -274,6 +278,9 @@ class ShardDataModule(pl.LightningDataModule):
         super().__init__()
         check_workers(num_workers, stream_slots)
         self.loader = resolve_loader(loader, "shards")
+        self.loader_fallback = loader_fallback(loader, "shards")
+        if self.loader_fallback:
+            log.warning(self.loader_fallback)
         self.path, self.batch_size, self.img_size, self.in_chans = path, batch_size, img_size, in_chans
         self.num_classes, self.num_workers, self.seed = num_classes, num_workers, seed
         self.train_split, self.minival_split = train_split, minival_split

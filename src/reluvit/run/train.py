@@ -97,7 +97,8 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
                    threads=torch.get_num_threads(),  # intra-op CPU threads of each process
                    params=sum(p.numel() for p in module.parameters()), **facts,
                    label_set=getattr(datamodule, "label_set", None),  # shards: the label set _info.json names
-                   data_loader=getattr(datamodule, "loader", "reference"))  # shards: reference | dali
+                   data_loader=getattr(datamodule, "loader", "reference"),  # shards: reference | dali
+                   **({"data_loader_fallback": note} if (note := getattr(datamodule, "loader_fallback", None)) else {}))
     last = last_checkpoint(run_dir)
     resume = cfg.resume and last.exists()
     if resume:
