@@ -39,7 +39,7 @@ FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
 # The GPU check (README "GPU check"): the packages a bare GPU machine with torch, timm, Lightning and Triton lacks,
 # as CPython 3.12 wheels at this venv's versions (timm too: the machine's version is unknown). wandb stays behind:
 # it is imported only with logger=wandb; submitit comes for `reluvit sweep --dry-run`. reluvit travels as the working
-# tree (PYTHONPATH=src), not as a wheel: a wheel would go stale and could not find conf/.
+# tree (PYTHONPATH=src), not as a wheel, which would go stale.
 DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
 # published as sdists only: built into wheels here
 DEVICE_SDISTS = antlr4-python3-runtime
