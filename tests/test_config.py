@@ -24,6 +24,8 @@ def imagefolder(tmp_path: Path, num_classes: int = 1000) -> list[str]:
     what the 224-px models and the paper recipes train on."""
     for split in ("train", "val"):
         (tmp_path / split).mkdir(exist_ok=True)
+    for label in range(num_classes):
+        (tmp_path / "train" / f"c{label:04d}").mkdir(exist_ok=True)
     (tmp_path / "_info.json").write_text("{}")
     return ["data=imagefolder", f"data.path={tmp_path}", f"data.num_classes={num_classes}"]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from reluvit.data.preprocess import EvalTransform, TrainTransform
 from reluvit.data.seeding import seeded_draws
 from reluvit.data.shards import read_info
 from reluvit.data.splits import parse_split
-from reluvit.data.stream import ShardStream, check_workers
+from reluvit.data.stream import BadDataError, ShardStream, check_workers
 from reluvit.errors import COUNT, check_range
 
 log = logging.getLogger(__name__)
@@ -166,15 +167,47 @@ def loader_generator(seed: int) -> torch.Generator:
 
 
 def read_bytes(path: str) -> bytes:
-    """ImageFolder's loader: the encoded file, decoded by the transform (which can then decode at reduced size)."""
+    """An image file's bytes, decoded by the transform (which can then decode at reduced size)."""
     return Path(path).read_bytes()
+
+
+def tree_classes(path: str | Path, num_classes: int | None = None) -> dict[str, int]:
+    """The class index of each class folder of an ImageFolder tree, for every split: ``train/``'s folders in sorted
+    order (torchvision's). ``val/`` may lack some of them, never hold others (its images would be scored as other
+    classes); ``num_classes``: the count the config gives the model. Raises ValueError, one line."""
+    train, val = Path(path) / "train", Path(path) / "val"
+    classes = _class_folders(train)
+    if not classes:
+        raise ValueError(f"{train} holds no class folders")
+    if num_classes is not None and len(classes) != num_classes:
+        raise ValueError(f"{train} has {len(classes)} class folders, the config data.num_classes={num_classes}")
+    if others := sorted(set(_class_folders(val)) - set(classes)):
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(f"{val} has classes that {train} has not: {shown}")
+    return {name: index for index, name in enumerate(classes)}
+
+
+def _class_folders(split: Path) -> list[str]:
+    """torchvision's ``find_classes`` of a split folder; none for a missing or empty one."""
+    from torchvision.datasets.folder import find_classes
+
+    try:
+        return find_classes(str(split))[0]
+    except FileNotFoundError:
+        return []
+
+
+def tree_files(path: str | Path, split: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """The images of ``split`` (``train``, ``val``) of an ImageFolder tree, (file, class index), in torchvision's
+    sorted order, labelled by ``class_to_idx`` (:func:`tree_classes`) whatever folders the split lacks."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    return make_dataset(str(Path(path) / split), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
 
 
 def training_files(path: str | Path) -> list[tuple[str, int]]:
     """The training images of an ImageFolder tree, (file, class index), in torchvision's sorted order."""
-    from torchvision.datasets import ImageFolder
-
-    return ImageFolder(str(Path(path) / "train")).samples
+    return tree_files(path, "train", tree_classes(path))
 
 
 def split_size(dataset: str, path: str | Path) -> int | None:
@@ -200,17 +233,38 @@ def folder_selection(size: int, split: str, seed: int) -> np.ndarray:
 
 
 class FolderImages(Dataset):
-    """The files ``files[i]`` (path, class index) for i in ``indices``, read and transformed on access."""
+    """The files ``files[i]`` (path, class index) for i in ``indices``, read and transformed on access. A file that
+    cannot be read or decoded is logged by name, counted and replaced by the next one that can (so batches keep their
+    size), as the shard stream skips bad samples; more than ``max_bad_fraction`` of the files bad stop the run
+    (:class:`reluvit.data.stream.BadDataError`, naming the last)."""
 
-    def __init__(self, files: list[tuple[str, int]], indices: np.ndarray, transform: Callable) -> None:
+    def __init__(self, files: list[tuple[str, int]], indices: np.ndarray, transform: Callable,
+                 max_bad_fraction: float = 0.01) -> None:
         self.files, self.indices, self.transform = files, indices, transform
+        self.max_bad_fraction = max_bad_fraction
+        self.bad = multiprocessing.Value("i", 0)  # counted in every loader worker (they fork from this process)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.files[self.indices[i]]
-        return self.transform(read_bytes(path)), label
+        for step in range(len(self.indices)):
+            path, label = self.files[self.indices[(i + step) % len(self.indices)]]
+            try:
+                return self.transform(read_bytes(path)), label
+            except Exception as e:  # noqa: BLE001 - every kind of unreadable image is counted and replaced
+                self._count_bad(path, e)
+        raise BadDataError("no image of the split can be read")
+
+    def _count_bad(self, path: str, error: Exception) -> None:
+        with self.bad.get_lock():
+            self.bad.value += 1
+            bad = self.bad.value
+        reason = f"{type(error).__name__}: {error}"
+        if bad > self.max_bad_fraction * len(self.indices):
+            raise BadDataError(f"{bad} bad images, more than max_bad_fraction={self.max_bad_fraction} of "
+                               f"{len(self.indices)} allows; the last: {path} ({reason})")
+        log.warning("skipping %s (%s): replaced by the next image", path, reason)
 
 
 class ImageFolderDataModule(IndexedDataModule):
@@ -222,24 +276,26 @@ class ImageFolderDataModule(IndexedDataModule):
 
     def __init__(self, path: str, batch_size: int, img_size: int = 224, num_workers: int = 8,
                  augment: dict | None = None, seed: int = 0, train_split: str = "train",
-                 minival_split: str | None = None, split_seed: int = 0) -> None:
+                 minival_split: str | None = None, split_seed: int = 0, num_classes: int | None = None,
+                 max_bad_fraction: float = 0.01) -> None:
         super().__init__()
         self.path, self.batch_size, self.img_size, self.num_workers = Path(path), batch_size, img_size, num_workers
-        self.seed = seed
+        self.seed, self.num_classes, self.max_bad_fraction = seed, num_classes, max_bad_fraction
         self.augment = augment or {}  # TrainTransform's augmentation arguments (RandAugment, crop_antialias)
         self.train_split, self.minival_split, self.split_seed = train_split, minival_split, split_seed
 
     def setup(self, stage: str | None = None) -> None:
-        from torchvision.datasets import ImageFolder
-
-        files = training_files(self.path)
+        classes = tree_classes(self.path, self.num_classes)  # one class list labels every split
+        files = tree_files(self.path, "train", classes)
         train = TrainTransform(self.img_size, 3, **self.augment)
-        self.train_set = FolderImages(files, folder_selection(len(files), self.train_split, self.split_seed), train)
-        self.val_set = ImageFolder(str(self.path / "val"), EvalTransform(self.img_size), loader=read_bytes)
+        selection = folder_selection(len(files), self.train_split, self.split_seed)
+        self.train_set = FolderImages(files, selection, train, self.max_bad_fraction)
+        val = tree_files(self.path, "val", classes)
+        self.val_set = FolderImages(val, np.arange(len(val)), EvalTransform(self.img_size), self.max_bad_fraction)
         self.minival_set = None
         if self.minival_split:
             minival = folder_selection(len(files), self.minival_split, self.split_seed)
-            self.minival_set = FolderImages(files, minival, EvalTransform(self.img_size))
+            self.minival_set = FolderImages(files, minival, EvalTransform(self.img_size), self.max_bad_fraction)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [DataLoader(images, self.batch_size, num_workers=self.num_workers, pin_memory=True,
@@ -394,6 +450,7 @@ def build_datamodule(data_cfg, batch_size: int, augment: dict, seed: int) -> pl.
     if data_cfg.dataset == "imagefolder":
         return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, augment,
                                      seed=seed, train_split=data_cfg.train_split,
-                                     minival_split=data_cfg.minival_split, split_seed=data_cfg.split_seed)
+                                     minival_split=data_cfg.minival_split, split_seed=data_cfg.split_seed,
+                                     num_classes=data_cfg.num_classes, max_bad_fraction=data_cfg.max_bad_fraction)
     return EmbeddedDataModule(data_cfg.dataset, batch_size, data_cfg.val_size, data_cfg.split_seed,
                               data_cfg.num_workers, seed)

@@ -92,6 +92,7 @@ def validate(cfg: DictConfig, data_path: bool = True) -> None:
     _choice(cfg, "data.dataset", DATASETS)
     if data_path:
         check_data_path(cfg)
+        _check_tree(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], f"a value is required (add {missing[0]}=...)")
@@ -214,6 +215,19 @@ def _config_key(argument: str, cfg: DictConfig) -> str:
 
         return f"recipe.augment.{augment_name(cfg)}.mixup"
     return "trainer.max_steps" if argument == "max_steps" else f"recipe.{argument}"
+
+
+def _check_tree(cfg: DictConfig) -> None:
+    """An ImageFolder tree's classes (:func:`reluvit.data.datamodules.tree_classes`): ``val/`` holds none that
+    ``train/`` lacks, and ``train/`` as many as ``data.num_classes``."""
+    if cfg.data.dataset != "imagefolder":
+        return
+    from reluvit.data.datamodules import tree_classes
+
+    try:
+        tree_classes(cfg.data.path, cfg.data.num_classes)
+    except ValueError as e:
+        raise ConfigError("data.path", str(e)) from None
 
 
 def _check_workers(cfg: DictConfig) -> None:

@@ -1,0 +1,98 @@
+"""Faults that ended a run ``completed`` with a wrong result, or crashed where one line was promised: an ImageFolder
+``val/`` with other classes than ``train/`` (labels shifted), bad images in a tree, a checkpoint of another run or
+architecture, SIGTERM on a local run, a run name too long for a file name."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY
+from reluvit.data.datamodules import FolderImages, ImageFolderDataModule, tree_classes
+from reluvit.data.preprocess import EvalTransform
+from reluvit.data.stream import BadDataError
+from reluvit.run.compose import compose
+from reluvit.run.schema import ConfigError
+from reluvit.run.validate import validate
+
+
+def _images(folder: Path, count: int, seed: int) -> None:
+    """``count`` small JPEGs in ``folder``, each one colour (a class's images differ from the others')."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (24, 20), (seed * 40 % 256, i * 20 % 256, 90)).save(folder / f"{i:03d}.jpg", quality=95)
+
+
+def tree(root: Path, train: tuple[str, ...], val: tuple[str, ...], per_class: int = 4) -> Path:
+    for c, name in enumerate(train):
+        _images(root / "train" / name, per_class, seed=c)
+    for c, name in enumerate(val):
+        _images(root / "val" / name, 2, seed=10 + c)
+    return root
+
+
+def folder_overrides(root: Path, num_classes: int) -> list[str]:
+    return [*TINY, "data=imagefolder", f"data.path={root}", f"data.num_classes={num_classes}", "data.img_size=16",
+            "data.in_chans=3", "data.num_workers=0"]
+
+
+def test_validation_labels_are_the_training_class_indices(tmp_path):
+    """val/ lacking a class: its other classes keep train's indices (emu is 2, not 1 as val's own listing would say)."""
+    root = tree(tmp_path, ("cat", "dog", "emu"), ("cat", "emu"))
+    module = ImageFolderDataModule(str(root), 2, img_size=16, num_workers=0, num_classes=3)
+    module.setup()
+    labels = {Path(path).parent.name: label for path, label in module.val_set.files}
+    assert labels == {"cat": 0, "emu": 2}
+    assert [module.val_set[i][1] for i in range(len(module.val_set))] == [0, 0, 2, 2]
+
+
+@pytest.mark.parametrize("val,num_classes,message", [
+    (("cat", "emu", "fox"), 3, "val has classes that {root}/train has not: fox"),
+    (("cat",), 4, "{root}/train has 3 class folders, the config data.num_classes=4"),
+])
+def test_a_tree_the_model_cannot_score_is_refused_before_training(tmp_path, val, num_classes, message):
+    root = tree(tmp_path, ("cat", "dog", "emu"), val)
+    with pytest.raises(ConfigError) as error:
+        validate(compose([*folder_overrides(root, num_classes), f"runs_dir={tmp_path / 'runs'}"]))
+    assert error.value.key == "data.path" and message.format(root=root) in str(error.value)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="fox" if "fox" in message else "num_classes=4"):
+        tree_classes(root, num_classes)
+
+
+def test_bad_images_in_a_tree_are_replaced_counted_and_named(tmp_path, caplog):
+    """A zero-byte and a truncated JPEG: each read gives the next image instead, with a warning naming the file; more
+    than max_bad_fraction of them stop the run naming the last."""
+    root = tree(tmp_path, ("cat", "dog"), ("cat", "dog"))
+    files = sorted((root / "train").rglob("*.jpg"))
+    files[1].write_bytes(b"")
+    files[5].write_bytes(files[5].read_bytes()[:40])
+    module = ImageFolderDataModule(str(root), 2, img_size=16, num_workers=0, num_classes=2, max_bad_fraction=0.25)
+    module.setup()
+    images = module.train_set
+    good = FolderImages([(str(files[2]), 0)], np.arange(1), EvalTransform(16))[0][0]
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(FolderImages(images.files, images.indices, EvalTransform(16), 0.25)[1][0], good)
+        items = [images[i] for i in range(len(images))]
+    assert len(items) == 8 and images.bad.value == 2
+    assert str(files[1]) in caplog.text and str(files[5]) in caplog.text
+    strict = FolderImages(images.files, images.indices, EvalTransform(16), max_bad_fraction=0.1)
+    strict[0]
+    with pytest.raises(BadDataError, match=f"more than max_bad_fraction=0.1 of 8 allows; the last: {files[1]}"):
+        strict[1]
+
+
+def test_a_tree_with_a_bad_image_trains_to_the_end(tmp_path):
+    from reluvit.run.train import run
+
+    root = tree(tmp_path, ("cat", "dog", "emu"), ("cat", "emu"), per_class=6)
+    next((root / "train" / "dog").iterdir()).write_bytes(b"not a jpeg")
+    summary = run(compose([*folder_overrides(root, 3), "trainer.max_steps=3", "data.max_bad_fraction=0.1",
+                           f"runs_dir={tmp_path / 'runs'}"]))
+    assert summary["status"] == "completed"
+
