@@ -5,6 +5,7 @@ architecture, SIGTERM on a local run, a run name too long for a file name."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,70 @@ def test_a_tree_with_a_bad_image_trains_to_the_end(tmp_path):
                            f"runs_dir={tmp_path / 'runs'}"]))
     assert summary["status"] == "completed"
 
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A softmax and a relu run of the tiny model, 2 steps each, and their overrides."""
+    from reluvit.run.train import run
+
+    folder = tmp_path_factory.mktemp("runs")
+    overrides = {attention: [*TINY, f"attention={attention}", "trainer.max_steps=2", "eval=none",
+                             f"runs_dir={folder}"] for attention in ("softmax", "relu")}
+    return {attention: (run(compose(o)), o) for attention, o in overrides.items()}
+
+
+def foreign_checkpoint(two_runs, tmp_path, strip_record: bool = False, other: str = "softmax") -> tuple[Path, list]:
+    """A copy of the relu run, interrupted, whose last.ckpt is the softmax run's (its record stripped: a checkpoint
+    written before checkpoints recorded their run)."""
+    from reluvit.run.checkpoint import RUN_KEY, load_checkpoint
+    from reluvit.run.rundir import last_checkpoint, write_json_atomic
+
+    summary, overrides = two_runs["relu"]
+    run_dir = tmp_path / "relu"
+    shutil.copytree(summary["run_dir"], run_dir)
+    write_json_atomic(run_dir / "summary.json", {**summary, "run_dir": str(run_dir), "status": "running"})
+    theirs = load_checkpoint(last_checkpoint(two_runs[other][0]["run_dir"]))
+    if strip_record:
+        del theirs[RUN_KEY]
+    torch.save(theirs, last_checkpoint(run_dir))
+    return run_dir, [*overrides, f"run_dir={run_dir}"]
+
+
+def test_another_runs_checkpoint_is_refused_on_resume_and_evaluate(two_runs, tmp_path, capsys):
+    from reluvit import cli
+
+    run_dir, overrides = foreign_checkpoint(two_runs, tmp_path)
+    before = (run_dir / "summary.json").read_text()
+    for command in (["train", *overrides], ["evaluate", str(run_dir), "eval=none"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(command)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+        assert f"is run {two_runs['softmax'][0]['run_name']}'s checkpoint" in err
+        assert f"not {two_runs['relu'][0]['run_name']}'s" in err
+    assert (run_dir / "summary.json").read_text() == before  # nothing trained, nothing evaluated into it
+
+
+def test_a_checkpoint_of_another_architecture_without_a_record_is_refused(two_runs, tmp_path, capsys):
+    from reluvit import cli
+
+    run_dir, overrides = foreign_checkpoint(two_runs, tmp_path, strip_record=True)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", *overrides])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "holds a model of another architecture: attention.activation 'softmax' " \
+        "(this run: 'relu')" in err
+
+
+def test_a_corrupt_checkpoint_is_one_line_on_resume_and_evaluate(two_runs, tmp_path, capsys):
+    from reluvit import cli
+    from reluvit.run.rundir import last_checkpoint
+
+    run_dir, overrides = foreign_checkpoint(two_runs, tmp_path, other="relu")
+    last_checkpoint(run_dir).write_bytes(last_checkpoint(run_dir).read_bytes()[:2000])
+    for command in (["train", *overrides], ["evaluate", str(run_dir)]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(command)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "unreadable, truncated or corrupt" in err

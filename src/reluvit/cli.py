@@ -525,11 +525,12 @@ def _wandb_sync(args) -> None:
 
 def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:
     from reluvit.evaluate.run import evaluate_run
+    from reluvit.run.checkpoint import CheckpointError
     from reluvit.run.compose import eval_config
 
     try:
         metrics = evaluate_run(args.target, eval_config(overrides), args.device)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, CheckpointError) as e:
         parser.exit(2, f"reluvit evaluate: {e}\n")
     for key, value in metrics.items():
         if "/seed" not in key:  # per-seed values are in summary.json

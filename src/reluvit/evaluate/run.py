@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 from reluvit.evaluate.callbacks import fewshot_evaluator, held_out_evaluations
 from reluvit.evaluate.fewshot import evaluating
 from reluvit.evaluate.imagenet import accuracy_counts
-from reluvit.run.checkpoint import load_checkpoint
+from reluvit.run.build import architecture
+from reluvit.run.checkpoint import check_checkpoint, load_checkpoint
+from reluvit.run.grid import identities
 from reluvit.run.module import ViTClassifier
 from reluvit.run.rundir import SUMMARY, last_checkpoint, read_summary, write_json_atomic
 from reluvit.run.validate import validate_eval
@@ -42,6 +44,8 @@ def evaluate_run(target: str | Path, eval_config: dict, device: str | None = Non
     validate_eval(cfg)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = load_checkpoint(ckpt, map_location=device)
+    known = [*identities(summary["config"]), *([summary["identity"]] if summary.get("identity") else [])]
+    check_checkpoint(checkpoint, ckpt, summary.get("run_name", run_dir.name), known, architecture(cfg))
     module = ViTClassifier(**checkpoint["hyper_parameters"]).to(device)
     module.load_state_dict(checkpoint["state_dict"])
     metrics = {}

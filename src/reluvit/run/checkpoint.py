@@ -6,6 +6,9 @@ checkpoint is tensors and plain containers (the RNG states too, see reluvit.run.
 would build other Python objects (and could run code) is refused, as is a truncated one, by an error that names the
 file and says how to go on.
 
+Every checkpoint records its run (:data:`RUN_KEY`: name and identity, :class:`RunRecord`); a resume or an
+evaluation refuses a checkpoint of another run, or of another architecture (:func:`check_checkpoint`), in one line.
+
 A finished run can drop its optimizer state (:func:`drop_optimizer_state`, ``reluvit prune``): AdamW's two moments
 are two thirds of a checkpoint, and only resuming needs them. The rewritten file says so
 (:data:`OPTIMIZER_DROPPED`), and the Trainer refuses to resume from it (:class:`AtomicCheckpointIO` is what it loads
@@ -22,6 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
+import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
@@ -31,6 +35,7 @@ from reluvit.run.schema import ConfigError
 
 log = logging.getLogger(__name__)
 OPTIMIZER_DROPPED = "reluvit_optimizer_dropped"  # a checkpoint key: True once drop_optimizer_state rewrote it
+RUN_KEY = "reluvit_run"  # a checkpoint's record of its run (RunRecord)
 # what only resuming needs; Lightning's small loop and callback state stays (global_step, core hours, RNG states)
 TRAINING_STATE = ("optimizer_states", "lr_schedulers")
 
@@ -39,10 +44,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; ``str()`` is one line naming the file."""
 
 
-def load_checkpoint(path: str | Path, map_location=None) -> dict:
-    """A checkpoint's contents, tensors and plain Python values only."""
+def load_checkpoint(path: str | Path, map_location=None, mmap: bool = False) -> dict:
+    """A checkpoint's contents, tensors and plain Python values only; ``mmap``: tensors read from the file when
+    used (a look at its records costs no read of its weights)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         refused = re.search(r".*\bGLOBAL\b.*", str(e))  # torch's reason: the global it would have loaded
         raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors and containers "
@@ -88,6 +94,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(f"{path}: cannot resume: its optimizer state was dropped (reluvit prune) after the "
                                   "run finished; resume=false trains the run again from its start")
         return checkpoint
+
+
+class RunRecord(pl.Callback):
+    """Records in every checkpoint the run it belongs to (:data:`RUN_KEY`): its name and identity."""
+
+    def __init__(self, run_name: str, identity: str) -> None:
+        self.record = {"run_name": run_name, "identity": identity}
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[RUN_KEY] = dict(self.record)
+
+
+def check_checkpoint(checkpoint: dict, path: str | Path, run_name: str, identities: list[str], model: dict) -> None:
+    """Refuse (:class:`ConfigError`, one line naming both runs) a checkpoint recorded for another run than the one
+    of ``identities`` (:func:`reluvit.run.grid.identities`), or whose model has other arguments than ``model``
+    (``create_model``'s; a checkpoint written before runs were recorded is checked by that alone)."""
+    recorded = checkpoint.get(RUN_KEY)
+    if recorded and recorded.get("identity") not in identities:
+        raise ConfigError("resume", f"{path} is run {recorded.get('run_name')}'s checkpoint (identity "
+                                    f"{str(recorded.get('identity'))[:12]}), not {run_name}'s ({identities[0][:12]}): "
+                                    "move it away, or resume=false trains this run from its start")
+    theirs = (checkpoint.get("hyper_parameters") or {}).get("model")
+    if isinstance(theirs, dict) and (changed := _differences(theirs, model)):
+        shown = "; ".join(f"{key} {old!r} (this run: {new!r})" for key, (old, new) in changed[:3])
+        raise ConfigError("resume", f"{path} holds a model of another architecture: {shown}; move it away, or "
+                                    "resume=false trains this run from its start")
+
+
+def _differences(theirs: dict, ours: dict, prefix: str = "") -> list[tuple[str, tuple]]:
+    """The keys both dicts have whose values differ (nested dicts key by key), as ``(dotted key, (theirs, ours))``."""
+    found = []
+    for key in sorted(theirs.keys() & ours.keys()):
+        a, b = theirs[key], ours[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", (a, b)))
+    return found
 
 
 class PruneRefused(RuntimeError):

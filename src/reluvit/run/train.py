@@ -35,9 +35,9 @@ from reluvit.run.build import (
     resolve_precision,
     train_augmentation,
 )
-from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError
+from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError, RunRecord, check_checkpoint, load_checkpoint
 from reluvit.run.compute import Chrono
-from reluvit.run.grid import identity, wandb_config, wandb_group, wandb_tags
+from reluvit.run.grid import identities, identity, wandb_config, wandb_group, wandb_tags
 from reluvit.run.lock import hold, slurm_job_record
 from reluvit.run.progress import HeartbeatProgress, LogProgress
 from reluvit.run.requeue import CheckpointOnSignal
@@ -108,6 +108,9 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
         write_json_atomic(run_dir / SUMMARY, summary)
     metrics, restored = trainer.callback_metrics, True
     try:
+        if resume:  # another run's checkpoint (copied in, a hand-made run_name) is refused, not trained on
+            check_checkpoint(load_checkpoint(last, "cpu", mmap=True), last, cfg.run_name, identities(config),
+                             module.hparams["model"])
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
         metrics = dict(trainer.callback_metrics)
         if not module.diverged and "val/acc" not in metrics:  # stopped by max_steps mid-epoch: validate the end
@@ -198,6 +201,7 @@ def setup(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> tuple
         # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
         plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])],
         callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
+                   RunRecord(cfg.run_name, identity(OmegaConf.to_container(cfg, resolve=True))),
                    pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
                        dirpath=last.parent, filename=last.stem, save_top_k=1, enable_version_counter=False),
                    *evaluation, HeartbeatProgress({} if progress is None else progress),

@@ -14,7 +14,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reluvit.run.compose import compose_points
-from reluvit.run.rundir import FINISHED, check_same_run, read_summary
+from reluvit.run.grid import identities
+from reluvit.run.rundir import FINISHED, check_same_run, last_checkpoint, read_summary
 from reluvit.run.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,29 @@ def prepare(points: list[list[str]], dry_run: bool = False) -> list[Point]:
                 outcomes.validate(cfg)
                 if cfg.resume and (recorded := read_summary(cfg.run_dir)) is not None:
                     check_same_run(recorded, OmegaConf.to_container(cfg))
+                if cfg.resume and not dry_run and last_checkpoint(cfg.run_dir).exists():
+                    _check_resumed_checkpoint(cfg)
             except ConfigError as e:
                 raise ConfigError(e.key, f"{e.message} (in run {cfg.run_name})") from None
             prepared.setdefault(cfg.run_dir, Point(overrides, cfg))
             progress.advance()
     outcomes.record()
     return list(prepared.values())
+
+
+def _check_resumed_checkpoint(cfg: DictConfig) -> None:
+    """The checkpoint a run would resume from is its own (:func:`reluvit.run.checkpoint.check_checkpoint`); its
+    weights are not read (mmap)."""
+    from reluvit.run.build import architecture
+    from reluvit.run.checkpoint import CheckpointError, check_checkpoint, load_checkpoint
+
+    last = last_checkpoint(cfg.run_dir)
+    try:
+        checkpoint = load_checkpoint(last, "cpu", mmap=True)
+    except CheckpointError as e:  # corrupt, truncated, or a pickle of other objects: named before anything runs
+        raise ConfigError("resume", str(e)) from None
+    check_checkpoint(checkpoint, last, cfg.run_name, identities(OmegaConf.to_container(cfg, resolve=True)),
+                     architecture(cfg))
 
 
 def _data_selection(point: list[str]) -> tuple[str, ...]:
