@@ -3,7 +3,8 @@
     python tests/interrupt.py '<overrides as JSON>' <kind> <where> <at>
 
 kind: ``kill`` (SIGKILL: nothing runs after it, as a lost node or the OOM killer) | ``usr2`` (the requeue signal:
-the run checkpoints at the next step boundary and exits, as under submitit) | ``none`` (train, or resume, to the end).
+the run checkpoints at the next step boundary and exits, as under submitit) | ``term`` (SIGTERM outside SLURM: the
+same) | ``none`` (train, or resume, to the end).
 where/at: ``step N`` (after optimizer step N) | ``validation N`` (inside the validation that follows step N) |
 ``epoch_end N`` (at the end of epoch N's training batches, before its checkpoint) | ``checkpoint N`` (halfway
 through writing the N-th checkpoint file, 1-based) | ``fewshot N`` (inside the N-th few-shot probe).
@@ -26,9 +27,11 @@ from reluvit.evaluate.callbacks import FewshotProbe
 from reluvit.run import train
 from reluvit.run.compose import compose
 
+SIGNALS = {"kill": signal.SIGKILL, "usr2": signal.SIGUSR2, "term": signal.SIGTERM}
+
 
 def interrupt(kind: str) -> None:
-    os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGUSR2)
+    os.kill(os.getpid(), SIGNALS[kind])
 
 
 class Interrupt(pl.Callback):

@@ -164,3 +164,39 @@ def test_a_corrupt_checkpoint_is_one_line_on_resume_and_evaluate(two_runs, tmp_p
             cli.main(command)
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "unreadable, truncated or corrupt" in err
+
+
+def test_sigterm_on_a_local_run_checkpoints_and_exits_143(tmp_path):
+    """Outside SLURM, SIGTERM (a terminal, docker stop) is a checkpoint at the next step and exit status 143; the run
+    is interrupted, and running it again resumes and completes. (Bit-exact resumption: tests/test_resume.py.)"""
+    import json
+    import subprocess
+    import sys
+
+    from reluvit.run.lock import live_status
+    from reluvit.run.rundir import last_checkpoint, read_summary
+
+    overrides = [*TINY, "trainer.max_steps=8", "eval=none", f"runs_dir={tmp_path}"]
+    harness = Path(__file__).with_name("interrupt.py")
+    stopped = subprocess.run([sys.executable, str(harness), json.dumps(overrides), "term", "step", "3"],
+                             capture_output=True, text=True, timeout=300)
+    run_dir = compose(overrides).run_dir
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert torch.load(last_checkpoint(run_dir), weights_only=True)["global_step"] == 4
+    assert live_status(read_summary(run_dir)["status"], run_dir) == "interrupted"
+    resumed = subprocess.run([sys.executable, str(harness), json.dumps(overrides), "none", "-", "0"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and read_summary(run_dir)["status"] == "completed"
+
+
+def test_a_multi_point_command_stopped_by_a_signal_names_the_points_it_did_not_reach(monkeypatch, caplog):
+    from reluvit.run import train
+    from reluvit.sweep import execute
+
+    points = [execute.Point([f"seed={seed}"], compose([*TINY, f"seed={seed}"])) for seed in range(5)]
+    monkeypatch.setattr(train, "run", lambda cfg: (_ for _ in ()).throw(SystemExit(143)))
+    with pytest.raises(SystemExit) as exit_info:
+        execute.run_here(points)
+    assert exit_info.value.code == 143
+    assert f"interrupted in {points[0].name}; 4 runs not reached: {points[1].name}, {points[2].name}, " \
+           f"{points[3].name} and 1 more (run the command again to go on)" in caplog.text

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from interrupt import SIGNALS
 from reluvit.data.shards import write_shards
 from reluvit.run.compose import compose
 from reluvit.run.rundir import last_checkpoint, read_summary
@@ -57,6 +58,7 @@ POINTS = [  # (where, at): see tests/interrupt.py
 Interruption = tuple[str, str, int]  # (kind, where, at)
 CASES: list[tuple[str, tuple[Interruption, ...]]] = [
     *(("epochs", ((kind, where, at),)) for kind in ("kill", "usr2") for where, at in POINTS),
+    ("max_steps", (("term", "step", 30),)),  # SIGTERM outside SLURM: a checkpoint at the next step, as usr2
     *(("max_steps", (i,)) for i in (("kill", "validation", 46), ("kill", "checkpoint", 2), ("usr2", "step", 30),
                                     ("kill", "step", 50))),  # after the final step, before the run is recorded
     # an epoch-end checkpoint resumed with Lightning's max_steps ran one epoch short
@@ -136,7 +138,7 @@ def test_interrupted_run_resumes_exactly(configs, references, tmp_path, config, 
     resumed_at = []
     for kind, where, at in interruptions:
         interrupted = train(overrides, tmp_path / "trace.jsonl", kind, where, at)
-        expected_exit = -signal.SIGKILL if kind == "kill" else 128 + signal.SIGUSR2
+        expected_exit = -signal.SIGKILL if kind == "kill" else 128 + SIGNALS[kind]
         assert interrupted.returncode == expected_exit, \
             f"the interruption {kind} {where} {at} did not happen: {interrupted.stderr[-2000:]}"
         resumed_at.append(checkpoint_step(run_dir))

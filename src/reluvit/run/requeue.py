@@ -8,6 +8,11 @@ written atomically (model, optimizer, schedule, loop counters, callbacks' state 
 handler that was there before (submitit's) is called. The requeued job resumes from that checkpoint at that step,
 with the random number generators' states saved in every checkpoint (mixup draws continue as if uninterrupted).
 
+Outside a submitit job SIGTERM (what a terminal, ``docker stop`` or a workstation's scheduler sends) is taken the
+same way: a checkpoint at the next step boundary, then exit status 143 with the run ``interrupted``; running it again
+resumes. Inside one submitit ignores SIGTERM so that the USR2 requeue works, and it is left alone
+(:func:`stop_signals`).
+
 Not at an epoch's last step: Lightning (2.6) restores a checkpoint saved there without counting the next epoch as
 started, so a second interruption within that epoch would replay it from its start. A signal that comes then is
 answered at the next epoch's first step; one that comes after the last step of the run is handed over when the fit
@@ -17,6 +22,7 @@ ends, and the requeued job resumes from the last checkpoint written (the final e
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from pathlib import Path
@@ -26,10 +32,15 @@ import pytorch_lightning as pl
 import torch
 
 
+def stop_signals() -> tuple[int, ...]:
+    """The signals a run checkpoints and stops on: USR2 (submitit's requeue), and SIGTERM outside a submitit job."""
+    return (signal.SIGUSR2,) if os.environ.get("SUBMITIT_EXECUTOR") else (signal.SIGUSR2, signal.SIGTERM)
+
+
 class CheckpointOnSignal(pl.Callback):
-    def __init__(self, path: Path, signum: int = signal.SIGUSR2) -> None:
-        self.path, self.signum = Path(path), signum
-        self._previous = None
+    def __init__(self, path: Path, signums: tuple[int, ...] = (signal.SIGUSR2,)) -> None:
+        self.path, self.signums = Path(path), tuple(signums)
+        self._previous: dict[int, object] = {}  # the handlers there were, by signal
         self._received = None  # (signum, frame) of a pending signal
 
     def state_dict(self) -> dict:
@@ -52,10 +63,21 @@ class CheckpointOnSignal(pl.Callback):
         self._received = (signum, frame)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._previous = signal.signal(self.signum, self._record)
+        self._previous = {signum: signal.signal(signum, self._record) for signum in self.signums
+                          if signum != signal.SIGTERM}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning installs its SIGTERM handler after on_fit_start (it would stop the fit at once, exit status 0,
+        # no checkpoint): this one replaces it
+        if signal.SIGTERM in self.signums:
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._record)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        signal.signal(self.signum, self._previous)
+        self._restore()
         if trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             self._hand_over()  # see the module's docstring
 
@@ -65,11 +87,12 @@ class CheckpointOnSignal(pl.Callback):
             return
         if trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
             trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes (atomically: run.checkpoint)
-            signal.signal(self.signum, self._previous)
+            self._restore()
             self._hand_over()
 
     def _hand_over(self) -> None:
-        received, self._received = self._received or (self.signum, None), None
-        if callable(self._previous):
-            self._previous(*received)  # submitit: requeue, then exit
-        raise SystemExit(128 + self.signum)  # no one to requeue: stop here, the next start resumes
+        (signum, frame), self._received = self._received or (self.signums[0], None), None
+        previous = self._previous.get(signum)
+        if signum == signal.SIGUSR2 and callable(previous):
+            previous(signum, frame)  # submitit: requeue, then exit
+        raise SystemExit(128 + signum)  # no one to requeue: stop here, the next start resumes

@@ -40,7 +40,7 @@ from reluvit.run.compute import Chrono
 from reluvit.run.grid import identities, identity, wandb_config, wandb_group, wandb_tags
 from reluvit.run.lock import hold, slurm_job_record
 from reluvit.run.progress import HeartbeatProgress, LogProgress
-from reluvit.run.requeue import CheckpointOnSignal
+from reluvit.run.requeue import CheckpointOnSignal, stop_signals
 from reluvit.run.rundir import (
     FINISHED,
     SUMMARY,
@@ -200,7 +200,7 @@ def setup(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> tuple
         use_distributed_sampler=False,  # the loaders shard by rank themselves (EpochSampler, ShardStream)
         # under SLURM submitit owns the requeue signal: Lightning must not install its own requeue handler
         plugins=[AtomicCheckpointIO(), *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])],
-        callbacks=[chrono, CheckpointOnSignal(last), SkippedSamples(),
+        callbacks=[chrono, CheckpointOnSignal(last, stop_signals()), SkippedSamples(),
                    RunRecord(cfg.run_name, identity(OmegaConf.to_container(cfg, resolve=True))),
                    pl.callbacks.ModelCheckpoint(  # rewritten at every epoch end
                        dirpath=last.parent, filename=last.stem, save_top_k=1, enable_version_counter=False),

@@ -168,6 +168,12 @@ def run_here(points: list[Point], poll_s: float = 10.0) -> list[str]:
         log.info("=== run %d/%d: %s", i, len(points), point.name)
         try:
             status = run(point.cfg)["status"]
+        except SystemExit:  # a stop signal: the run checkpointed; say what this command leaves undone
+            if rest := points[i:]:
+                names = ", ".join(p.name for p in rest[:3]) + (f" and {len(rest) - 3} more" if len(rest) > 3 else "")
+                log.error("interrupted in %s; %d runs not reached: %s (run the command again to go on)",
+                          point.name, len(rest), names)
+            raise
         except RunBusy as e:
             log.info("%s: left to the process training it (%s)", point.name, str(e).split(" (")[0])
             busy.append(point)
