@@ -1,11 +1,13 @@
 """Where each run of a sweep stands: completed, running (with its step and heartbeat), queued (a SLURM job waiting),
 interrupted (recorded as running, but no live process holds it: rerunning resumes it), failed (with its error line
-and logs), diverged, unreadable (its summary.json), missing (not started) or, for a run of a model only a GPU trains
-(the smoke L = 784 column), needs_gpu. Runs are found by what they are (identity), wherever their directory is now;
-the sweep's runs come from its manifest (:mod:`reluvit.sweep.manifest`) or, without one, from its composition."""
+and logs), diverged, unreadable (its summary.json, with what is wrong with it), missing (not started) or, for a run
+of a model only a GPU trains (the smoke L = 784 column), needs_gpu. Runs are found by what they are (identity),
+wherever their directory is now; the sweep's runs come from its manifest (:mod:`reluvit.sweep.manifest`) or,
+without one, from its composition."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reluvit.report.rollup import collect, match, read_table, write_table
+from reluvit.report.rollup import collect, match, read_table, summary_problem, write_table
 from reluvit.run.lock import read_lock
 from reluvit.run.rundir import SUMMARY
 from reluvit.sweep.manifest import STATE_DIR, last_job, queue_states, run_dir_of
@@ -22,6 +24,7 @@ STATUSES = ("completed", "running", "queued", "interrupted", "failed", "diverged
             "needs_gpu")
 ACTIVE = ("queued", "running")  # someone is on it: a sweep launched again leaves these runs alone
 _QUEUED, _RUNNING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"), ("RUNNING", "CONFIGURING", "COMPLETING")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,8 +68,8 @@ def cached_collect(runs_dir: str | Path) -> pd.DataFrame:
     table = collect(runs_dir, known)
     try:
         write_table(table, cache, csv=False)
-    except OSError:  # a read-only runs directory: the status is still right, only slower next time
-        pass
+    except (OSError, ValueError, TypeError) as e:  # a read-only runs directory (or a row pyarrow refuses): the
+        log.debug("no row cache %s: %s", cache, e)  # status is still right, only slower next time
     return table
 
 
@@ -87,11 +90,16 @@ def run_states(runs: list[dict], runs_dir: str | Path, table: pd.DataFrame) -> l
             state.error = _first_line(row.get("error"))
         elif state.status == "failed":
             state.error = f"job {job_id} ended without writing a summary"
+        elif state.status == "unreadable":
+            state.error = summary_problem(where) or "it records another run (its identity differs)"
         if state.status == "running":
-            lock = read_lock(where) or {}
+            lock = read_lock(where)
+            lock = lock if isinstance(lock, dict) else {}
             state.step, state.total = lock.get("step"), lock.get("total")
-            if "time" in lock:
+            try:
                 state.heartbeat_age_s = max(0.0, time.time() - float(lock["time"]))
+            except (KeyError, TypeError, ValueError):  # no heartbeat yet, or an unreadable one
+                pass
         states.append(state)
     return states
 
@@ -121,9 +129,13 @@ def counts(sweep: str, scale: str, states: list[RunState]) -> dict:
 
 
 def describe(states: list[RunState], failed: bool, limit: int = 20) -> list[str]:
-    """Lines for the runs that need a look: running ones (step, heartbeat, job) and, with ``failed``, each failed,
-    interrupted or diverged run's error line and log files."""
+    """Lines for the runs that need a look: each run whose summary is unreadable (and what is wrong with it),
+    running ones (step, heartbeat, job) and, with ``failed``, each failed, interrupted or diverged run's error line
+    and log files."""
     lines = []
+    if unreadable := [s for s in states if s.status == "unreadable"]:
+        lines.append("unreadable:")
+        lines += [f"  {s.run_name}: {s.run_dir / SUMMARY}: {s.error or 'unreadable'}" for s in unreadable]
     for title, wanted, detail in (("running", ("running",), RunState.progress),
                                   ("failed", ("failed", "interrupted", "diverged") if failed else (), None)):
         chosen = [s for s in states if s.status in wanted]
