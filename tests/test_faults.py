@@ -200,3 +200,58 @@ def test_a_multi_point_command_stopped_by_a_signal_names_the_points_it_did_not_r
     assert exit_info.value.code == 143
     assert f"interrupted in {points[0].name}; 4 runs not reached: {points[1].name}, {points[2].name}, " \
            f"{points[3].name} and 1 more (run the command again to go on)" in caplog.text
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_partial_files(two_runs, tmp_path, monkeypatch):
+    """A checkpoint or summary write that fails (ENOSPC) names the file, removes its partial file (its space goes
+    back) and keeps the previous one; a run that hits it mid-training is recorded failed with that line."""
+    import errno
+
+    from reluvit.run.checkpoint import CheckpointError, save_atomically
+    from reluvit.run.rundir import write_json_atomic
+    from reluvit.run.train import run
+
+    save = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    target = tmp_path / "last.ckpt"
+    save({"old": 1}, target)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=f"^{target}: could not be written .*; the previous checkpoint is kept"):
+        save_atomically({"new": 2}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    monkeypatch.setattr(torch, "save", save)
+    assert torch.load(target, weights_only=True) == {"old": 1}
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    with pytest.raises(OSError, match=f"{tmp_path / 'summary.json'} could not be written: No space left on device"):
+        write_json_atomic(tmp_path / "summary.json", {"status": "running"})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+    calls = []
+
+    def full_on_the_second_save(obj, f, *args, **kwargs):
+        calls.append(f)
+        return full(obj, f) if len(calls) == 2 else save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_on_the_second_save)
+    overrides = [*TINY, "trainer.max_steps=60", "eval=none", f"runs_dir={tmp_path / 'runs'}"]
+    with pytest.raises(CheckpointError):
+        run(compose(overrides))
+    from reluvit.run.rundir import read_summary
+
+    summary = read_summary(compose(overrides).run_dir)
+    assert summary["status"] == "failed" and "last.ckpt: could not be written" in summary["error"]
+    assert not list(Path(compose(overrides).run_dir).rglob("*.partial"))
+
+
+def test_a_run_name_longer_than_a_file_name_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^run_name: x{40}\.\.\. \(300 bytes\) is longer than a file name can be"):
+        validate(compose([*TINY, f"run_name={'x' * 300}", f"runs_dir={tmp_path}"]))

@@ -66,11 +66,18 @@ def save_atomically(checkpoint: dict, path: str | Path, durable: bool = False) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    if durable:
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())
-    os.replace(partial, path)
+    try:
+        torch.save(checkpoint, partial)
+        if durable:
+            with open(partial, "rb") as written:
+                os.fsync(written.fileno())
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as e:  # a full disk, a quota: torch's message names no file
+        partial.unlink(missing_ok=True)  # its space back, for the run's summary to record the failure
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: could not be written ({reason}); the previous checkpoint is kept. Free "
+                              "space there (reluvit prune drops finished runs' optimizer state), then run again "
+                              "to resume") from None
     if durable:
         directory = os.open(path.parent, os.O_RDONLY)
         try:

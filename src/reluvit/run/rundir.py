@@ -39,9 +39,15 @@ def read_summary(run_dir: str | Path) -> dict | None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
+    """Write through ``<name>.tmp``, renamed over ``path``: a reader sees the old file or the new one. A write
+    that fails (a full disk) leaves no ``.tmp`` and names the file."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{path} could not be written: {e.strerror or e}") from None
 
 
 def check_same_run(recorded: dict | None, config: dict) -> None:

@@ -124,7 +124,7 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
     except SystemExit:  # submitit requeued the job (preemption or time-out): the next start continues the run
         summary["status"] = "running"
         raise
-    except CheckpointError as e:  # nothing trained: the summary keeps the figures of the last good start
+    except CheckpointError as e:  # unreadable, or not written: the summary keeps the figures of the last good start
         restored, summary = False, {**(previous or summary), "status": "failed", "error": str(e)}
         raise
     except BaseException as e:
@@ -136,8 +136,9 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
         if trainer.is_global_zero:
             write_json_atomic(run_dir / SUMMARY, summary)
         close_loggers(trainer, summary["status"], cfg.logger.wandb)
+        shown = {k: v for k, v in summary.get("metrics", {}).items() if k.startswith("val/")}  # none: failed early
         log.info("%s: %s at step %d (%s)", cfg.run_name, summary["status"], trainer.global_step,
-                 ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items() if k.startswith("val/")) or "-")
+                 ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) or "-")
     return summary
 
 

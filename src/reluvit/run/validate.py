@@ -145,6 +145,7 @@ class Outcomes:
 
 
 # What the dry run's checks read besides the config: files (their state is part of the outcome's key)
+NAME_MAX = 255  # bytes of one file or directory name (Linux, macOS; most file systems)
 READ_PATHS = ("eval.i1k.path", "eval.real.labels", "eval.v2.path")
 
 
@@ -300,6 +301,9 @@ def _check_directories(cfg: DictConfig, writable: set[str] | None = None) -> Non
     _check_writable(cfg, "runs_dir", writable)
     if not Path(cfg.run_dir).absolute().is_relative_to(Path(cfg.runs_dir).absolute()):
         _check_writable(cfg, "run_dir", writable)
+    if long := next((part for part in Path(cfg.run_dir).parts if len(part.encode()) > NAME_MAX), None):
+        raise ConfigError("run_name", f"{long[:40]}... ({len(long.encode())} bytes) is longer than a file name can "
+                                      f"be ({NAME_MAX}); give a shorter run_name=")
 
 
 def _check_writable(cfg: DictConfig, key: str, writable: set[str] | None = None) -> None:
