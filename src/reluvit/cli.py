@@ -114,6 +114,8 @@ def _completed_table(args):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reluvit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug lines too")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train runs from Hydra overrides (sweep syntax a=1,2 trains every point)")
     _launch_args(train)
@@ -565,8 +567,9 @@ def main(argv: list[str] | None = None) -> None:
     takes_overrides = ("train", "sweep", "evaluate", "status", "plots", "wandb", "cancel")
     if overrides and (args.command not in takes_overrides or any(o.startswith("-") for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.captureWarnings(True)  # warnings reach train.log too
+    from reluvit.logs import configure
+
+    configure(args.verbose - args.quiet)
     try:
         if hasattr(args, "runs_dir"):
             overrides = _runs_dir(args, overrides)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from reluvit.data.embedded import EMBEDDED
 from reluvit.evaluate.ridge import probe_accuracies
 from reluvit.evaluate.transfer import load_transfer_set
 
@@ -120,8 +121,11 @@ class FewshotEvaluator:
         self.warned = False
 
     def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        out, done, skipped = {}, [], []
+        out, done, skipped, unset = {}, [], [], []
         for name in self.datasets:
+            if name not in EMBEDDED and not self.paths.get(name):
+                unset.append(name)  # not configured: said once, in one line
+                continue
             try:
                 train, test, num_classes = load_transfer_set(name, self.paths.get(name), self.img_size,
                                                              self.in_chans, self.batch_size, self.num_workers)
@@ -132,9 +136,10 @@ class FewshotEvaluator:
                                       num_classes, self.shots, self.seeds, self.l2, self.l2_grid)
             out.update({f"fewshot/{name}/{key}": value for key, value in results.items()})
             done.append(name)
-        if skipped and not self.warned:
-            warnings.warn(f"few-shot: skipping {len(skipped)} of {len(self.datasets)} transfer sets: "
-                          + "; ".join(skipped), MissingTransferSet, stacklevel=2)
+        if (skipped or unset) and not self.warned:
+            reasons = [f"no path for {', '.join(unset)} (RELUVIT_FEWSHOT_<NAME> or eval.fewshot.paths)"] * bool(unset)
+            warnings.warn(f"few-shot: skipping {len(skipped) + len(unset)} of {len(self.datasets)} transfer sets: "
+                          + "; ".join(reasons + skipped), MissingTransferSet, stacklevel=2)
             self.warned = True
         if done:
             for k in self.shots:

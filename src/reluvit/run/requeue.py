@@ -86,7 +86,7 @@ class CheckpointOnSignal(pl.Callback):
         if not stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # see the module's docstring
             return
         if trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
-            trainer.save_checkpoint(self.path)  # every rank takes part; rank 0 writes (atomically: run.checkpoint)
+            trainer.save_checkpoint(self.path, weights_only=False)  # every rank; rank 0 writes (atomically)
             self._restore()
             self._hand_over()
 

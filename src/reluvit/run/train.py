@@ -120,7 +120,7 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
             for probe in (c for c in evaluation if isinstance(c, FewshotProbe)):
                 metrics.update(probe.probe(trainer, module))
         summary["status"] = "diverged" if module.diverged else "completed"
-        trainer.save_checkpoint(last)  # the final weights, also when max_steps ended the run mid-epoch
+        trainer.save_checkpoint(last, weights_only=False)  # the final weights, also when max_steps ended mid-epoch
     except SystemExit:  # submitit requeued the job (preemption or time-out): the next start continues the run
         summary["status"] = "running"
         raise
