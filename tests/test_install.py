@@ -5,6 +5,7 @@ virtual environment trains the demo's first steps from a directory that is not t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -89,9 +90,12 @@ def test_a_wheel_in_a_fresh_venv_runs_the_demo_from_elsewhere(tmp_path):
     """``pip wheel`` of the checkout, installed (no dependencies: this environment's installed packages are reused,
     not downloaded) into a new virtual environment, run from an empty directory: the demo sweep's first steps train
     and roll up, with a user's sweep file beside the packaged ones; the package data is in the wheel."""
-    wheels = tmp_path / "wheels"
+    source, wheels = tmp_path / "source", tmp_path / "wheels"  # setuptools writes build/ beside the sources
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
-                    REPO], check=True, timeout=600)
+                    source], check=True, timeout=600)
     (wheel,) = wheels.glob("reluvit-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)

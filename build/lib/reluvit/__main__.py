@@ -1,5 +1,0 @@
-"""``python -m reluvit``: the ``reluvit`` command."""
-
-from reluvit.cli import main
-
-main()

@@ -1,1 +1,0 @@
-"""Reports: the roll-up of run summaries into one table, and the paper's figures drawn from it."""

@@ -1,1 +1,0 @@
-"""Sweeps: sweep files expanded into points, executed here or on SLURM through submitit."""
