@@ -36,7 +36,7 @@ LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(CLUSTER),--cluster $(CLUSTER)) $(if 
 # fig1 ... fig5, as sweeps/ defines them
 FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
 
-# The GPU check (README "GPU check"): the packages a bare GPU machine with torch, timm, Lightning and Triton lacks,
+# The GPU check (docs/kernels.md, "GPU check"): the packages a bare GPU machine with torch, timm, Lightning and Triton lacks,
 # as CPython 3.12 wheels at this venv's versions (timm too: the machine's version is unknown). wandb stays behind:
 # it is imported only with logger=wandb; submitit comes for `reluvit sweep --dry-run`. reluvit travels as the working
 # tree (PYTHONPATH=src), not as a wheel, which would go stale.
@@ -63,8 +63,8 @@ help:
 	@echo "make bench        attention kernels and training steps: tables of ratios, CSV in results/bench/"
 	@echo "make bench-data   shard pipeline vs ImageFolder loader: images/s per core"
 	@echo "make bench-cli    wall time of reluvit --help / results / status on 10 000 generated runs"
-	@echo "make device-check everything that needs a GPU, ~8 min on an H200 (CPU: the plumbing at tiny scale); README \"GPU check\""
-	@echo "make device-wheels  the wheels a bare GPU machine lacks, into .whl/ (README \"GPU check\")"
+	@echo "make device-check everything that needs a GPU, ~8 min on an H200 (CPU: the plumbing at tiny scale); docs/kernels.md"
+	@echo "make device-wheels  the wheels a bare GPU machine lacks, into .whl/ (docs/kernels.md)"
 	@echo "make lint         ruff;  make clean: remove the results of plots (keeps runs and the virtual environment)"
 
 venv: $(BIN)/.installed

@@ -1,5 +1,5 @@
 """Everything that needs a GPU, in one run of about 8 minutes on an H200 (issue #14): on a bare machine with torch,
-timm, Lightning and Triton, plus the wheels of ``make device-wheels`` (README, "GPU check").
+timm, Lightning and Triton, plus the wheels of ``make device-wheels`` (docs/kernels.md, "GPU check").
 
     python bench/device_check.py [--out results/bench] [--reduced]
 
