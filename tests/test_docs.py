@@ -11,8 +11,8 @@ nothing: the parser takes the subcommand and its flags, and ``main`` splits off 
 refuses (an unknown flag, overrides to a command that takes none, ``--runs-dir`` and ``runs_dir=`` disagreeing);
 then, in the replaced command:
 
-- ``train``: the launcher and the ``--cluster`` profile (:func:`reluvit.cli._check_launcher`), and every point of the
-  overrides composed (:func:`reluvit.run.compose.compose_points`);
+- ``train``: the launcher and the ``--cluster`` profile (:meth:`reluvit.sweep.launch.Launch.profile`), and every
+  point of the overrides composed (:func:`reluvit.run.compose.compose_points`);
 - ``sweep``: the same launcher check, the sweep loaded at its scale (:func:`reluvit.sweep.spec.load`), its figure
   found, and the first point of each of its blocks composed with the overrides;
 - ``status``, ``cancel``, ``plots``, ``wandb``: each named sweep loaded at the scale (and, for ``wandb``, having a
@@ -211,14 +211,16 @@ def _checks(monkeypatch) -> list[str]:
     ran: list[str] = []
 
     def train(args, overrides):
-        cli._check_launcher(args)
+        cli._launch(args).profile()
         compose_points(expand(overrides))
         ran.append("train")
 
     def sweep(args, overrides):
-        cli._check_launcher(args)
+        from reluvit.report.figures import plot_function
+
+        cli._launch(args).profile(args.scale)
         loaded = spec.load(args.sweep, args.scale, args.seeds)
-        cli._plot_function(loaded)
+        plot_function(loaded)
         _compose_sweep_points(loaded, overrides)
         ran.append("sweep")
 
@@ -256,7 +258,7 @@ def _checks(monkeypatch) -> list[str]:
                         ("_cancel", sweeps("cancel")), ("_plots", sweeps("plots")), ("_wandb", sweeps("wandb")),
                         ("_evaluate", evaluate), ("_shards", shards), ("_prune", plain("prune")),
                         ("_export", plain("export")), ("_wandb_sync", plain("wandb-sync")),
-                        ("_rollup", plain("results"))):
+                        ("_results", plain("results"))):
         monkeypatch.setattr(cli, name, check)
     monkeypatch.setattr(reluvit.soft, "table", lambda: ran.append("soft-table") or "")
     return ran

@@ -7,23 +7,13 @@ Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 log = logging.getLogger("reluvit")
-RESULTS = Path("results")
 RUNS_ENV = "RELUVIT_RUNS_DIR"  # where runs live unless --runs-dir (or runs_dir=) says otherwise; conf/train.yaml too
-
-
-def _reference_dir() -> Path:
-    """The committed reference results: the checkout's that reluvit runs from (an editable install), else under the
-    working directory."""
-    checkout = Path(__file__).resolve().parents[2] / RESULTS / "reference"
-    return checkout if checkout.is_dir() else RESULTS.absolute() / "reference"
 
 
 def exit_config_error(error: Exception) -> None:
@@ -31,15 +21,11 @@ def exit_config_error(error: Exception) -> None:
     raise SystemExit(2)
 
 
-def _gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _results_dir(path: Path) -> Path:
     """Where tables and figures go; the committed reference results are never written by ordinary commands."""
-    reference = _reference_dir().resolve()
+    from reluvit.report.figures import reference_dir
+
+    reference = reference_dir().resolve()
     if path.resolve().is_relative_to(reference) and not os.environ.get("RELUVIT_WRITE_REFERENCE"):
         raise SystemExit(f"reluvit: {path} holds the committed reference results; write elsewhere (set "
                          "RELUVIT_WRITE_REFERENCE=1 to regenerate them from a clean commit)")
@@ -79,6 +65,8 @@ def _runs_dir_arg(parser: argparse.ArgumentParser) -> None:
 
 def _dirs(parser: argparse.ArgumentParser) -> None:
     _runs_dir_arg(parser)
+    from reluvit.report.figures import RESULTS
+
     parser.add_argument("--results-dir", default=RESULTS, type=Path,
                         help="roll-up table and figures (default: results)")
 
@@ -185,228 +173,64 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_launcher(args):
-    """The launcher, its options and the cluster profile (returned; None for a local launch), before anything is
-    composed or submitted. A dry run previews a SLURM submission, whichever the launcher."""
-    from reluvit.run.schema import ConfigError
-    from reluvit.sweep.execute import LAUNCHERS
+def _launch(args):
+    from reluvit.sweep.launch import Launch
 
-    if args.launcher not in LAUNCHERS:
-        raise ConfigError("launcher", f"{args.launcher!r} is not one of: {', '.join(LAUNCHERS)}")
-    if args.no_wait and (args.dry_run or args.launcher != "slurm"):
-        raise ConfigError("--no-wait", "returns after submitting: it takes --launcher slurm and no --dry-run")
-    if args.launcher == "slurm" or args.dry_run:
-        from reluvit.sweep.slurm import load_profile
-
-        paper = getattr(args, "scale", None) == "paper"
-        if args.cluster is None:
-            if paper:
-                raise ConfigError("--cluster", "a paper-scale sweep has no default profile: name your GPU cluster's "
-                                  "(--cluster example_gpu for the template, or the path of a profile file)")
-            args.cluster = "local"
-        profile = load_profile(args.cluster)
-        if paper and not profile.gpus_per_node:
-            raise ConfigError("--cluster", f"profile {args.cluster!r} has no GPUs (gpus_per_node: 0): a paper-scale "
-                              "sweep needs a GPU cluster's profile")
-        return profile
-    return None
+    return Launch(args.launcher, args.cluster, args.dry_run, args.no_wait)
 
 
-def _launch_preview(args, points: list, label: str) -> str:
-    from reluvit.sweep.execute import preview
+def _finish(outcome) -> None:
+    """Print a dry run's preview, or the runs' table; exit 1 when a run failed."""
+    from reluvit.report.figures import runs_text
 
-    return preview(points, args.cluster, label)
-
-
-def _launch(args, points: list, label: str, follow: str, on_submit=None) -> list[str]:
-    """Execute the points; returns what failed. ``follow``: the command that shows the progress of runs submitted
-    without waiting."""
-    from reluvit.sweep.execute import execute
-
-    failed = execute(points, args.launcher, args.cluster, label, block=not args.no_wait, on_submit=on_submit)
-    if args.no_wait:
-        log.info("follow with `%s`", follow)
-    return failed
+    if outcome.preview is not None:
+        print(outcome.preview)
+    if outcome.runs is not None:
+        print(runs_text(outcome.runs))
+    for line in outcome.failed:
+        log.error("failed: %s", line)
+    if outcome.failed:  # a figure shows what finished; failed runs are in the roll-up with status failed
+        raise SystemExit(1)
 
 
 def _train(args, overrides: list[str]) -> None:
-    from reluvit.run.compose import expand
-    from reluvit.sweep.execute import prepare
+    from reluvit.workflow import train
 
-    _check_launcher(args)
-    points = prepare(expand(overrides), dry_run=args.dry_run)
-    if args.dry_run:
-        print(_launch_preview(args, points, "train"))
-        return
-    if failed := _launch(args, points, "train", follow="squeue --me; reluvit results"):
-        for line in failed:
-            log.error("failed: %s", line)
-        raise SystemExit(1)
+    _finish(train(overrides, _launch(args)))
 
 
 def _sweep(args, overrides: list[str]) -> None:
-    from reluvit.report.rollup import completed_in, config_identities, select
     from reluvit.sweep import spec
-    from reluvit.sweep.execute import membership, prepare, tag_figures
+    from reluvit.workflow import run_sweep
 
     results_dir = _results_dir(args.results_dir)
-    elsewhere = _completed_table(args)
-    profile = _check_launcher(args)
+    completed = _completed_table(args)
     sweep = spec.load(args.sweep, args.scale, args.seeds)
-    if not args.dry_run:
-        _plot_function(sweep)  # a figure that cannot be drawn: refused before anything trains
-    extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]  # absolute: jobs may start elsewhere
-    gpu = bool(profile.gpus_per_node) if profile else _gpu()  # where the runs will train
-    skipped = [b for b in sweep.blocks if b not in sweep.runnable(gpu)]
-    for block in skipped:
-        log.warning("skipping a block of %d runs that requires a %s", len(block.points()), block.requires)
-    points = prepare(sweep.points(gpu, extra), dry_run=args.dry_run)
-    if any(p.cfg.logger.wandb for p in points) and not args.dry_run:
-        tag_figures(points, membership(args.scale, gpu, extra))
-    configs = [p.cfg for p in points]  # the figure's runs, trained here or not
-    done = completed_in(configs, elsewhere) if elsewhere is not None else {}
-    log.info("%s-%s: %d runs%s", sweep.name, sweep.scale, len(points),
-             f", {len(done)} completed in {args.completed_in}" if elsewhere is not None else "")
-    wandb_logger = next((p.cfg.logger for p in points if p.cfg.logger.wandb), None)  # even if none trains here
-    points = [p for i, p in enumerate(points) if i not in done]
-    label = f"{sweep.name}-{sweep.scale}"
-    if args.dry_run:
-        print(_launch_preview(args, points, label))
-        return
-    points, on_submit = _to_train(args, sweep, overrides, extra, points)
-    failed = _launch(args, points, label, " ".join(
-        ["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(args.runs_dir)]), on_submit)
-    if args.no_wait:
-        return
-    table = _rollup(args.runs_dir, results_dir, elsewhere)
-    runs = select(config_identities(configs), table)
-    drawn = _plot(sweep, runs, results_dir)
-    if wandb_logger is not None and drawn is not None:
-        _figure_run(sweep, runs, drawn, args.runs_dir, wandb_logger.project, wandb_logger.entity,
-                    wandb_logger.wandb_mode)
-    _show(runs)
-    for line in failed:
-        log.error("failed: %s", line)
-    if failed:  # the figure shows what finished; failed runs are in the roll-up with status failed
-        raise SystemExit(1)
+    _finish(run_sweep(sweep, overrides, _launch(args), args.runs_dir, results_dir, completed, args.completed_in,
+                      args.resubmit_failed))
 
 
-def _to_train(args, sweep, overrides: list[str], extra: list[str], points: list):
-    """Record the sweep's manifest, and keep the points nobody needs to train now: completed, diverged, queued or
-    running runs are left alone (with ``--resubmit-failed``, all but the failed ones). Returns those points and the
-    callback that records their jobs in the manifest once submitted."""
-    from reluvit.report.status import ACTIVE, cached_collect, entries, run_states
-    from reluvit.run.compose import compose_containers
-    from reluvit.sweep.manifest import write_manifest
+def _results(args) -> None:
+    from reluvit.report.figures import rollup_into
 
-    label = f"{sweep.name}-{sweep.scale}"
-    runs = entries(compose_containers(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
-    manifest = write_manifest(args.runs_dir, label, overrides, runs)
-    log.info("manifest: %s", manifest)
-    recorded = json.loads(manifest.read_text())["runs"]
-    states = {os.path.abspath(args.runs_dir / run["run_dir"]): state
-              for run, state in zip(recorded, run_states(recorded, args.runs_dir, cached_collect(args.runs_dir)),
-                                    strict=True)}
-    state = {p.name: states.get(os.path.abspath(p.cfg.run_dir)) for p in points}
-    keep = [p for p in points if state[p.name] is None or (
-        state[p.name].status == "failed" if args.resubmit_failed
-        else state[p.name].status not in (*ACTIVE, "completed", "diverged"))]
-    if left := Counter(state[p.name].status for p in points if p not in keep):
-        log.info("not submitted: %s", ", ".join(f"{n} {s}" for s, n in sorted(left.items())))
-
-    def on_submit(jobs: dict[str, dict]) -> None:
-        write_manifest(args.runs_dir, label, overrides, runs, jobs)
-
-    return keep, on_submit
-
-
-def _rollup(runs_dir: Path, results_dir: Path, also=None):
-    from reluvit.report.rollup import rollup
-
-    table = rollup(runs_dir, results_dir / "runs", also)
-    log.info("roll-up: %d runs -> %s.parquet / .csv", len(table), results_dir / "runs")
-    return table
-
-
-def _plot(sweep, runs, results_dir: Path):
-    """Draw and save the sweep's figure (``results/<scale>/<sweep>.png``, by the plot function its ``figure`` names);
-    returns it (with ``.points``) and its PNG and PDF paths, or None for a sweep without a figure. Missing points of
-    models that only a GPU trains are counted as needing one."""
-    from reluvit.report import plots
-
-    draw = _plot_function(sweep)
-    if draw is None:
-        log.info("%s: no figure (a sweep file's figure: names its plot, e.g. figure: fig2)", sweep.name)
-        return None
-    gpu_only = {"needs_gpu": models} if (models := sweep.gpu_only_models()) else {}
-    figure = draw(runs, **sweep.plot, **gpu_only)
-    paths = plots.save(figure, results_dir / sweep.scale / sweep.name)
-    for path in paths:
-        log.info("figure: %s", path)
-    return figure, paths
-
-
-def _plot_function(sweep):
-    """The function of :mod:`reluvit.report.plots` that the sweep file's ``figure`` names; None without one."""
-    from reluvit.report import plots
-    from reluvit.run.schema import ConfigError
-
-    if sweep.figure is None:
-        return None
-    if sweep.figure not in plots.FIGURES:
-        raise ConfigError("figure", f"{sweep.figure!r} is not a figure; the figures are: {', '.join(plots.FIGURES)}")
-    return getattr(plots, sweep.figure)
-
-
-def _figure_run(sweep, runs, drawn, runs_dir: Path, project: str, entity: str | None, mode: str) -> None:
-    from reluvit.dashboards.figure_run import log_figure_run
-
-    figure, paths = drawn
-    reference = _reference_dir() / sweep.scale / f"{sweep.name}.png"
-    log_figure_run(sweep, runs, figure, paths, runs_dir, project=project, entity=entity, mode=mode,
-                   reference=reference)
-
-
-def _show(runs) -> None:
-    """The sweep's runs, one line each (a count per status when there are many)."""
-    if len(runs) > 40:
-        print(runs["status"].value_counts().to_string())
-        return
-    columns = [c for c in ("run_name", "status", "val_acc", "fewshot_10shot_mean", "val_i1k_acc", "core_hours",
-                           "global_step") if c in runs]
-    print(runs[columns].to_string(index=False) if len(runs) else "no runs")
+    rollup_into(args.runs_dir, _results_dir(args.results_dir))
 
 
 def _sweeps(args) -> list:
-    from reluvit.sweep import spec
+    from reluvit.workflow import load_sweeps
 
-    return [spec.load(name, args.scale, args.seeds) for name in args.sweeps or spec.names()
-            if args.sweeps or spec.has_scale(name, args.scale)]
-
-
-def _sweep_runs(args, sweep, overrides: list[str]) -> list[dict]:
-    """The runs of a sweep as its manifest records them (launched into this runs directory, with the overrides it
-    was launched with), or, without one (or when overrides or seeds are given), as composed now."""
-    from reluvit.report.status import entries
-    from reluvit.run.compose import compose_containers
-    from reluvit.sweep.manifest import read_manifest
-
-    manifest = None if overrides or args.seeds else read_manifest(args.runs_dir, f"{sweep.name}-{sweep.scale}")
-    if manifest is not None:
-        return manifest["runs"]
-    extra = [f"runs_dir={args.runs_dir.resolve()}", *overrides]
-    return entries(compose_containers(sweep.points(True, extra)), args.runs_dir, set(sweep.gpu_only_models()))
+    return load_sweeps(args.sweeps, args.scale, args.seeds)
 
 
 def _status(args, overrides: list[str]) -> None:
     import pandas as pd
 
-    from reluvit.report.status import cached_collect, counts, describe, run_states
+    from reluvit.report.status import cached_collect, counts, describe, run_states, sweep_runs
 
     table = cached_collect(args.runs_dir)
     rows, details = [], []
     for sweep in _sweeps(args):
-        states = run_states(_sweep_runs(args, sweep, overrides), args.runs_dir, table)
+        states = run_states(sweep_runs(sweep, args.runs_dir, overrides, args.seeds), args.runs_dir, table)
         rows.append(counts(sweep.name, sweep.scale, states))
         if lines := describe(states, failed=args.failed):
             details += [f"{sweep.name}-{sweep.scale}", *(f"  {line}" for line in lines)]
@@ -468,20 +292,18 @@ def _export(args) -> None:
 
 
 def _figures(args, overrides: list[str]):
-    """Roll up, then for each sweep asked for: the sweep, its runs and its figure drawn and saved (:func:`_plot`)."""
-    from reluvit.report.rollup import select
+    from reluvit.report.figures import figures
 
-    results_dir = _results_dir(args.results_dir)
-    table = _rollup(args.runs_dir, results_dir, _completed_table(args))
-    for sweep in _sweeps(args):
-        runs = select([run["identities"] for run in _sweep_runs(args, sweep, overrides)], table)
-        yield sweep, runs, _plot(sweep, runs, results_dir)
+    return figures(_sweeps(args), args.runs_dir, _results_dir(args.results_dir), _completed_table(args), overrides,
+                   args.seeds)
 
 
 def _plots(args, overrides: list[str]) -> None:
+    from reluvit.report.figures import figure_run
+
     for sweep, runs, drawn in _figures(args, overrides):
-        if args.wandb:
-            _figure_run(sweep, runs, drawn, args.runs_dir, args.project, args.entity, "auto")
+        if args.wandb and drawn is not None:
+            figure_run(sweep, runs, drawn, args.runs_dir, args.project, args.entity, "auto")
 
 
 def _wandb(args, overrides: list[str]) -> None:
@@ -592,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "wandb-sync":
             _wandb_sync(args)
         elif args.command == "results":
-            _rollup(args.runs_dir, _results_dir(args.results_dir))
+            _results(args)
         elif args.command == "evaluate":
             _evaluate(args, overrides, parser)
         elif args.command == "shards":

@@ -18,7 +18,7 @@ import pandas as pd
 from reluvit.report.rollup import collect, match, read_table, summary_problem, write_table
 from reluvit.run.lock import read_lock
 from reluvit.run.rundir import SUMMARY
-from reluvit.sweep.manifest import STATE_DIR, last_job, queue_states, run_dir_of
+from reluvit.sweep.manifest import STATE_DIR, last_job, queue_states, read_manifest, run_dir_of
 
 STATUSES = ("completed", "running", "queued", "interrupted", "failed", "diverged", "unreadable", "missing",
             "needs_gpu")
@@ -151,3 +151,15 @@ def describe(states: list[RunState], failed: bool, limit: int = 20) -> list[str]
         if detail and len(chosen) > limit:
             lines.append(f"  ... and {len(chosen) - limit} more")
     return lines
+
+
+def sweep_runs(sweep, runs_dir: Path, overrides: list[str] = (), seeds: list[int] | None = None) -> list[dict]:
+    """The runs of a sweep as its manifest records them (launched into this runs directory, with the overrides it
+    was launched with), or, without one (or when overrides or seeds are given), as composed now."""
+    from reluvit.run.compose import compose_containers
+
+    manifest = None if overrides or seeds else read_manifest(runs_dir, f"{sweep.name}-{sweep.scale}")
+    if manifest is not None:
+        return manifest["runs"]
+    extra = [f"runs_dir={runs_dir.resolve()}", *overrides]
+    return entries(compose_containers(sweep.points(True, extra)), runs_dir, set(sweep.gpu_only_models()))

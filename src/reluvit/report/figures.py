@@ -1,0 +1,96 @@
+"""A sweep's figure from the roll-up: the roll-up written under the results directory, the runs that are the
+sweep's, drawn by the plot its sweep file names (``figure:``), saved as PNG and PDF, shown as a table, and, with W&B,
+logged as a figure run beside the committed reference figure."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reluvit.run.schema import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+RESULTS = Path("results")  # the default results directory, of the working directory
+
+
+def reference_dir() -> Path:
+    """The committed reference results: the checkout's that reluvit runs from (an editable install), else under the
+    working directory."""
+    checkout = Path(__file__).resolve().parents[3] / RESULTS / "reference"
+    return checkout if checkout.is_dir() else RESULTS.absolute() / "reference"
+
+
+def rollup_into(runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Roll the runs under ``runs_dir`` up into ``<results_dir>/runs.parquet`` and ``.csv``
+    (:func:`reluvit.report.rollup.rollup`); returns the table."""
+    from reluvit.report.rollup import rollup
+
+    table = rollup(runs_dir, results_dir / "runs", also)
+    log.info("roll-up: %d runs -> %s.parquet / .csv", len(table), results_dir / "runs")
+    return table
+
+
+def plot_function(sweep):
+    """The function of :mod:`reluvit.report.plots` that the sweep file's ``figure`` names; None without one."""
+    from reluvit.report import plots
+
+    if sweep.figure is None:
+        return None
+    if sweep.figure not in plots.FIGURES:
+        raise ConfigError("figure", f"{sweep.figure!r} is not a figure; the figures are: {', '.join(plots.FIGURES)}")
+    return getattr(plots, sweep.figure)
+
+
+def draw(sweep, runs: pd.DataFrame, results_dir: Path):
+    """Draw and save the sweep's figure (``<results_dir>/<scale>/<sweep>.png`` and ``.pdf``); returns it (with
+    ``.points``) and its paths, or None for a sweep without a figure. Missing points of models that only a GPU trains
+    are counted as needing one."""
+    from reluvit.report import plots
+
+    plot = plot_function(sweep)
+    if plot is None:
+        log.info("%s: no figure (a sweep file's figure: names its plot, e.g. figure: fig2)", sweep.name)
+        return None
+    gpu_only = {"needs_gpu": models} if (models := sweep.gpu_only_models()) else {}
+    figure = plot(runs, **sweep.plot, **gpu_only)
+    paths = plots.save(figure, results_dir / sweep.scale / sweep.name)
+    for path in paths:
+        log.info("figure: %s", path)
+    return figure, paths
+
+
+def figure_run(sweep, runs: pd.DataFrame, drawn, runs_dir: Path, project: str, entity: str | None,
+               mode: str) -> None:
+    """Log the drawn figure as a W&B figure run (:func:`reluvit.dashboards.figure_run.log_figure_run`)."""
+    from reluvit.dashboards.figure_run import log_figure_run
+
+    figure, paths = drawn
+    reference = reference_dir() / sweep.scale / f"{sweep.name}.png"
+    log_figure_run(sweep, runs, figure, paths, runs_dir, project=project, entity=entity, mode=mode,
+                   reference=reference)
+
+
+def runs_text(runs: pd.DataFrame) -> str:
+    """The sweep's runs, one line each (a count per status when there are many)."""
+    if len(runs) > 40:
+        return runs["status"].value_counts().to_string()
+    columns = [c for c in ("run_name", "status", "val_acc", "fewshot_10shot_mean", "val_i1k_acc", "core_hours",
+                           "global_step") if c in runs]
+    return runs[columns].to_string(index=False) if len(runs) else "no runs"
+
+
+def figures(sweeps: list, runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None,
+            overrides: list[str] = (), seeds: list[int] | None = None):
+    """Roll up, then for each sweep: the sweep, its runs (:func:`reluvit.report.status.sweep_runs`) and its figure
+    drawn and saved (:func:`draw`)."""
+    from reluvit.report.rollup import select
+    from reluvit.report.status import sweep_runs
+
+    table = rollup_into(runs_dir, results_dir, also)
+    for sweep in sweeps:
+        runs = select([run["identities"] for run in sweep_runs(sweep, runs_dir, overrides, seeds)], table)
+        yield sweep, runs, draw(sweep, runs, results_dir)
