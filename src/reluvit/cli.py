@@ -299,11 +299,11 @@ def _figures(args, overrides: list[str]):
 
 
 def _plots(args, overrides: list[str]) -> None:
-    from reluvit.report.figures import figure_run
+    from reluvit.dashboards.figure_run import log_drawn
 
     for sweep, runs, drawn in _figures(args, overrides):
         if args.wandb and drawn is not None:
-            figure_run(sweep, runs, drawn, args.runs_dir, args.project, args.entity, "auto")
+            log_drawn(sweep, runs, drawn, args.runs_dir, args.project, args.entity, "auto")
 
 
 def _wandb(args, overrides: list[str]) -> None:

@@ -53,7 +53,7 @@ def run_sweep(sweep, overrides: list[str], launch: Launch, runs_dir: Path, resul
               resubmit_failed: bool = False) -> Outcome:
     """Train the sweep's points that nobody needs to train (``completed``: a roll-up whose completed runs count as
     the sweep's), then roll up and draw its figure; or preview them (a dry run)."""
-    from reluvit.report.figures import draw, figure_run, plot_function, rollup_into
+    from reluvit.report.figures import draw, plot_function, rollup_into
     from reluvit.report.rollup import completed_in, config_identities, select
     from reluvit.sweep.execute import membership, prepare, tag_figures
 
@@ -84,7 +84,9 @@ def run_sweep(sweep, overrides: list[str], launch: Launch, runs_dir: Path, resul
     runs = select(config_identities(configs), rollup_into(runs_dir, results_dir, completed))
     drawn = draw(sweep, runs, results_dir)
     if wandb_logger is not None and drawn is not None:
-        figure_run(sweep, runs, drawn, runs_dir, wandb_logger.project, wandb_logger.entity, wandb_logger.wandb_mode)
+        from reluvit.dashboards.figure_run import log_drawn
+
+        log_drawn(sweep, runs, drawn, runs_dir, wandb_logger.project, wandb_logger.entity, wandb_logger.wandb_mode)
     return Outcome(failed=failed, runs=runs)
 
 

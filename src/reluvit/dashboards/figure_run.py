@@ -100,3 +100,14 @@ def log_figure_run(sweep: Sweep, runs: pd.DataFrame, figure, paths: list[Path], 
         run.finish()
     log.info("W&B figure run %s (%s): %s", figure_run_name(sweep), run.settings.mode, directory / "wandb")
     return directory / "wandb"
+
+
+def log_drawn(sweep: Sweep, runs: pd.DataFrame, drawn, runs_dir: Path, project: str, entity: str | None,
+              mode: str) -> Path:
+    """:func:`log_figure_run` of a figure as :func:`reluvit.report.figures.draw` returns it, beside the committed
+    reference figure of the same sweep and scale."""
+    from reluvit.report.figures import reference_dir
+
+    figure, paths = drawn
+    return log_figure_run(sweep, runs, figure, paths, runs_dir, project=project, entity=entity, mode=mode,
+                          reference=reference_dir() / sweep.scale / f"{sweep.name}.png")

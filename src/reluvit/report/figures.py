@@ -1,6 +1,6 @@
 """A sweep's figure from the roll-up: the roll-up written under the results directory, the runs that are the
-sweep's, drawn by the plot its sweep file names (``figure:``), saved as PNG and PDF, shown as a table, and, with W&B,
-logged as a figure run beside the committed reference figure."""
+sweep's, drawn by the plot its sweep file names (``figure:``), saved as PNG and PDF, and shown as a table (with
+W&B, logged as a figure run: :func:`reluvit.dashboards.figure_run.log_drawn`)."""
 
 from __future__ import annotations
 
@@ -61,17 +61,6 @@ def draw(sweep, runs: pd.DataFrame, results_dir: Path):
     for path in paths:
         log.info("figure: %s", path)
     return figure, paths
-
-
-def figure_run(sweep, runs: pd.DataFrame, drawn, runs_dir: Path, project: str, entity: str | None,
-               mode: str) -> None:
-    """Log the drawn figure as a W&B figure run (:func:`reluvit.dashboards.figure_run.log_figure_run`)."""
-    from reluvit.dashboards.figure_run import log_figure_run
-
-    figure, paths = drawn
-    reference = reference_dir() / sweep.scale / f"{sweep.name}.png"
-    log_figure_run(sweep, runs, figure, paths, runs_dir, project=project, entity=entity, mode=mode,
-                   reference=reference)
 
 
 def runs_text(runs: pd.DataFrame) -> str:
