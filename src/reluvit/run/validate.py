@@ -221,27 +221,27 @@ def _config_key(argument: str, cfg: DictConfig) -> str:
 def _check_tree(cfg: DictConfig) -> None:
     """An ImageFolder tree's classes (:func:`reluvit.data.datamodules.tree_classes`): ``val/`` holds none that
     ``train/`` lacks, and ``train/`` as many as ``data.num_classes``."""
-    if cfg.data.dataset != "imagefolder":
-        return
-    from reluvit.data.datamodules import tree_classes
+    if cfg.data.dataset == "imagefolder":
+        from reluvit.data.datamodules import tree_classes
 
-    try:
-        tree_classes(cfg.data.path, cfg.data.num_classes)
-    except ValueError as e:
-        raise ConfigError("data.path", str(e)) from None
+        _named("data.path", tree_classes, cfg.data.path, cfg.data.num_classes)
 
 
 def _check_workers(cfg: DictConfig) -> None:
     """Shards: ``data.num_workers`` divides ``data.stream_slots`` (:func:`reluvit.data.stream.check_workers`, the rule
     that the data module applies once the run has started)."""
-    if cfg.data.dataset != "shards":
-        return
-    from reluvit.data.stream import check_workers
+    if cfg.data.dataset == "shards":
+        from reluvit.data.stream import check_workers
 
+        _named("data.num_workers", check_workers, cfg.data.num_workers, cfg.data.stream_slots)
+
+
+def _named(key: str, check, *arguments) -> None:
+    """A data module's own check of config values, its ValueError turned into the one-line error naming ``key``."""
     try:
-        check_workers(cfg.data.num_workers, cfg.data.stream_slots)
+        check(*arguments)
     except ValueError as e:
-        raise ConfigError("data.num_workers", str(e)) from None
+        raise ConfigError(key, str(e)) from None
 
 
 def check_splits(cfg: DictConfig, sized: bool = True) -> None:
