@@ -114,7 +114,8 @@ def load_profile(cluster: str) -> Profile:
     path = profile_path(cluster)
     if path is None:
         known = ", ".join(search.names("profiles"))
-        raise ConfigError("CLUSTER", f"no profile {cluster!r}; known: {known} (or the path of a profile file)")
+        named = cluster if cluster.endswith((".yaml", ".yml")) or os.sep in cluster else f"named {cluster!r}"
+        raise ConfigError("CLUSTER", f"no profile {named}; known: {known} (or the path of a profile file)")
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - {f.name for f in fields(Profile)}
     if unknown:
