@@ -41,6 +41,7 @@ class CheckpointOnSignal(pl.Callback):
     def __init__(self, path: Path, signums: tuple[int, ...] = (signal.SIGUSR2,)) -> None:
         self.path, self.signums = Path(path), tuple(signums)
         self._previous: dict[int, object] = {}  # the handlers there were, by signal
+        self._sigterm = None  # SIGTERM's handler before Lightning's
         self._received = None  # (signum, frame) of a pending signal
 
     def state_dict(self) -> dict:
@@ -65,12 +66,16 @@ class CheckpointOnSignal(pl.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._previous = {signum: signal.signal(signum, self._record) for signum in self.signums
                           if signum != signal.SIGTERM}
+        self._sigterm = signal.getsignal(signal.SIGTERM)  # before Lightning adds its own (after on_fit_start)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # Lightning installs its SIGTERM handler after on_fit_start (it would stop the fit at once, exit status 0,
-        # no checkpoint): this one replaces it
+        # Lightning's SIGTERM handler stops the fit at the next batch (exit status 0, no checkpoint). Where SIGTERM is
+        # a stop signal this one replaces it; in a submitit job the handler that was there comes back (submitit's,
+        # which ignores SIGTERM so that the USR2 that follows a preemption's SIGTERM checkpoints and requeues)
         if signal.SIGTERM in self.signums:
             self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._record)
+        else:
+            signal.signal(signal.SIGTERM, self._sigterm)
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
