@@ -332,7 +332,7 @@ def test_bad_profiles_are_refused_before_submitting(slurm_cluster, tmp_path, pro
 
     (tmp_path / "bad.yaml").write_text(profile)
     with pytest.raises(ConfigError, match=message):
-        check_cluster(load_profile("bad", tmp_path), "bad")
+        check_cluster(load_profile(str(tmp_path / "bad.yaml")), "bad")
 
 
 def test_no_reachable_slurm_is_one_line(tmp_path, monkeypatch):
