@@ -129,6 +129,19 @@ def check_checkpoint(checkpoint: dict, path: str | Path, run_name: str, identiti
                                     "resume=false trains this run from its start")
 
 
+def check_resumed(cfg) -> None:
+    """The ``last.ckpt`` a run of ``cfg`` (a resolved config) would resume from is its own (:func:`check_checkpoint`);
+    its weights are not read (mmap). A corrupt one is a :class:`CheckpointError`."""
+    from omegaconf import OmegaConf
+
+    from reluvit.run.build import architecture
+    from reluvit.run.grid import identities
+
+    last = last_checkpoint(cfg.run_dir)
+    check_checkpoint(load_checkpoint(last, "cpu", mmap=True), last, cfg.run_name,
+                     identities(OmegaConf.to_container(cfg, resolve=True)), architecture(cfg))
+
+
 def _differences(theirs: dict, ours: dict, prefix: str = "") -> list[tuple[str, tuple]]:
     """The keys both dicts have whose values differ (nested dicts key by key), as ``(dotted key, (theirs, ours))``."""
     found = []

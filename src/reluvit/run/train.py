@@ -35,9 +35,9 @@ from reluvit.run.build import (
     resolve_precision,
     train_augmentation,
 )
-from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError, RunRecord, check_checkpoint, load_checkpoint
+from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError, RunRecord, check_resumed
 from reluvit.run.compute import Chrono
-from reluvit.run.grid import identities, identity, wandb_config, wandb_group, wandb_tags
+from reluvit.run.grid import identity, wandb_config, wandb_group, wandb_tags
 from reluvit.run.lock import hold, slurm_job_record
 from reluvit.run.progress import HeartbeatProgress, LogProgress
 from reluvit.run.requeue import CheckpointOnSignal, stop_signals
@@ -108,9 +108,8 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
         write_json_atomic(run_dir / SUMMARY, summary)
     metrics, restored = trainer.callback_metrics, True
     try:
-        if resume:  # another run's checkpoint (copied in, a hand-made run_name) is refused, not trained on
-            check_checkpoint(load_checkpoint(last, "cpu", mmap=True), last, cfg.run_name, identities(config),
-                             module.hparams["model"])
+        if resume:  # another run's checkpoint is refused, not trained on (a SLURM job comes here without prepare)
+            check_resumed(cfg)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
         metrics = dict(trainer.callback_metrics)
         if not module.diverged and "val/acc" not in metrics:  # stopped by max_steps mid-epoch: validate the end

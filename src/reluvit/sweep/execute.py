@@ -14,7 +14,6 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reluvit.run.compose import compose_points
-from reluvit.run.grid import identities
 from reluvit.run.rundir import FINISHED, check_same_run, last_checkpoint, read_summary
 from reluvit.run.schema import ConfigError
 
@@ -62,18 +61,14 @@ def prepare(points: list[list[str]], dry_run: bool = False) -> list[Point]:
 
 
 def _check_resumed_checkpoint(cfg: DictConfig) -> None:
-    """The checkpoint a run would resume from is its own (:func:`reluvit.run.checkpoint.check_checkpoint`); its
-    weights are not read (mmap)."""
-    from reluvit.run.build import architecture
-    from reluvit.run.checkpoint import CheckpointError, check_checkpoint, load_checkpoint
+    """The checkpoint a run would resume from is its own (:func:`reluvit.run.checkpoint.check_resumed`), and
+    readable: named before anything runs."""
+    from reluvit.run.checkpoint import CheckpointError, check_resumed
 
-    last = last_checkpoint(cfg.run_dir)
     try:
-        checkpoint = load_checkpoint(last, "cpu", mmap=True)
-    except CheckpointError as e:  # corrupt, truncated, or a pickle of other objects: named before anything runs
+        check_resumed(cfg)
+    except CheckpointError as e:  # corrupt, truncated, or a pickle of other objects
         raise ConfigError("resume", str(e)) from None
-    check_checkpoint(checkpoint, last, cfg.run_name, identities(OmegaConf.to_container(cfg, resolve=True)),
-                     architecture(cfg))
 
 
 def _data_selection(point: list[str]) -> tuple[str, ...]:
