@@ -217,9 +217,9 @@ def _results(args) -> None:
 
 
 def _sweeps(args) -> list:
-    from reluvit.workflow import load_sweeps
+    from reluvit.sweep.spec import load_many
 
-    return load_sweeps(args.sweeps, args.scale, args.seeds)
+    return load_many(args.sweeps, args.scale, args.seeds)
 
 
 def _status(args, overrides: list[str]) -> None:

@@ -76,7 +76,7 @@ def run_sweep(sweep, overrides: list[str], launch: Launch, runs_dir: Path, resul
     label = f"{sweep.name}-{sweep.scale}"
     if launch.dry_run:
         return Outcome(preview=launch.preview(points, label))
-    points, on_submit = leave_to_others(sweep, overrides, extra, points, runs_dir, resubmit_failed)
+    points, on_submit = leave_to_others(sweep, overrides, points, runs_dir, resubmit_failed)
     follow = " ".join(["reluvit status", sweep.name, "--scale", sweep.scale, "--runs-dir", str(runs_dir)])
     failed = launch.run(points, label, follow, on_submit)
     if launch.no_wait:
@@ -90,17 +90,15 @@ def run_sweep(sweep, overrides: list[str], launch: Launch, runs_dir: Path, resul
     return Outcome(failed=failed, runs=runs)
 
 
-def leave_to_others(sweep, overrides: list[str], extra: list[str], points: list, runs_dir: Path,
-                    resubmit_failed: bool = False):
+def leave_to_others(sweep, overrides: list[str], points: list, runs_dir: Path, resubmit_failed: bool = False):
     """Record the sweep's manifest, and keep the points nobody needs to train now: completed, diverged, queued or
     running runs are left alone (with ``resubmit_failed``, all but the failed ones). Returns those points and the
     callback that records their jobs in the manifest once submitted."""
-    from reluvit.report.status import ACTIVE, cached_collect, entries, run_states
-    from reluvit.run.compose import compose_containers
+    from reluvit.report.status import ACTIVE, cached_collect, composed_runs, run_states
     from reluvit.sweep.manifest import write_manifest
 
     label = f"{sweep.name}-{sweep.scale}"
-    runs = entries(compose_containers(sweep.points(True, extra)), runs_dir, set(sweep.gpu_only_models()))
+    runs = composed_runs(sweep, runs_dir, overrides)
     manifest = write_manifest(runs_dir, label, overrides, runs)
     log.info("manifest: %s", manifest)
     recorded = json.loads(manifest.read_text())["runs"]
@@ -118,9 +116,3 @@ def leave_to_others(sweep, overrides: list[str], extra: list[str], points: list,
 
     return keep, on_submit
 
-
-def load_sweeps(names: list[str], scale: str, seeds: list[int] | None = None) -> list:
-    """The sweeps named (all that have ``scale`` when none is)."""
-    from reluvit.sweep import spec
-
-    return [spec.load(name, scale, seeds) for name in names or spec.names() if names or spec.has_scale(name, scale)]

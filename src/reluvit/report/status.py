@@ -156,10 +156,14 @@ def describe(states: list[RunState], failed: bool, limit: int = 20) -> list[str]
 def sweep_runs(sweep, runs_dir: Path, overrides: list[str] = (), seeds: list[int] | None = None) -> list[dict]:
     """The runs of a sweep as its manifest records them (launched into this runs directory, with the overrides it
     was launched with), or, without one (or when overrides or seeds are given), as composed now."""
+    manifest = None if overrides or seeds else read_manifest(runs_dir, f"{sweep.name}-{sweep.scale}")
+    return manifest["runs"] if manifest is not None else composed_runs(sweep, runs_dir, overrides)
+
+
+def composed_runs(sweep, runs_dir: Path, overrides: list[str] = ()) -> list[dict]:
+    """The entries (:func:`entries`) of every point of the sweep, a GPU's blocks too, composed now with
+    ``overrides``, into ``runs_dir``."""
     from reluvit.run.compose import compose_containers
 
-    manifest = None if overrides or seeds else read_manifest(runs_dir, f"{sweep.name}-{sweep.scale}")
-    if manifest is not None:
-        return manifest["runs"]
     extra = [f"runs_dir={runs_dir.resolve()}", *overrides]
     return entries(compose_containers(sweep.points(True, extra)), runs_dir, set(sweep.gpu_only_models()))

@@ -78,6 +78,11 @@ def has_scale(name: str, scale: str) -> bool:
     return scale in yaml.safe_load(path(name).read_text())["scales"]
 
 
+def load_many(chosen: list[str], scale: str, seeds: list[int] | None = None) -> list[Sweep]:
+    """The sweeps ``chosen`` (every sweep that has ``scale`` when none is), each :func:`load`-ed."""
+    return [load(name, scale, seeds) for name in chosen or names() if chosen or has_scale(name, scale)]
+
+
 def load(name: str, scale: str, seeds: list[int] | None = None) -> Sweep:
     """Read ``sweeps/<name>.yaml`` at ``scale``; ``seeds`` replaces the seed list of every block."""
     file = path(name)
