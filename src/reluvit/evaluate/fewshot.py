@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from reluvit.data.embedded import EMBEDDED
 from reluvit.evaluate.ridge import probe_accuracies
-from reluvit.evaluate.transfer import load_transfer_set
+from reluvit.evaluate.transfer import NoTransferPath, load_transfer_set
 
 MAX_FOLDS = 5  # cross-validation folds for choosing l2 (at most one per shot)
 
@@ -123,12 +122,12 @@ class FewshotEvaluator:
     def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         out, done, skipped, unset = {}, [], [], []
         for name in self.datasets:
-            if name not in EMBEDDED and not self.paths.get(name):
-                unset.append(name)  # not configured: said once, in one line
-                continue
             try:
                 train, test, num_classes = load_transfer_set(name, self.paths.get(name), self.img_size,
                                                              self.in_chans, self.batch_size, self.num_workers)
+            except NoTransferPath:
+                unset.append(name)  # not configured: said once, in one line
+                continue
             except (FileNotFoundError, ValueError) as e:
                 skipped.append(str(e))
                 continue

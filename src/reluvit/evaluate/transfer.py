@@ -84,15 +84,20 @@ class EncodedImages(Dataset):
         return self.transform(read_bytes(self.items[i].source)), self.items[i].label
 
 
+class NoTransferPath(FileNotFoundError):
+    """A transfer set whose path is not configured (no environment variable, no ``eval.fewshot.paths`` entry)."""
+
+
 def load_transfer_set(name: str, path: str | None, size: int, in_chans: int, batch_size: int = 256,
                       num_workers: int = 0) -> tuple[DataLoader, DataLoader, int]:
     """(train loader, test loader, number of classes) of a transfer set; the loaders yield (images, labels) in a
-    fixed order. A missing dataset raises FileNotFoundError, a malformed one ValueError."""
+    fixed order. A missing dataset raises FileNotFoundError (:class:`NoTransferPath` without a path), a malformed
+    one ValueError."""
     if name in EMBEDDED:
         return (*_embedded(name, size, in_chans, batch_size), len(EMBEDDED[name]().classes))
     spec = TRANSFER_SETS[name]
     if not path:
-        raise FileNotFoundError(f"{name}: no path (RELUVIT_FEWSHOT_{name.upper()} or eval.fewshot.paths.{name})")
+        raise NoTransferPath(f"{name}: no path (RELUVIT_FEWSHOT_{name.upper()} or eval.fewshot.paths.{name})")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{name}: no dataset at {path}")
     transform = FewshotTransform(size, in_chans)
