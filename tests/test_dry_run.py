@@ -372,7 +372,8 @@ def test_the_sbatch_script_of_a_gres_cluster_without_wckey(tmp_path):
     assert "#SBATCH --gpus-per-node=4\n" in plain and "#SBATCH --wckey=paper\n" in plain and "gres" not in plain
     untyped = Profile(partition="gpu", gpus_per_node=8, gpus_as="gres")
     assert "#SBATCH --gres=gpu:2\n" in sbatch_script(untyped, Resources(1, 2, 2), tmp_path, "untyped", 1)
-    with pytest.raises(ConfigError, match="slurm_additional_parameters: gres: names GPUs, which would add to"):
-        Profile(partition="gpu", gpus_per_node=8, slurm_additional_parameters={"gres": "gpu:a100:2"})
+    for gpus in ("gpu:a100:2", "nvme:1,gpu:2"):
+        with pytest.raises(ConfigError, match="slurm_additional_parameters: gres: names GPUs, which would add to"):
+            Profile(partition="gpu", gpus_per_node=8, slurm_additional_parameters={"gres": gpus})
     with pytest.raises(ConfigError, match="gpus_as: 'gpu' is not one of: gpus-per-node, gres"):
         Profile(partition="gpu", gpus_as="gpu")

@@ -85,7 +85,8 @@ class Profile:
             raise ConfigError("gpu_tflops", f"{self.gpu_tflops!r} is not {TFLOPS}")
         if self.gpus_as not in GPU_REQUESTS:
             raise ConfigError("gpus_as", f"{self.gpus_as!r} is not one of: {', '.join(GPU_REQUESTS)}")
-        if "gpu" in str(self.slurm_additional_parameters.get("gres", "")).split(":")[0].split(","):
+        gres = str(self.slurm_additional_parameters.get("gres", "")).split(",")
+        if any(item.split(":")[0] == "gpu" for item in gres):
             raise ConfigError("slurm_additional_parameters: gres", "names GPUs, which would add to the GPUs the "
                               "runs ask for: set gpus_as: gres (and gpu_type) instead")
 
@@ -101,10 +102,15 @@ class Profile:
         return {"gres": ",".join([gpu, *([str(other)] if other else [])])}
 
 
+def _is_path(cluster: str) -> bool:
+    """Whether ``--cluster`` names a profile file (else a profile of the profile directories)."""
+    return cluster.endswith((".yaml", ".yml")) or os.sep in cluster
+
+
 def profile_path(cluster: str) -> Path | None:
     """``cluster``: the name of a profile in the profile directories (:mod:`reluvit.search`: the user's, then the
     packaged ``profiles``), or the path of a profile file anywhere; None when there is no such file."""
-    if cluster.endswith((".yaml", ".yml")) or os.sep in cluster:
+    if _is_path(cluster):
         path = Path(cluster).expanduser()
         return path if path.is_file() else None
     return search.find("profiles", f"{cluster}.yaml")
@@ -114,7 +120,7 @@ def load_profile(cluster: str) -> Profile:
     path = profile_path(cluster)
     if path is None:
         known = ", ".join(search.names("profiles"))
-        named = cluster if cluster.endswith((".yaml", ".yml")) or os.sep in cluster else f"named {cluster!r}"
+        named = cluster if _is_path(cluster) else f"named {cluster!r}"
         raise ConfigError("CLUSTER", f"no profile {named}; known: {known} (or the path of a profile file)")
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - {f.name for f in fields(Profile)}

@@ -76,14 +76,10 @@ class Speed:
 
     def _loader(self, data, cpus_per_task: int) -> float | None:
         """The measured images/s per device of the run's data loader; None for data held in memory or not measured."""
-        if data.dataset == "imagefolder":
-            per_core = self.loaders.get("imagefolder")
-            return per_core * cpus_per_task if per_core else None
-        if data.dataset != "shards":
-            return None
-        if data.loader != "reference" and "dali" in self.loaders:
-            return self.loaders["dali"]
-        per_core = self.loaders.get("reference")
+        if data.dataset == "shards" and data.loader != "reference" and "dali" in self.loaders:
+            return self.loaders["dali"]  # per GPU
+        loader = {"imagefolder": "imagefolder", "shards": "reference"}.get(data.dataset)
+        per_core = self.loaders.get(loader)
         return per_core * cpus_per_task if per_core else None
 
     def describe(self, unit: str) -> str:
