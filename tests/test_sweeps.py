@@ -32,7 +32,7 @@ PAPER_SIZES = {"fig1": 5 * 2, "fig2": 3 * 2 * (7 * 9 + 1), "fig3": 3 * 2 * 2 * 9
 
 
 @pytest.mark.parametrize("figure", [pytest.param(f, marks=pytest.mark.slow) if f in ("fig2", "fig3", "fig4") else f
-                                    for f in FIGURES])
+                                    for f in PAPER_SIZES])
 def test_paper_grid_sizes(figure):
     sweep = sweeps.load(figure, "paper")
     assert len(sweep.points(gpu=True)) == PAPER_SIZES[figure]
@@ -72,12 +72,13 @@ def test_fast_composition_equals_hydras(figure):
 @pytest.mark.slow
 def test_fig2_smoke_grid_has_three_seeds_at_the_short_length():
     sweep = sweeps.load("fig2", "smoke")
-    per_model = 2 * (7 * 3 + 1)  # two heads x (7 h x 3 alphas + softmax)
-    assert len(sweep.points(gpu=False)) == 3 * per_model + per_model
+    per_seed = 2 * (7 * 3 + 1 + 2 * 2)  # two heads x (7 h x 3 alphas + softmax + relu, relu2 at alpha 0.5, 1.5)
+    gap_pairs = 2 * 37  # softmax and relu/L in the gap row, seeds 3-39
+    long = 3 * 2 * (1 + 2 * 3) + 2 * 5 * 3  # L = 196: softmax, relu, relu2 with 3 seeds; the other h with one
     names = run_names(sweep, gpu=False)
-    assert len(names) == 4 * per_model
-    assert sum("/micro4/" in n for n in names) == 3 * per_model
-    assert {n[-2:] for n in names if "/micro2/" in n} == {"s0"}
+    assert len(sweep.points(gpu=False)) == len(names) == 3 * per_seed + gap_pairs + long
+    assert sum("/micro4/" in n for n in names) == 3 * per_seed + gap_pairs
+    assert {n[-3:] for n in names if "/micro2/" in n} == {"-s0", "-s1", "-s2"}
 
 
 def test_gpu_only_blocks_are_left_out_without_a_gpu():
@@ -105,7 +106,7 @@ def test_sweep_syntax_in_extra_overrides_multiplies_the_points():
 
 
 def test_unknown_sweep_or_scale_is_a_clear_error():
-    with pytest.raises(ConfigError, match="known sweeps: demo, fig1"):
+    with pytest.raises(ConfigError, match="known sweeps: demo, fig1, fig2, fig2_fashion, fig3"):
         sweeps.load("fig9", "smoke")
     with pytest.raises(ConfigError, match="no scale"):
         sweeps.load("fig1", "huge")

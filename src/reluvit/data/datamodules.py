@@ -31,7 +31,7 @@ from reluvit.data.dali import (
     loader_fallback,
     resolve_loader,
 )
-from reluvit.data.embedded import EMBEDDED, validation_split
+from reluvit.data.embedded import EMBEDDED, load, validation_split
 from reluvit.data.preprocess import EvalTransform, TrainTransform
 from reluvit.data.seeding import seeded_draws
 from reluvit.data.shards import read_info
@@ -142,18 +142,18 @@ class EmbeddedDataModule(IndexedDataModule):
     ``seed``, so every run of a sweep validates on the same images)."""
 
     def __init__(self, name: str, batch_size: int, val_size: int | None = None, split_seed: int = 0,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, path: str | None = None) -> None:
         super().__init__()
-        self.name, self.batch_size, self.val_size = name, batch_size, val_size
+        self.name, self.batch_size, self.val_size, self.path = name, batch_size, val_size, path
         self.split_seed, self.num_workers, self.seed = split_seed, num_workers, seed
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
-        data = EMBEDDED[self.name]()
+        data = load(self.name, self.path, self.split_seed)
         images = torch.from_numpy(data.images).unsqueeze(1) * 2 - 1
         labels = torch.from_numpy(data.labels)
-        train, val = validation_split(self.name, data.labels, self.val_size, self.split_seed)
+        train, val = validation_split(data, self.val_size, self.split_seed)
         self.train_set = TensorDataset(images[train], labels[train])
         self.val_set = TensorDataset(images[val], labels[val])
 
@@ -453,4 +453,4 @@ def build_datamodule(data_cfg, batch_size: int, augment: dict, seed: int) -> pl.
                                      minival_split=data_cfg.minival_split, split_seed=data_cfg.split_seed,
                                      num_classes=data_cfg.num_classes, max_bad_fraction=data_cfg.max_bad_fraction)
     return EmbeddedDataModule(data_cfg.dataset, batch_size, data_cfg.val_size, data_cfg.split_seed,
-                              data_cfg.num_workers, seed)
+                              data_cfg.num_workers, seed, data_cfg.path)

@@ -11,7 +11,7 @@ The digest (16 hex digits of a SHA-256) covers what defines each kind of data:
   rewritten at the same size goes unnoticed). About 8 us a file with a warm cache: 10 000 files in 0.1 s,
   ImageNet-1k's 1.33 M in ~10 s, acceptable once per start beside the ``ImageFolder`` listing that training does
   anyway; a cold network file system pays one metadata request per file (minutes: use shards there);
-* an embedded set: the distribution that ships it, its version, the split sizes and the split seed;
+* an embedded set: the distribution that ships it, its version (or its files' digest), the split sizes and seed;
 * synthetic images: their parameters.
 """
 
@@ -20,10 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from importlib.metadata import version
 from pathlib import Path
 
-from reluvit.data.embedded import EMBEDDED, PACKAGES, validation_split
+from reluvit.data.embedded import EMBEDDED, PACKAGES, load, validation_split
 from reluvit.data.shards import read_info
 
 # _info.json entries that say where the shards came from, not what they hold: the source directory, and the name
@@ -101,10 +100,10 @@ def _images(folder: Path) -> list[tuple[str, int]]:
 
 
 def _embedded(name: str, data: dict) -> dict:
-    arrays = EMBEDDED[name]()
     split_seed = data.get("split_seed", 0)
-    train, val = validation_split(name, arrays.labels, data.get("val_size"), split_seed)
-    defining = {"dataset": name, "package": PACKAGES[name], "version": version(PACKAGES[name]),
+    arrays = load(name, data.get("path"), split_seed)
+    train, val = validation_split(arrays, data.get("val_size"), split_seed)
+    defining = {"dataset": name, "package": PACKAGES[name], "version": arrays.version,
                 "splits": {"train": len(train), "val": len(val)}, "split_seed": split_seed}
     return {"kind": "embedded", **defining, "classes": len(arrays.classes), "digest": _digest(defining)}
 

@@ -140,5 +140,5 @@ def _embedded(name: str, size: int, in_chans: int, batch_size: int) -> tuple[Dat
     pixels = torch.from_numpy(data.images).unsqueeze(1) * 255.0
     images = resize_crop(pixels, size).expand(-1, in_chans, -1, -1)
     labels = torch.from_numpy(data.labels)
-    train, test = validation_split(name, data.labels)
+    train, test = validation_split(data)
     return tuple(DataLoader(TensorDataset(images[i], labels[i]), batch_size) for i in (train, test))

@@ -104,7 +104,7 @@ class DataConfig:
     img_size: int = MISSING
     in_chans: int = MISSING
     num_classes: int = MISSING
-    val_size: int | None = None  # embedded datasets: None = their fixed split (data.embedded.VAL_SIZES)
+    val_size: int | None = None  # embedded datasets: None = their fixed split (data.embedded's ArrayDataset.val_size)
     # training images per epoch: synthetic draws this many; the other datasets count their own, and this is only
     # the cost estimate's (reluvit.sweep.cost) while their data is absent
     num_samples: int | None = None

@@ -29,7 +29,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reluvit.cache import environment_digest, read_cached, write_cached
-from reluvit.data.embedded import VAL_SIZES
+from reluvit.data.embedded import EMBEDDED
 from reluvit.data.splits import parse_split
 from reluvit.run.build import architecture
 from reluvit.run.compose import Progress
@@ -43,14 +43,14 @@ def _cache_key(*parts) -> str:
 
 
 @functools.cache
-def _embedded_images(name: str) -> int:
-    """The images of embedded dataset ``name``, loaded once and then read back from disk."""
-    key = _cache_key("embedded images", name)
+def _embedded_images(name: str, path: str | None, split_seed: int, val_size: int | None) -> int:
+    """The training images of embedded dataset ``name``, loaded once and then read back from disk."""
+    key = _cache_key("embedded training images", name, path, split_seed, val_size)
     count = read_cached("cost", key)
     if not isinstance(count, int):
-        from reluvit.data.embedded import EMBEDDED
+        from reluvit.data.embedded import load, validation_split
 
-        count = len(EMBEDDED[name]().labels)
+        count = len(validation_split(load(name, path, split_seed), val_size, split_seed)[0])
         write_cached("cost", key, count)
     return count
 
@@ -65,8 +65,8 @@ def _shard_images(path: str) -> int | None:
 def train_images(data: DictConfig) -> int | None:
     """Training images per epoch: what the data itself holds (an embedded dataset, the ``data.train_split`` of shards
     with their ``_info.json``), else ``data.num_samples``; None when neither says."""
-    if data.dataset in VAL_SIZES:
-        return _embedded_images(data.dataset) - (VAL_SIZES[data.dataset] if data.val_size is None else data.val_size)
+    if data.dataset in EMBEDDED:
+        return _embedded_images(data.dataset, data.path, data.split_seed, data.val_size)
     counted = _shard_images(data.path) if data.dataset == "shards" and data.path else None
     if not counted:
         return data.num_samples
