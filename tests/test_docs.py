@@ -256,6 +256,7 @@ def _checks(monkeypatch) -> list[str]:
 
     for name, check in (("_train", train), ("_sweep", sweep), ("_status", sweeps("status")),
                         ("_cancel", sweeps("cancel")), ("_plots", sweeps("plots")), ("_wandb", sweeps("wandb")),
+                        ("_claims", sweeps("claims")),
                         ("_evaluate", evaluate), ("_shards", shards), ("_prune", plain("prune")),
                         ("_export", plain("export")), ("_wandb_sync", plain("wandb-sync")),
                         ("_results", plain("results"))):

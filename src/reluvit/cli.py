@@ -1,4 +1,4 @@
-"""``reluvit <command>``: train, sweep, status, cancel, prune, export, results, plots, wandb, wandb-sync, evaluate,
+"""``reluvit <command>``: train, sweep, status, cancel, prune, export, results, plots, claims, wandb, wandb-sync, evaluate,
 shards, soft-table.
 
 Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status`` never load torch or Lightning.
@@ -129,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="the .safetensors file (default: RUN_DIR/export/<run name>.safetensors)")
     commands = {}
     for name, text in (("status", "runs completed / running / failed / diverged / missing per sweep"),
-                       ("plots", "roll up and plot what exists"),
+                       ("plots", "roll up and plot what exists, and test the claims (claims.csv / .md)"),
+                       ("claims", "test each figure's claims from the paper on the roll-up: effect, 95 % interval, "
+                                  "seeds, verdict"),
                        ("wandb", "W&B dashboards per figure: a saved workspace view and a report")):
         commands[name] = sub.add_parser(name, help=text)
         _sweep_args(commands[name], many=True)
@@ -140,9 +142,10 @@ def _parser() -> argparse.ArgumentParser:
                                    help="also log each figure as a W&B figure run (offline unless logged in)")
     commands["wandb"].add_argument("--publish", action="store_true",
                                    help="save the specifications written earlier (offline) to W&B; needs a login")
-    for command in (commands["plots"], commands["wandb"]):
+    for command in (commands["plots"], commands["wandb"], commands["claims"]):
         _completed_in_arg(command, "their rows join the roll-up and the figure (e.g. the committed "
                                    "results/reference/smoke/runs.csv)")
+    for command in (commands["plots"], commands["wandb"]):
         command.add_argument("--project", default="reluvit", help="W&B project (default: reluvit)")
         command.add_argument("--entity", default=None, help="W&B entity (default: your default entity)")
     sync = sub.add_parser("wandb-sync", help="upload every offline W&B run under the runs directory not synced yet")
@@ -300,10 +303,23 @@ def _figures(args, overrides: list[str]):
 
 def _plots(args, overrides: list[str]) -> None:
     from reluvit.dashboards.figure_run import log_drawn
+    from reluvit.report.figures import verdicts
 
+    tested = []
     for sweep, runs, drawn in _figures(args, overrides):
+        tested.append((sweep, runs))
         if args.wandb and drawn is not None:
             log_drawn(sweep, runs, drawn, args.runs_dir, args.project, args.entity, "auto")
+    verdicts(tested, _results_dir(args.results_dir), args.scale)
+
+
+def _claims(args, overrides: list[str]) -> None:
+    from reluvit.report.claims import markdown
+    from reluvit.report.figures import sweep_tables, verdicts
+
+    tested = list(sweep_tables(_sweeps(args), args.runs_dir, _results_dir(args.results_dir), _completed_table(args),
+                               overrides, args.seeds))
+    print(markdown(verdicts(tested, _results_dir(args.results_dir), args.scale)))
 
 
 def _wandb(args, overrides: list[str]) -> None:
@@ -383,10 +399,10 @@ def main(argv: list[str] | None = None) -> None:
     except ArgumentError as e:
         exit_config_error(e)
     args, overrides = parser.parse_known_args(argv)
-    if args.command in ("status", "plots", "wandb"):  # the positional SWEEP list takes the key=value overrides too
+    if args.command in ("status", "plots", "wandb", "claims"):  # the positional SWEEP list takes the key=value overrides too
         overrides += [name for name in args.sweeps if "=" in name]
         args.sweeps = [name for name in args.sweeps if "=" not in name]
-    takes_overrides = ("train", "sweep", "evaluate", "status", "plots", "wandb", "cancel")
+    takes_overrides = ("train", "sweep", "evaluate", "status", "plots", "wandb", "claims", "cancel")
     if overrides and (args.command not in takes_overrides or any(o.startswith("-") for o in overrides)):
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     from reluvit.logs import configure
@@ -409,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
             _export(args)
         elif args.command == "plots":
             _plots(args, overrides)
+        elif args.command == "claims":
+            _claims(args, overrides)
         elif args.command == "wandb":
             _wandb(args, overrides)
         elif args.command == "wandb-sync":

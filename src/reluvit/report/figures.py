@@ -1,6 +1,7 @@
-"""A sweep's figure from the roll-up: the roll-up written under the results directory, the runs that are the
-sweep's, drawn by the plot its sweep file names (``figure:``), saved as PNG and PDF, and shown as a table (with
-W&B, logged as a figure run: :func:`reluvit.dashboards.figure_run.log_drawn`)."""
+"""A sweep's figure and verdicts from the roll-up: the roll-up written under the results directory, the runs that are
+the sweep's, drawn by the plot its sweep file names (``figure:``), saved as PNG and PDF, and shown as a table (with
+W&B, logged as a figure run: :func:`reluvit.dashboards.figure_run.log_drawn`); its claims tested
+(:mod:`reluvit.report.claims`) into ``claims.csv`` and ``claims.md``."""
 
 from __future__ import annotations
 
@@ -72,14 +73,38 @@ def runs_text(runs: pd.DataFrame) -> str:
     return runs[columns].to_string(index=False) if len(runs) else "no runs"
 
 
-def figures(sweeps: list, runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None,
-            overrides: list[str] = (), seeds: list[int] | None = None):
-    """Roll up, then for each sweep: the sweep, its runs (:func:`reluvit.report.status.sweep_runs`) and its figure
-    drawn and saved (:func:`draw`)."""
+def sweep_tables(sweeps: list, runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None,
+                 overrides: list[str] = (), seeds: list[int] | None = None):
+    """Roll up, then for each sweep: the sweep and the roll-up's rows of its runs
+    (:func:`reluvit.report.status.sweep_runs`), what its figure and its claims are drawn from."""
     from reluvit.report.rollup import select
     from reluvit.report.status import sweep_runs
 
     table = rollup_into(runs_dir, results_dir, also)
     for sweep in sweeps:
-        runs = select([run["identities"] for run in sweep_runs(sweep, runs_dir, overrides, seeds)], table)
+        yield sweep, select([run["identities"] for run in sweep_runs(sweep, runs_dir, overrides, seeds)], table)
+
+
+def figures(sweeps: list, runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None,
+            overrides: list[str] = (), seeds: list[int] | None = None):
+    """For each sweep (:func:`sweep_tables`): the sweep, its runs and its figure drawn and saved (:func:`draw`)."""
+    for sweep, runs in sweep_tables(sweeps, runs_dir, results_dir, also, overrides, seeds):
         yield sweep, runs, draw(sweep, runs, results_dir)
+
+
+def verdicts(tested: list[tuple], results_dir: Path, scale: str) -> pd.DataFrame:
+    """The claims of each (sweep, its runs) tested (:func:`reluvit.report.claims.evaluate`), written to
+    ``<results_dir>/<scale>/claims.csv`` and ``.md``; returns the table."""
+    import pandas as pd
+
+    from reluvit.report import claims
+
+    tables = [claims.evaluate(sweep.name, claims.parse(sweep.claims), runs) for sweep, runs in tested]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=claims.COLUMNS)
+    stem = results_dir / scale / "claims"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text(claims.markdown(table))
+    log.info("claims: %s", ", ".join(f"{n} {v}" for v, n in table["verdict"].value_counts().items()) or "none")
+    log.info("claims: %s.csv / .md", stem)
+    return table

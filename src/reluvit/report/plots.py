@@ -111,7 +111,7 @@ class Curve(NamedTuple):
     marker: str = "o"
 
 
-def _select(df: pd.DataFrame, point: dict) -> pd.DataFrame:
+def matching(df: pd.DataFrame, point: dict) -> pd.DataFrame:
     """Rows matching every key of ``point`` (numbers compared as floats; a bool matches only its own spellings, so
     a run without the key is never taken for its ablation)."""
     mask = pd.Series(True, index=df.index)
@@ -142,7 +142,7 @@ def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: 
     trains (the sweep's ``requires: gpu`` blocks); a point of theirs without runs "needs a GPU"."""
     out = []
     for point in points:
-        runs = _select(df, point)
+        runs = matching(df, point)
         status = runs["status"] if "status" in runs else pd.Series("failed", index=runs.index)
         y = _numeric(runs, metric)
         xs = _numeric(runs, x) if x else pd.Series(0.0, index=runs.index)

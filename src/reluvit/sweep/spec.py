@@ -1,13 +1,13 @@
 """Sweep files: ``sweeps/<name>.yaml`` (found by :mod:`reluvit.search`: the user's sweep directories, then the
-packaged one) holds, per scale, the grid as blocks (each the cartesian product of its keys)
-and the keyword arguments of its plot (:mod:`reluvit.report.plots`, the function named like the sweep). The
+packaged one) holds, per scale, the grid as blocks (each the cartesian product of its keys), the paper's claims that
+its runs test (:mod:`reluvit.report.claims`) and the keyword arguments of its plot (:mod:`reluvit.report.plots`). The
 figures of the paper are sweeps ``fig1`` ... ``fig5``; the demo is the sweep ``demo``. Extra overrides may use
 Hydra's sweep syntax (``seed=0,1``): they multiply every point."""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -48,6 +48,7 @@ class Sweep:
     blocks: list[Block]
     plot: dict
     figure: str | None = None  # the function of reluvit.report.plots that draws it; None: rolled up only
+    claims: list[dict] = field(default_factory=list)  # the paper's claims it tests: reluvit.report.claims.Claim's
 
     def runnable(self, gpu: bool) -> list[Block]:
         return [b for b in self.blocks if b.requires is None or (b.requires == "gpu" and gpu)]
@@ -97,4 +98,5 @@ def load(name: str, scale: str, seeds: list[int] | None = None) -> Sweep:
         if seeds is not None:
             keys["seed"] = list(seeds)
         blocks.append(Block(keys, requires))
-    return Sweep(name, scale, blocks, spec["scales"][scale].get("plot") or {}, spec.get("figure"))
+    scaled = spec["scales"][scale]
+    return Sweep(name, scale, blocks, scaled.get("plot") or {}, spec.get("figure"), scaled.get("claims") or [])
