@@ -18,8 +18,8 @@ LOCK_REQUIREMENTS = $(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproje
 # Figure sweeps: SCALE=smoke (embedded data, CPU) | paper (ImageNet); LAUNCHER=local | slurm; CLUSTER=<profile name
 # in slurm/profiles> | /path/to/profile.yaml; DRY_RUN=1 prints the SLURM submission to CLUSTER (job arrays, sbatch
 # script, GPU-hours) and submits nothing; NO_WAIT=1 submits and returns; SEEDS=0,1,2 replaces the sweep file's seeds;
-# ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb"); COMPLETED_IN=<roll-up table>: runs it records
-# as completed are not trained again (reluvit sweep --completed-in). RUNS_DIR=<dir>: where runs live (default:
+# ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb"); COMPLETED_IN=<roll-up tables>: runs they record
+# as completed are not trained again (reluvit sweep --completed-in, once per table). RUNS_DIR=<dir>: where runs live (default:
 # $RELUVIT_RUNS_DIR, else runs/; put paper-scale runs on scratch), passed to every command that reads or writes runs.
 SCALE    ?= smoke
 LAUNCHER ?= local
@@ -31,8 +31,9 @@ ARGS     ?=
 COMPLETED_IN ?=
 RUNS_DIR ?=
 SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
+COMPLETED_OPTS = $(foreach table,$(COMPLETED_IN),--completed-in $(table))
 LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(CLUSTER),--cluster $(CLUSTER)) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait) \
-              $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
+              $(COMPLETED_OPTS)
 # fig1 ... fig5, as sweeps/ defines them
 FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
 
@@ -45,7 +46,7 @@ DEVICE_WHEELS = hydra-core|omegaconf|webdataset|braceexpand|submitit|timm
 DEVICE_SDISTS = antlr4-python3-runtime
 WHEEL_PLATFORMS = $(foreach n,manylinux_2_28 manylinux_2_17 manylinux2014,--platform $(n)_x86_64)
 
-.PHONY: help venv venv-parity lock demo test test-all lint clean $(FIGURES) train-length plots reference-runs reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
+.PHONY: help venv venv-parity lock demo test test-all lint clean $(FIGURES) train-length plots claims reference-runs reference-figures status results wandb-sync bench bench-data bench-cli device-wheels device-check
 help:
 	@echo "make demo         train softmax vs relu/L vs relu on Animal-MNIST (2 CPU cores: under 10 min)"
 	@echo "make test         the fast test suite (minutes; touches nothing outside the repository and /tmp)"
@@ -55,8 +56,9 @@ help:
 	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot;"
 	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
 	@echo "make train-length the smoke recipe's training-length study (4-32 epochs, 3 seeds; ~1 h on 2 CPU cores)"
-	@echo "make plots        roll up and plot what exists (results/, never results/reference/);  make status: runs per sweep"
-	@echo "                  COMPLETED_IN=results/reference/smoke/runs.csv: with the committed smoke runs"
+	@echo "make plots        roll up, plot and test the claims of what exists (results/, never results/reference/)"
+	@echo "                  COMPLETED_IN=\"results/reference/smoke/runs.csv results/reference/smoke/train_length_runs.csv\""
+	@echo "                  adds the committed smoke runs;  make claims: the verdicts alone;  make status: runs per sweep"
 	@echo "make reference-runs     add RUNS_DIR's completed clean-commit runs to results/reference/smoke/runs.csv"
 	@echo "make reference-figures  redraw results/reference/smoke/*.png|pdf from its committed roll-ups (clean checkout)"
 	@echo "make wandb-sync   upload the offline W&B runs under RUNS_DIR not uploaded yet"
@@ -117,7 +119,10 @@ $(FIGURES) train-length: venv
 	$(BIN)/reluvit sweep $(subst -,_,$@) $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
 
 plots: venv
-	$(BIN)/reluvit plots $(SWEEP_OPTS) $(if $(COMPLETED_IN),--completed-in $(COMPLETED_IN))
+	$(BIN)/reluvit plots $(SWEEP_OPTS) $(COMPLETED_OPTS)
+
+claims: venv
+	$(BIN)/reluvit claims $(SWEEP_OPTS) $(COMPLETED_OPTS)
 
 REFERENCE = results/reference/smoke
 # The completed runs under RUNS_DIR trained from a clean commit join the committed smoke roll-up (a sweep run in
@@ -125,14 +130,14 @@ REFERENCE = results/reference/smoke
 reference-runs: venv
 	$(BIN)/python -m reluvit.report.reference $(REFERENCE)/runs.csv $(or $(RUNS_DIR),$(RELUVIT_RUNS_DIR),runs)
 
-# The committed smoke figures, redrawn from the committed roll-up alone (no runs/): drawn in a scratch folder, then
-# copied into results/reference/smoke/. From a clean checkout only, as the runs it plots were trained.
+# The committed smoke figures and claims (claims.csv, claims.md), redrawn from the committed roll-ups alone (no
+# runs/): drawn in a scratch folder, then copied into results/reference/smoke/. From a clean checkout only, as the runs
+# it plots were trained.
 reference-figures: venv
 	@test -z "$$(git status --porcelain)" || { echo "reference-figures: commit first (the checkout is dirty)"; exit 2; }
-	scratch=$$(mktemp -d) && $(BIN)/reluvit plots $(FIGURES) --scale smoke --runs-dir $$scratch/runs \
-	  --results-dir $$scratch --completed-in $(REFERENCE)/runs.csv && cp $$scratch/smoke/fig?.p* $(REFERENCE)/ && \
-	$(BIN)/reluvit plots train_length --scale smoke --runs-dir $$scratch/runs --results-dir $$scratch/tl \
-	  --completed-in $(REFERENCE)/train_length_runs.csv && cp $$scratch/tl/smoke/train_length.p* $(REFERENCE)/; \
+	scratch=$$(mktemp -d) && $(BIN)/reluvit plots $(FIGURES) train_length --scale smoke --runs-dir $$scratch/runs \
+	  --results-dir $$scratch --completed-in $(REFERENCE)/runs.csv --completed-in $(REFERENCE)/train_length_runs.csv && \
+	cp $$scratch/smoke/*.png $$scratch/smoke/*.pdf $$scratch/smoke/claims.* $(REFERENCE)/; \
 	status=$$?; rm -rf $$scratch; exit $$status
 
 status: venv

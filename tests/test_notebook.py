@@ -1,5 +1,5 @@
-"""notebooks/results.ipynb runs end to end, on a small synthetic roll-up table and on a fresh clone (the committed
-reference), and displays the five figures."""
+"""notebooks/results.ipynb runs end to end, on a small roll-up table and on a fresh clone (the committed reference),
+and displays the five figures and their claims; an empty roll-up never hides a later one."""
 
 from __future__ import annotations
 
@@ -21,22 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "results.ipynb"
 
 
-def synthetic_table() -> pd.DataFrame:
-    """Two models, two recipes, relu at three alphas (two seeds), softmax, one diverged, one running run."""
-    rows = []
-    for recipe in ("smoke", "smoke_tok"):
-        for model in ("micro4", "micro2"):
-            grid = [("softmax", 1.0)] + [("relu", a) for a in (0.0, 1.0, 2.0)] + [("relu2", 1.0)]
-            for activation, alpha in grid:
-                for seed in (0, 1):
-                    rows.append({"recipe": recipe, "model": model, "variant": f"micro/{model[-1]}",
-                                 "activation": activation, "alpha": alpha, "qk_norm": True, "gate": False,
-                                 "seed": seed, "status": "completed", "core_hours": 0.05 if model == "micro4" else 0.2,
-                                 "val_acc": 0.8 - 0.05 * abs(alpha - 1) + 0.01 * seed})
-    rows[-1].update(status="diverged", val_acc=float("nan"))
-    rows[-2].update(status="running", val_acc=float("nan"))
-    df = pd.DataFrame(rows)
-    return df.assign(run_name=[f"run{i}" for i in range(len(df))], data="animal_mnist", train_flops=1e12)
+def small_table() -> pd.DataFrame:
+    """A real roll-up (the notebook finds each sweep's runs by identity, as ``reluvit plots`` does): every third run
+    of the committed reference, one of them marked diverged and one running."""
+    df = pd.read_csv(REPO / "results" / "reference" / "smoke" / "runs.csv").iloc[::3].reset_index(drop=True)
+    df.loc[0, ["status", "val_acc"]] = ["diverged", float("nan")]
+    df.loc[1, ["status", "val_acc"]] = ["running", float("nan")]
+    return df
 
 
 def venv_kernel(tmp_path: Path) -> KernelManager:
@@ -70,6 +61,10 @@ def printed(cells: list) -> str:
     return "".join(out.get("text", "") for cell in cells for out in cell.outputs)
 
 
+def printed_markdown(cells: list) -> str:
+    return "".join(out.get("data", {}).get("text/markdown", "") for cell in cells for out in cell.outputs)
+
+
 def images_per_figure(cells: list) -> dict[str, int]:
     """How many PNG images each ``show("figN")`` cell displayed."""
     return {cell.source: sum("image/png" in out.get("data", {}) for out in cell.outputs)
@@ -77,16 +72,26 @@ def images_per_figure(cells: list) -> dict[str, int]:
 
 
 def test_notebook_runs(tmp_path, monkeypatch):
-    results = tmp_path / "runs.parquet"
-    synthetic_table().to_parquet(results, index=False)
+    results = tmp_path / "runs.csv"
+    small_table().to_csv(results, index=False)
     monkeypatch.setenv("RELUVIT_RESULTS", str(results))
     monkeypatch.setenv("RELUVIT_FIGURES", str(tmp_path / "figures"))
 
     cells = execute(NOTEBOOK, tmp_path)
-    assert f"{len(synthetic_table())} runs from {results.resolve()}\n" in printed(cells)
+    assert f"{len(small_table())} runs from {results.resolve()}\n" in printed(cells)
     assert images_per_figure(cells) == {f'show("fig{i}")': 1 for i in range(1, 6)}
-    assert sorted(p.name for p in (tmp_path / "figures" / "smoke").iterdir()) == [
-        f"fig{i}.{ext}" for i in range(1, 6) for ext in ("pdf", "png")]
+    assert sorted(p.name for p in (tmp_path / "figures" / "smoke").iterdir()) == sorted(
+        f"{name}.{ext}" for name in ("fig1", "fig2", "fig2_fashion", "fig3", "fig4", "fig5") for ext in ("pdf", "png"))
+    assert "agrees" in printed_markdown(cells) or "inconclusive" in printed_markdown(cells)  # the claims, tested
+
+
+def test_an_empty_rollup_never_hides_the_reference(tmp_path):
+    from reluvit.report.figures import first_rollup
+
+    empty, reference = tmp_path / "runs.csv", REPO / "results" / "reference" / "smoke" / "runs.csv"
+    pd.read_csv(reference).iloc[:0].to_csv(empty, index=False)
+    assert first_rollup(tmp_path / "missing.parquet", empty, reference)[0] == reference
+    assert first_rollup(empty)[0] == empty  # none has runs: the last one's empty table
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from scipy import stats
 
 from reluvit.report import plots
 
@@ -134,8 +135,9 @@ def test_figures_drawn(table, tmp_path, monkeypatch):
     # fig1: 2 x-axis rows (core hours, FLOPs) x 2 metrics; 8 points, counted once although drawn in both rows
     assert [ax.get_xlabel() for ax in fig1.axes] == ["core hours"] * 2 + ["training FLOPs"] * 2
     assert fig1.texts[-1].get_text() == ("5 of 8 points missing (2 not run, 3 completed without the metric); "
-                                         "1 means exclude diverged seeds; bars: min-max over seeds")
-    (relu,) = [line for line in fig1.axes[0].lines if line.get_label() == "relu/seqlen"]
+                                         "1 means exclude diverged seeds; small numbers: seeds per point; "
+                                         "bars: 95 % interval of the mean (t, over seeds)")
+    (relu,) = [line for line in fig1.axes[0].lines if line.get_label() == "relu/L"]
     np.testing.assert_allclose(relu.get_xdata(), [0.02])  # mini4's completed seeds 0-2, the diverged seed 3 left out
     np.testing.assert_allclose(relu.get_ydata(), [0.82])
 
@@ -150,10 +152,15 @@ def test_figures_drawn(table, tmp_path, monkeypatch):
     # fig3, 24 points: mini4 has relu x3, squared relu ok/diverged/failed, relu without qk-layernorm at alpha 1
     # only; mini2 only the running relu
     assert fig3.texts[-1].get_text().startswith("18 of 24 points missing (1 running, 1 failed, 16 not run); 1 diverged")
+    # one unlabelled row: the y axis is named by the metric, never by the recipe ("smoke")
+    assert [ax.get_ylabel() for ax in fig3.axes] == ["", ""] and fig3._supylabel.get_text() == "validation accuracy"
+    # each row of Figure 2 its own y axis, shared along the row
+    shared = fig2.axes[0].get_shared_y_axes()
+    assert shared.joined(fig2.axes[0], fig2.axes[1]) and not shared.joined(fig2.axes[0], fig2.axes[2])
     # a metric per recipe (the paper's i1k accuracy: val_i1k_acc for i21k runs, val_acc for i1k runs)
     per_recipe = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS,
                             metric={"smoke": "val_i1k_acc", "smoke_tok": "val_acc"})
-    assert per_recipe.texts[-1].get_text() == (
+    assert per_recipe.texts[-1].get_text() == (  # the one point with a value diverged: no seed counts to explain
         "27 of 28 points missing (1 running, 1 failed, 19 not run, 6 completed without the metric); 1 diverged (x)")
     # mini2 trained only on a GPU: its points without runs need one, its empty panel says so
     gpu_only = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS,
@@ -274,7 +281,7 @@ def test_fig5_finds_every_attention_in_rows_the_roll_up_writes():
              "core_hours": 0.1, "attn_alpha_mean": 0.9} for c in configs]
     assert rows[-1]["gate"] is None
     fig = plots.fig5(pd.DataFrame(rows), recipe="smoke", model="micro2")
-    assert fig.texts[-1].get_text() == "all 5 points present"
+    assert fig.texts[-1].get_text().startswith("all 5 points present")
 
 
 def test_a_short_alpha_grid_is_the_ticks_of_every_alpha_figure(table):
@@ -285,3 +292,54 @@ def test_a_short_alpha_grid_is_the_ticks_of_every_alpha_figure(table):
     paper_grid = [a / 4 for a in range(9)]
     fig = plots.fig3(table, columns=COLUMNS, recipe="smoke", alphas=paper_grid)
     assert len(fig.axes[0].get_xticks()) < len(paper_grid)  # matplotlib's, not all nine
+
+
+def test_bars_are_the_95_percent_t_interval_of_the_mean_or_min_max(table):
+    point = [{"recipe": "smoke", "model": "mini4", "activation": "relu", "qk_norm": True, "gate": False,
+              "alpha": 1.0}]
+    values = np.array([0.80, 0.82, 0.84])  # the completed seeds; the diverged one is left out
+    half = stats.t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3)
+    ci = plots.aggregate(table, point).iloc[0]
+    assert (ci["low"], ci["high"]) == pytest.approx((values.mean() - half, values.mean() + half))
+    minmax = plots.aggregate(table, point, bars="minmax").iloc[0]
+    assert (minmax["low"], minmax["high"]) == (0.80, 0.84)
+    single = plots.aggregate(table, [{**point[0], "alpha": 2.0}]).iloc[0]
+    assert single["n"] == 1 and np.isnan(single["low"])  # no bar from one seed
+    with pytest.raises(ValueError, match="not one of: ci95, minmax"):
+        plots.aggregate(table, point, bars="sd")
+
+
+def test_each_point_shows_its_seed_count(table):
+    fig = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS)
+    counts = [t.get_text() for t in fig.axes[0].texts]
+    assert counts.count("3") == 1 and counts.count("2") == 1 and "n=2" in counts  # relu alpha 1 and 0; softmax
+
+
+def test_alphas_beyond_the_grid_are_drawn_not_counted_missing(table):
+    finer = pd.concat([table, pd.DataFrame([run(alpha=0.5, val_acc=0.77)])], ignore_index=True)
+    before = plots.fig2(table, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS)
+    fig = plots.fig2(finer, rows=ROWS, columns=COLUMNS, activations=ACTIVATIONS, alphas=ALPHAS)
+    (relu,) = [line for line in fig.axes[0].lines if line.get_label() == "relu"]
+    np.testing.assert_allclose(relu.get_xdata(), [0.0, 0.5, 1.0, 2.0])
+    assert before.texts[-1].get_text().startswith("21 of 28 points missing")
+    assert fig.texts[-1].get_text().startswith("21 of 29 points missing")  # one more point, and it is present
+
+
+def test_core_hours_name_the_devices_they_were_measured_on(table):
+    fig = plots.fig1(table.assign(device="cpu (x86_64)"), models=["mini4"], recipe="smoke",
+                     metrics={"accuracy": "val_acc"}, x="core_hours")
+    assert fig.axes[0].get_xlabel() == "core hours (measured on cpu (x86_64))"
+
+
+def test_fig5_shows_the_learned_alpha_from_each_start():
+    rows = [run(model="micro2", activation=a, alpha=1.0, learn_alpha="none", seed=s, val_acc=0.8)
+            for a in ("softmax", "relu", "sigmoid_attn", "soft") for s in (0, 1)]
+    rows += [run(model="micro2", alpha=start, learn_alpha="layer", seed=s, val_acc=0.8, attn_alpha_mean=final + s / 100)
+             for start, final in ((0.25, 0.5), (2.0, 1.5)) for s in (0, 1)]
+    fig = plots.fig5(pd.DataFrame(rows), recipe="smoke", model="micro2")
+    labels = [line.get_label() for line in fig.axes[0].lines if not line.get_label().startswith("_")]
+    assert labels[-2:] == ["relu, alpha learned from 0.25", "relu, alpha learned from 2"]
+    (final,) = [line for line in fig.axes[1].lines if line.get_label() == "learned alpha (mean over layers)"]
+    np.testing.assert_allclose(final.get_xdata(), [0.25, 2.0])
+    np.testing.assert_allclose(final.get_ydata(), [0.505, 1.505])
+    assert fig.texts[-1].get_text().startswith("all 6 points present")

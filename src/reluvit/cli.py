@@ -1,5 +1,5 @@
-"""``reluvit <command>``: train, sweep, status, cancel, prune, export, results, plots, claims, wandb, wandb-sync, evaluate,
-shards, soft-table.
+"""``reluvit <command>``: train, sweep, status, cancel, prune, export, results, plots, claims, wandb, wandb-sync,
+evaluate, shards, soft-table.
 
 Imports stay inside the commands: ``reluvit --help``, ``results`` and ``status`` never load torch or Lightning.
 """
@@ -89,15 +89,20 @@ def _runs_dir(args, overrides: list[str]) -> list[str]:
 
 
 def _completed_in_arg(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--completed-in", type=Path, default=None, metavar="TABLE",
-                        help=f"a roll-up table (.parquet or .csv) whose completed runs count as the sweep's: {what}")
+    parser.add_argument("--completed-in", type=Path, action="append", default=None, metavar="TABLE",
+                        help=f"a roll-up table (.parquet or .csv; repeat the flag for several) whose completed runs "
+                             f"count as the sweep's: {what}")
 
 
 def _completed_table(args):
-    """The roll-up table named by ``--completed-in``, or None."""
+    """The roll-up tables named by ``--completed-in``, as one table, or None."""
+    import pandas as pd
+
     from reluvit.report.rollup import read_table
 
-    return read_table(args.completed_in) if args.completed_in else None
+    if not args.completed_in:
+        return None
+    return pd.concat([read_table(path) for path in args.completed_in], ignore_index=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
         commands[name].epilog = "Further key=value arguments: the Hydra overrides the sweep was launched with."
     commands["status"].add_argument("--failed", action="store_true",
                                     help="also list each failed, interrupted or diverged run: its error and logs")
+    commands["plots"].add_argument("--bars", choices=("ci95", "minmax"), default="ci95",
+                                   help="error bars over seeds: the 95 %% t interval of the mean (default) or min-max")
     commands["plots"].add_argument("--wandb", action="store_true",
                                    help="also log each figure as a W&B figure run (offline unless logged in)")
     commands["wandb"].add_argument("--publish", action="store_true",
@@ -209,7 +216,8 @@ def _sweep(args, overrides: list[str]) -> None:
     results_dir = _results_dir(args.results_dir)
     completed = _completed_table(args)
     sweep = spec.load(args.sweep, args.scale, args.seeds)
-    _finish(run_sweep(sweep, overrides, _launch(args), args.runs_dir, results_dir, completed, args.completed_in,
+    named = ", ".join(map(str, args.completed_in)) if args.completed_in else None
+    _finish(run_sweep(sweep, overrides, _launch(args), args.runs_dir, results_dir, completed, named,
                       args.resubmit_failed))
 
 
@@ -298,7 +306,7 @@ def _figures(args, overrides: list[str]):
     from reluvit.report.figures import figures
 
     return figures(_sweeps(args), args.runs_dir, _results_dir(args.results_dir), _completed_table(args), overrides,
-                   args.seeds)
+                   args.seeds, getattr(args, "bars", "ci95"))
 
 
 def _plots(args, overrides: list[str]) -> None:
@@ -399,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     except ArgumentError as e:
         exit_config_error(e)
     args, overrides = parser.parse_known_args(argv)
-    if args.command in ("status", "plots", "wandb", "claims"):  # the positional SWEEP list takes the key=value overrides too
+    if args.command in ("status", "plots", "wandb", "claims"):  # the SWEEP list takes the key=value overrides too
         overrides += [name for name in args.sweeps if "=" in name]
         args.sweeps = [name for name in args.sweeps if "=" not in name]
     takes_overrides = ("train", "sweep", "evaluate", "status", "plots", "wandb", "claims", "cancel")

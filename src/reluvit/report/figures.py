@@ -46,18 +46,30 @@ def plot_function(sweep):
     return getattr(plots, sweep.figure)
 
 
-def draw(sweep, runs: pd.DataFrame, results_dir: Path):
-    """Draw and save the sweep's figure (``<results_dir>/<scale>/<sweep>.png`` and ``.pdf``); returns it (with
-    ``.points``) and its paths, or None for a sweep without a figure. Missing points of models that only a GPU trains
-    are counted as needing one."""
-    from reluvit.report import plots
-
+def drawn(sweep, runs: pd.DataFrame, bars: str = "ci95"):
+    """The sweep's figure (:mod:`reluvit.report.plots`, its ``figure.points`` the data drawn), or None for a sweep
+    without one: its plot's keyword arguments from the sweep file, drawn from the runs of the seeds its ``seeds:``
+    lists (all without one; the claims may use more). Missing points of models that only a GPU trains are counted
+    as needing one."""
     plot = plot_function(sweep)
     if plot is None:
+        return None
+    kwargs = dict(sweep.plot)
+    if (seeds := kwargs.pop("seeds", None)) is not None and "seed" in runs:
+        runs = runs[runs["seed"].astype(float).isin([float(seed) for seed in seeds])]
+    gpu_only = {"needs_gpu": models} if (models := sweep.gpu_only_models()) else {}
+    return plot(runs, **kwargs, **gpu_only, bars=bars)
+
+
+def draw(sweep, runs: pd.DataFrame, results_dir: Path, bars: str = "ci95"):
+    """Draw and save the sweep's figure (:func:`drawn`; ``<results_dir>/<scale>/<sweep>.png`` and ``.pdf``);
+    returns it and its paths, or None for a sweep without a figure."""
+    from reluvit.report import plots
+
+    figure = drawn(sweep, runs, bars)
+    if figure is None:
         log.info("%s: no figure (a sweep file's figure: names its plot, e.g. figure: fig2)", sweep.name)
         return None
-    gpu_only = {"needs_gpu": models} if (models := sweep.gpu_only_models()) else {}
-    figure = plot(runs, **sweep.plot, **gpu_only)
     paths = plots.save(figure, results_dir / sweep.scale / sweep.name)
     for path in paths:
         log.info("figure: %s", path)
@@ -73,23 +85,43 @@ def runs_text(runs: pd.DataFrame) -> str:
     return runs[columns].to_string(index=False) if len(runs) else "no runs"
 
 
-def sweep_tables(sweeps: list, runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None,
-                 overrides: list[str] = (), seeds: list[int] | None = None):
-    """Roll up, then for each sweep: the sweep and the roll-up's rows of its runs
-    (:func:`reluvit.report.status.sweep_runs`), what its figure and its claims are drawn from."""
+def sweep_rows(sweep, table: pd.DataFrame, runs_dir: Path = Path("runs"), overrides: list[str] = (),
+               seeds: list[int] | None = None) -> pd.DataFrame:
+    """The rows of a roll-up table that are the sweep's runs (:func:`reluvit.report.status.sweep_runs`: its manifest
+    in ``runs_dir``, else its runs composed now), what its figure and its claims are drawn from."""
     from reluvit.report.rollup import select
     from reluvit.report.status import sweep_runs
 
+    return select([run["identities"] for run in sweep_runs(sweep, runs_dir, overrides, seeds)], table)
+
+
+def sweep_tables(sweeps: list, runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None,
+                 overrides: list[str] = (), seeds: list[int] | None = None):
+    """Roll up, then for each sweep: the sweep and its rows (:func:`sweep_rows`)."""
     table = rollup_into(runs_dir, results_dir, also)
     for sweep in sweeps:
-        yield sweep, select([run["identities"] for run in sweep_runs(sweep, runs_dir, overrides, seeds)], table)
+        yield sweep, sweep_rows(sweep, table, runs_dir, overrides, seeds)
 
 
 def figures(sweeps: list, runs_dir: Path, results_dir: Path, also: pd.DataFrame | None = None,
-            overrides: list[str] = (), seeds: list[int] | None = None):
+            overrides: list[str] = (), seeds: list[int] | None = None, bars: str = "ci95"):
     """For each sweep (:func:`sweep_tables`): the sweep, its runs and its figure drawn and saved (:func:`draw`)."""
     for sweep, runs in sweep_tables(sweeps, runs_dir, results_dir, also, overrides, seeds):
-        yield sweep, runs, draw(sweep, runs, results_dir)
+        yield sweep, runs, draw(sweep, runs, results_dir, bars)
+
+
+def first_rollup(*paths: Path) -> tuple[Path, pd.DataFrame]:
+    """The first of ``paths`` that holds a roll-up with runs, and its table (an empty roll-up, such as one written
+    before any run finished, never hides a later one); the last path's table when none has runs."""
+    from reluvit.report.rollup import read_table
+
+    existing = [Path(path) for path in paths if Path(path).exists()]
+    if not existing:
+        raise ConfigError("table", f"no roll-up table: none of {', '.join(map(str, paths))}")
+    for path in existing:
+        if len(table := read_table(path)):
+            return path, table
+    return existing[-1], table
 
 
 def verdicts(tested: list[tuple], results_dir: Path, scale: str) -> pd.DataFrame:

@@ -4,6 +4,7 @@ side."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection
 from numbers import Real
 from pathlib import Path
@@ -51,13 +52,16 @@ def save(fig: Figure, stem: str | Path) -> list[Path]:
     return paths
 
 
-def accuracy_bars(df: pd.DataFrame, title: str, *, metric: str = "val_acc") -> Figure:
-    """``metric`` per attention variant (mean over seeds, with the spread when there are several)."""
+def accuracy_bars(df: pd.DataFrame, title: str, *, metric: str = "val_acc", bars: str = "ci95") -> Figure:
+    """``metric`` per attention variant (mean over seeds, with its bar, :data:`BARS`, when there are several)."""
     df = df.assign(label=df.apply(attention_label, axis=1))
     stats = df.groupby("label", sort=False)[metric].agg(["mean", "min", "max"])
+    bounds = df.groupby("label", sort=False)[metric].apply(lambda values: pd.Series(_bars(values, bars),
+                                                                                    index=["low", "high"])).unstack()
+    stats = stats.join(bounds.fillna(stats[["mean"]].rename(columns={"mean": "low"}).assign(high=stats["mean"])))
     fig = new_figure(figsize=(4.5, 3.2))
     ax = fig.subplots()
-    spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]] if len(df) > len(stats) else None
+    spread = [stats["mean"] - stats["low"], stats["high"] - stats["mean"]] if len(df) > len(stats) else None
     ax.bar(stats.index, stats["mean"], color=[f"C{i}" for i in range(len(stats))], yerr=spread, capsize=4)
     for x, y in enumerate(stats["mean"]):
         ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
@@ -68,7 +72,7 @@ def accuracy_bars(df: pd.DataFrame, title: str, *, metric: str = "val_acc") -> F
     return fig
 
 
-def demo(df: pd.DataFrame, *, metric: str = "val_acc") -> Figure:
+def demo(df: pd.DataFrame, *, metric: str = "val_acc", bars: str = "ci95") -> Figure:
     """The demo sweep's figure: :func:`accuracy_bars` titled from the table, e.g. "mini4 on animal_mnist, 8 epochs"
     (each part only where its column has a value)."""
     names = [", ".join(map(str, df[column].dropna().unique())) if column in df else "" for column in ("model", "data")]
@@ -76,20 +80,22 @@ def demo(df: pd.DataFrame, *, metric: str = "val_acc") -> Figure:
     epochs = pd.to_numeric(df["epoch"], errors="coerce").max() if "epoch" in df else np.nan
     if np.isfinite(epochs):
         title += f"{', ' if title else ''}{epochs:g} epochs"
-    return accuracy_bars(df, title, metric=metric)
+    return accuracy_bars(df, title, metric=metric, bars=bars)
 
 
 # --- Figures 1-4 of the paper ------------------------------------------------------------------------------------
 # A *point* is one cell of a sweep: a dict of grid keys (columns of the roll-up table) -> values. Its value is the
-# mean of `metric` over its completed seeds, with the min-max spread when there are several. Points without such a
-# value are left out of the curves and counted in a footnote; points whose seeds all diverged are an "x" on the bottom
-# edge of the axes: their accuracy is undefined, not zero.
+# mean of `metric` over its completed seeds, drawn with its seed count and, when there are several, bars: the 95 %
+# t interval of the mean (BARS), or min-max. Points without such a value are left out of the curves and counted in a
+# footnote; points whose seeds all diverged are an "x" on the bottom edge of the axes: their accuracy is undefined,
+# not zero.
 
 MISSING = ("running", "failed", "not run", "needs a GPU", "no metric")  # why a point has no value, footnote order
 MISSING_TEXT = {"no metric": "completed without the metric", "needs a GPU": "need a GPU"}
 ACTIVATION_LABELS = {"relu2": "squared relu"}
 COLORS = {"softmax": "k", "relu": "C0", "relu2": "C1", "gelu": "C2", "softplus": "C3", "identity": "C4",
           "relu6": "C5", "sigmoid": "C6"}
+BARS = {"ci95": "95 % interval of the mean (t, over seeds)", "minmax": "min-max over seeds"}
 AXIS_LABELS = {"val_acc": "validation accuracy", "val_i1k_acc": "ImageNet-1k accuracy",
                "fewshot_10shot_mean": "avg. 10-shot transfer accuracy", "core_hours": "core hours",
                "train_flops": "training FLOPs", "alpha": "Exponent for scaling inverse seqlen"}
@@ -135,9 +141,10 @@ def _numeric(runs: pd.DataFrame, column: str) -> pd.Series:
 
 
 def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: str | None = None,
-              needs_gpu: Collection[str] = ()) -> pd.DataFrame:
+              needs_gpu: Collection[str] = (), bars: str = "ci95") -> pd.DataFrame:
     """One row per point: its keys; ``status`` ("ok", "diverged" or a reason in MISSING); ``n`` completed seeds with
-    a value; ``mean``, ``min``, ``max`` of ``metric`` over them; ``diverged_seeds``; with ``x``, the mean ``x`` of
+    a value; ``mean``, ``min``, ``max`` of ``metric`` over them, and ``low``, ``high``: the bars (:data:`BARS`:
+    the 95 % t interval of the mean, or min-max); ``diverged_seeds``; with ``x``, the mean ``x`` of
     the seeds shown (the completed ones, or the diverged ones of a diverged point). ``needs_gpu``: models only a GPU
     trains (the sweep's ``requires: gpu`` blocks); a point of theirs without runs "needs a GPU"."""
     out = []
@@ -158,12 +165,27 @@ def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: 
         else:
             state = "no metric" if (status == "completed").any() else "failed"
         row = {**point, "status": state, "n": int(done.sum()), "mean": y[done].mean(), "min": y[done].min(),
-               "max": y[done].max(), "diverged_seeds": int((status == "diverged").sum())}
+               "max": y[done].max(), **dict(zip(("low", "high"), _bars(y[done], bars), strict=True)),
+               "diverged_seeds": int((status == "diverged").sum())}
         if x:
             row["x"] = xs[done].mean() if done.any() else xs.mean() if state == "diverged" else np.nan
         out.append(row)
-    columns = ["status", "n", "mean", "min", "max", "diverged_seeds", *(["x"] if x else [])]
+    columns = ["status", "n", "mean", "min", "max", "low", "high", "diverged_seeds", *(["x"] if x else [])]
     return pd.DataFrame(out, columns=list(dict.fromkeys(k for p in points for k in p)) + columns)
+
+
+def _bars(values: pd.Series, bars: str) -> tuple[float, float]:
+    """The bar of a point's seed values: :data:`BARS`' kind; NaN for fewer than 2."""
+    if bars not in BARS:
+        raise ValueError(f"bars={bars!r} is not one of: {', '.join(BARS)}")
+    if len(values) < 2:
+        return np.nan, np.nan
+    if bars == "minmax":
+        return values.min(), values.max()
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
 
 
 def tally(agg: pd.DataFrame) -> dict[str, int]:
@@ -193,15 +215,19 @@ def footnote(counts: dict[str, int]) -> str:
 
 
 def draw_curve(ax: Axes, agg: pd.DataFrame, *, x: str, curve: Curve) -> Line2D:
-    """The means of ``agg`` in its order (a diverged point breaks the line, a missing one is skipped), min-max error
-    bars where several seeds completed, and an "x" on the bottom edge for each diverged point."""
+    """The means of ``agg`` in its order (a diverged point breaks the line, a missing one is skipped), each with its
+    seed count, bars (``low``-``high``) where several seeds completed, and an "x" on the bottom edge for each
+    diverged point."""
     shown = agg[agg["status"].isin(["ok", "diverged"])]
     (line,) = ax.plot(shown[x].to_numpy(float), shown["mean"].to_numpy(float), color=curve.color,
                       linestyle=curve.linestyle, marker=curve.marker, ms=4, label=curve.label)
     spread = shown[shown["n"] > 1]
     if len(spread):
-        ax.errorbar(spread[x], spread["mean"], yerr=[spread["mean"] - spread["min"], spread["max"] - spread["mean"]],
+        ax.errorbar(spread[x], spread["mean"], yerr=[spread["mean"] - spread["low"], spread["high"] - spread["mean"]],
                     fmt="none", ecolor=curve.color, elinewidth=0.8, capsize=2)
+    for point in shown[shown["status"] == "ok"].itertuples():
+        ax.annotate(str(point.n), (getattr(point, x), point.mean), xytext=(2, -7), textcoords="offset points",
+                    fontsize=5, color=curve.color)
     diverged = shown[shown["status"] == "diverged"]
     if len(diverged):  # y in axes units: on the bottom edge whatever the limits, and without stretching them
         ax.plot(diverged[x], np.zeros(len(diverged)), "x", color=curve.color, ms=7, mew=1.5,
@@ -210,12 +236,14 @@ def draw_curve(ax: Axes, agg: pd.DataFrame, *, x: str, curve: Curve) -> Line2D:
 
 
 def _reference(ax: Axes, agg: pd.DataFrame, curve: Curve) -> None:
-    """A single point drawn across the panel: dashed at its mean, shaded over its seed spread."""
+    """A single point drawn across the panel: dashed at its mean, shaded over its bar, its seed count at the right."""
     row = agg.iloc[0]
     if row["status"] == "ok":
         ax.axhline(row["mean"], color=curve.color, linestyle="--", lw=1, label=curve.label)
+        ax.annotate(f"n={row['n']}", (1, row["mean"]), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                    textcoords="offset points", ha="right", fontsize=5, color=curve.color)
         if row["n"] > 1:
-            ax.axhspan(row["min"], row["max"], color=curve.color, alpha=0.1, lw=0)
+            ax.axhspan(row["low"], row["high"], color=curve.color, alpha=0.1, lw=0)
     elif row["status"] == "diverged":
         ax.plot([0.5], [0], "x", color=curve.color, ms=7, mew=1.5, transform=ax.transAxes, clip_on=False)
 
@@ -227,15 +255,16 @@ def _drawn(agg: pd.DataFrame, panel: str, curve: Curve, x_key: str | None, y_key
     return agg.assign(panel=panel, line=curve.label, x_key=x_key, y_key=y_key, x=x)
 
 
-def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
+def _finish(fig: Figure, aggs: list[pd.DataFrame], bars: str = "ci95") -> Figure:
     """Mark empty panels ("no runs", or the axes' ``empty_text``), one legend for all panels, the footnote;
     ``fig.points``: every point drawn or missing (:func:`_drawn`'s rows: ``panel``, ``line``, ``x_key``, ``y_key``,
     ``x``, the grid keys, ``status``, ``n``, ``mean``, ``min``, ``max``), the data of the figure for other renderers
     (the W&B figure run's charts)."""
     fig.points = pd.concat(aggs, ignore_index=True) if aggs else pd.DataFrame(
-        columns=["panel", "line", "x_key", "y_key", "x", "status", "n", "mean", "min", "max"])
-    for ax in fig.axes:  # every curve adds a line, so look for a drawn value or "x"
-        if not any(np.isfinite(np.asarray(line.get_ydata(), float)).any() for line in ax.lines):
+        columns=["panel", "line", "x_key", "y_key", "x", "status", "n", "mean", "min", "max", "low", "high"])
+    for ax in fig.axes:  # every curve adds a line, so look for a drawn value or "x" (guides are not data)
+        if not any(np.isfinite(np.asarray(line.get_ydata(), float)).any() for line in ax.lines
+                   if line.get_gid() != GUIDE):
             ax.text(0.5, 0.5, getattr(ax, "empty_text", "no runs"), transform=ax.transAxes, ha="center",
                     va="center", color="0.5")
     handles = {}
@@ -245,9 +274,20 @@ def _finish(fig: Figure, aggs: list[pd.DataFrame]) -> Figure:
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside right center", fontsize=8, frameon=False)
     text = footnote(tally(fig.points)) if aggs else "no points requested"
-    spread = any((a["n"] > 1).any() for a in aggs)
-    fig.text(0.5, 0, text + ("; bars: min-max over seeds" if spread else ""), ha="center", va="top", fontsize=7)
+    if (fig.points["status"] == "ok").any():
+        spread = (fig.points["n"] > 1).any()
+        text += f"; small numbers: seeds per point{f'; bars: {BARS[bars]}' if spread else ''}"
+    fig.text(0.5, 0, text, ha="center", va="top", fontsize=7)
     return fig
+
+
+def axis_label(column: str, runs: pd.DataFrame | None = None) -> str:
+    """The axis label of a roll-up column; core hours name the devices they were measured on (the runs' ``device``
+    column)."""
+    label = AXIS_LABELS.get(column, column)
+    if column == "core_hours" and runs is not None and "device" in runs and runs["device"].notna().any():
+        label += f" (measured on {', '.join(sorted(runs['device'].dropna().astype(str).unique()))})"
+    return label
 
 
 def _compact(value: float, _position=None) -> str:
@@ -284,14 +324,14 @@ def _log_x(ax: Axes, xs: np.ndarray) -> None:
 
 
 def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str, str],
-         x: str | tuple[str, ...] = ("core_hours", "train_flops")) -> Figure:
+         x: str | tuple[str, ...] = ("core_hours", "train_flops"), bars: str = "ci95") -> Figure:
     """Paper Fig. 1: softmax vs relu/seqlen (alpha 1) scaling with model size, one panel per ``metrics`` entry
     (y label -> column), x = ``x`` on a log axis, one row of panels per column when ``x`` names several: by default
     the measured core hours, which also measure the attention kernels that ran (``attention_impl`` in the run's
     summary), and the analytic training FLOPs, which do not; points in the order of ``models``, labelled with the
     variant."""
     series = [Curve("softmax", {"activation": "softmax"}, COLORS["softmax"]),
-              Curve("relu/seqlen", {"activation": "relu", "alpha": 1.0}, COLORS["relu"], marker="s")]
+              Curve("relu/L", {"activation": "relu", "alpha": 1.0}, COLORS["relu"], marker="s")]
     names = dict(zip(df["model"], df["variant"], strict=True)) if {"model", "variant"} <= set(df.columns) else {}
     xs = [x] if isinstance(x, str) else list(x)
     columns = max(len(metrics), 1)
@@ -303,16 +343,17 @@ def fig1(df: pd.DataFrame, *, models: list[str], recipe: str, metrics: dict[str,
             panel = []
             for curve in series:
                 points = [{"recipe": recipe, "model": m, **PAPER, **curve.where} for m in models]
-                panel.append(_drawn(aggregate(df, points, metric, x=x_column), ylabel, curve, x_column, metric))
+                panel.append(_drawn(aggregate(df, points, metric, x=x_column, bars=bars), ylabel, curve, x_column,
+                                    metric))
                 draw_curve(ax, panel[-1], x="x", curve=curve)
                 for point in panel[-1][panel[-1]["status"] == "ok"].itertuples():
                     ax.annotate(names.get(point.model, point.model), (point.x, point.mean), xytext=(3, 3),
                                 textcoords="offset points", fontsize=7, color=curve.color)
             _log_x(ax, pd.concat([a["x"] for a in panel]).to_numpy(float))
-            ax.set(xlabel=AXIS_LABELS.get(x_column, x_column), ylabel=ylabel)
+            ax.set(xlabel=axis_label(x_column, df), ylabel=ylabel)
             if x_column == xs[0]:  # the footnote counts each point once, not once per row
                 aggs += panel
-    return _finish(fig, aggs)
+    return _finish(fig, aggs, bars)
 
 
 def metric_of(metric: str | dict[str, str], recipe: str) -> str:
@@ -322,12 +363,14 @@ def metric_of(metric: str | dict[str, str], recipe: str) -> str:
 
 def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str], curves: list[Curve],
                   alphas: list[float], metric: str | dict[str, str], reference: Curve | None = None,
-                  needs_gpu: Collection[str] = ()) -> Figure:
-    """Figs. 2-4: a rows (label -> recipe) x columns (title -> model) grid of curves over alpha. ``metric`` may map
-    recipe -> column (recipes it lacks: val_acc): the paper's "ImageNet-1k accuracy" is the i1k-restricted head
-    for i21k runs, plain val_acc for i1k runs. ``needs_gpu``: as :func:`aggregate`'s; their empty panels say so."""
+                  needs_gpu: Collection[str] = (), bars: str = "ci95") -> Figure:
+    """Figs. 2-4: a rows (label -> recipe; "" for a single unlabelled row) x columns (title -> model) grid of curves
+    over ``alphas`` (and any other alpha a curve's runs have), each row on its own y axis (rows differ in range).
+    ``metric`` may map recipe -> column (recipes it lacks: val_acc): the paper's "ImageNet-1k accuracy" is the
+    i1k-restricted head for i21k runs, plain val_acc for i1k runs. ``needs_gpu``: as :func:`aggregate`'s; their
+    empty panels say so."""
     fig = new_figure(figsize=(3.2 * max(len(columns), 1), 2.6 * max(len(rows), 1)), layout="constrained")
-    axes = fig.subplots(max(len(rows), 1), max(len(columns), 1), squeeze=False, sharex=True, sharey=True)
+    axes = fig.subplots(max(len(rows), 1), max(len(columns), 1), squeeze=False, sharex=True, sharey="row")
     aggs = []
     for i, (row_label, recipe) in enumerate(rows.items()):
         row_metric = metric_of(metric, recipe)
@@ -336,38 +379,50 @@ def _alpha_figure(df: pd.DataFrame, rows: dict[str, str], columns: dict[str, str
             if model in needs_gpu:
                 ax.empty_text = "runs on a GPU"
             for curve in curves:
-                points = [{"recipe": recipe, "model": model, **curve.where, "alpha": a} for a in alphas]
-                aggs.append(_drawn(aggregate(df, points, row_metric, needs_gpu=needs_gpu), panel, curve, "alpha",
-                                   row_metric))
+                where = {"recipe": recipe, "model": model, **curve.where}
+                points = [{**where, "alpha": a} for a in sorted({*alphas, *_alphas_run(df, where)})]
+                aggs.append(_drawn(aggregate(df, points, row_metric, needs_gpu=needs_gpu, bars=bars), panel, curve,
+                                   "alpha", row_metric))
                 draw_curve(ax, aggs[-1], x="alpha", curve=curve)
             if reference:  # one point: its runs at any alpha count (x: none, a level across the panel)
                 point = [{"recipe": recipe, "model": model, **reference.where}]
-                aggs.append(_drawn(aggregate(df, point, row_metric, needs_gpu=needs_gpu), panel, reference, None,
-                                   row_metric))
+                aggs.append(_drawn(aggregate(df, point, row_metric, needs_gpu=needs_gpu, bars=bars), panel,
+                                   reference, None, row_metric))
                 _reference(ax, aggs[-1], reference)
+            ax.tick_params(labelleft=True)  # each panel its own y labels: a row shares its axis, not its labels' place
             if i == 0:
                 ax.set_title(title)
             if j == 0:
-                ax.set_ylabel(f"{row_label}\n{AXIS_LABELS.get(row_metric, row_metric)}" if isinstance(metric, dict)
-                              else row_label)
+                named = AXIS_LABELS.get(row_metric, row_metric) if isinstance(metric, dict) else ""
+                ax.set_ylabel("\n".join(label for label in (row_label, named) if label))
+    drawn = sorted({a for agg in aggs if "alpha" in agg for a in agg["alpha"].dropna()} | set(alphas))
     if alphas:  # the requested range even where a panel is empty
         pad = 0.05 * ((max(alphas) - min(alphas)) or 1)
         axes[0, 0].set_xlim(min(alphas) - pad, max(alphas) + pad)
-        if len(alphas) <= 5:  # a short grid is its own ticks, the same in every figure; a longer one matplotlib's
-            axes[0, 0].set_xticks(alphas, [_compact(a) for a in alphas])
+        if len(drawn) <= 5:  # a short grid is its own ticks, the same in every figure; a longer one matplotlib's
+            axes[0, 0].set_xticks(drawn, [_compact(a) for a in drawn])
     fig.supxlabel(AXIS_LABELS["alpha"], fontsize=10)
     if not isinstance(metric, dict):
         fig.supylabel(AXIS_LABELS.get(metric, metric), fontsize=10)
-    return _finish(fig, aggs)
+    return _finish(fig, aggs, bars)
+
+
+def _alphas_run(df: pd.DataFrame, where: dict) -> set[float]:
+    """The alphas of completed runs ``where`` selects: drawn beside the sweep file's grid (a finer grid where the
+    claims need one) without counting as missing elsewhere."""
+    runs = matching(df, where)
+    done = runs[runs["status"] == "completed"] if "status" in runs else runs.iloc[:0]
+    return set(pd.to_numeric(done.get("alpha", pd.Series(dtype=float)), errors="coerce").dropna())
 
 
 def fig2(df: pd.DataFrame, *, rows: dict[str, str], columns: dict[str, str], activations: list[str],
-         alphas: list[float], metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = ()) -> Figure:
+         alphas: list[float], metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = (),
+         bars: str = "ci95") -> Figure:
     """Paper Fig. 2: one curve over alpha per activation (softmax is always the dashed reference, not a curve)."""
     curves = [Curve(ACTIVATION_LABELS.get(a, a), {"activation": a, **PAPER}, COLORS.get(a, f"C{i}"))
               for i, a in enumerate(activations) if a != "softmax"]
     reference = Curve("softmax", {"activation": "softmax", **PAPER}, COLORS["softmax"])
-    return _alpha_figure(df, rows, columns, curves, alphas, metric, reference, needs_gpu)
+    return _alpha_figure(df, rows, columns, curves, alphas, metric, reference, needs_gpu, bars)
 
 
 def _ablation(variant: str, key: str, value: bool) -> list[Curve]:
@@ -378,51 +433,60 @@ def _ablation(variant: str, key: str, value: bool) -> list[Curve]:
 
 
 def fig3(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float],
-         metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = ()) -> Figure:
+         metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = (), bars: str = "ci95") -> Figure:
     """Paper Fig. 3 (qk-layernorm ablation): relu and squared relu with and without qk-layernorm, no gate."""
     curves = _ablation("without qk-layernorm", "qk_norm", False)
-    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric, needs_gpu=needs_gpu)
+    return _alpha_figure(df, {"": recipe}, columns, curves, alphas, metric, needs_gpu=needs_gpu, bars=bars)
 
 
 def fig4(df: pd.DataFrame, *, columns: dict[str, str], recipe: str, alphas: list[float],
-         metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = ()) -> Figure:
+         metric: str | dict[str, str] = "val_acc", needs_gpu: Collection[str] = (), bars: str = "ci95") -> Figure:
     """Paper Fig. 4 (gating ablation): relu and squared relu with and without the gate, with qk-layernorm."""
     curves = _ablation("with gating", "gate", True)
-    return _alpha_figure(df, {recipe: recipe}, columns, curves, alphas, metric, needs_gpu=needs_gpu)
+    return _alpha_figure(df, {"": recipe}, columns, curves, alphas, metric, needs_gpu=needs_gpu, bars=bars)
 
 
 # --- Figure 5: softmax-free attentions at one model size ----------------------------------------------------------
 FIG5_CURVES = [
     Curve("softmax", {"activation": "softmax"}, COLORS["softmax"]),
     Curve("relu/L", {"activation": "relu", "alpha": 1.0, "learn_alpha": "none"}, COLORS["relu"], marker="s"),
-    Curve("relu, learned alpha", {"activation": "relu", "learn_alpha": "layer"}, "C9", marker="^"),
     Curve("sigmoid(s - log L)", {"activation": "sigmoid_attn"}, "C8", marker="D"),
     Curve("SOFT", {"activation": "soft"}, "C7", marker="v"),
 ]
-FIG5_ALPHA = {"relu/L": "alpha", "relu, learned alpha": "attn_alpha_mean"}  # x of the alpha panel, where it applies
+LEARNED = {"activation": "relu", "learn_alpha": "layer"}  # relu with one learned alpha per layer
+GUIDE = "guide"  # the gid of lines that guide the eye (not data: a panel of guides alone says "no runs")
+LEARNED_MARKERS = ("^", "<", ">", "p", "h")
 
 
-def fig5(df: pd.DataFrame, *, recipe: str, model: str, metric: str = "val_acc", x: str = "core_hours") -> Figure:
-    """Softmax-free attentions at one model size: accuracy against ``x`` (log axis), one point per attention; and
-    against alpha where it applies (relu/L at its alpha, learned alpha at its final mean over layers), the
-    attentions without an alpha as dashed references. Runs rolled up before ``learn_alpha`` existed count as
-    fixed alpha."""
+def fig5(df: pd.DataFrame, *, recipe: str, model: str, metric: str = "val_acc", x: str = "core_hours",
+         bars: str = "ci95") -> Figure:
+    """Softmax-free attentions at one model size. Left: accuracy against ``x`` (log axis), one point per attention,
+    relu with a learned alpha once per initial value. Right: the learned alpha after training (mean over layers)
+    against its initial value, beside 1 (relu/L) and the initial value itself (not learned). Runs rolled up before
+    ``learn_alpha`` existed count as fixed alpha."""
     df = df.assign(learn_alpha=df["learn_alpha"].fillna("none") if "learn_alpha" in df else "none")
+    learned_runs = matching(df, {"recipe": recipe, "model": model, **LEARNED})
+    starts = sorted(pd.to_numeric(learned_runs.get("alpha", pd.Series(dtype=float))).dropna().unique()) or [1.0]
+    learned = [Curve(f"relu, alpha learned from {start:g}", {**LEARNED, "alpha": start}, "C9", marker=marker)
+               for start, marker in zip(starts, itertools.cycle(LEARNED_MARKERS))]
     fig = new_figure(figsize=(8, 3.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     aggs = []
-    for curve in FIG5_CURVES:
+    for curve in [*FIG5_CURVES, *learned]:
         point = [{"recipe": recipe, "model": model, **paper_default(curve.where["activation"]), **curve.where}]
-        aggs.append(_drawn(aggregate(df, point, metric, x=x), AXIS_LABELS.get(x, x), curve, x, metric))
+        aggs.append(_drawn(aggregate(df, point, metric, x=x, bars=bars), axis_label(x), curve, x, metric))
         draw_curve(left, aggs[-1], x="x", curve=curve)
-        if curve.label in FIG5_ALPHA:
-            draw_curve(right, aggregate(df, point, metric, x=FIG5_ALPHA[curve.label]), x="x", curve=curve)
-        else:
-            _reference(right, aggs[-1], curve)
     _log_x(left, pd.concat([a["x"] for a in aggs]).to_numpy(float))
-    left.set(xlabel=AXIS_LABELS.get(x, x), ylabel=AXIS_LABELS.get(metric, metric))
-    right.set(xlabel="alpha (learned: final mean over layers)", ylabel=AXIS_LABELS.get(metric, metric))
-    return _finish(fig, aggs)
+    left.set(xlabel=axis_label(x, df), ylabel=AXIS_LABELS.get(metric, metric))
+    points = [{"recipe": recipe, "model": model, **paper_default("relu"), **curve.where} for curve in learned]
+    final = _drawn(aggregate(df, points, "attn_alpha_mean", bars=bars), "learned alpha", learned[0], "alpha",
+                   "attn_alpha_mean")
+    draw_curve(right, final, x="alpha", curve=Curve("learned alpha (mean over layers)", {}, "C9", marker="^"))
+    span = [min(0.0, *starts), max(2.0, *starts)]
+    right.plot(span, [1, 1], color=COLORS["relu"], linestyle="--", lw=1, label="alpha 1 (relu/L)", gid=GUIDE)
+    right.plot(span, span, color="0.6", linestyle=":", lw=1, label="not learned (final = initial)", gid=GUIDE)
+    right.set(xlabel="initial alpha", ylabel="final alpha (mean over layers)", xlim=span, ylim=span)
+    return _finish(fig, aggs, bars)
 
 
 # --- The training-length study (not a figure of the paper) -----------------------------------------------------
@@ -433,7 +497,8 @@ TRAIN_LENGTH_CURVES = [
 ]
 
 
-def train_length(df: pd.DataFrame, *, recipe: str, model: str, epochs: list[int], metric: str = "val_acc") -> Figure:
+def train_length(df: pd.DataFrame, *, recipe: str, model: str, epochs: list[int], metric: str = "val_acc",
+                 bars: str = "ci95") -> Figure:
     """Accuracy against training epochs (log axis) of softmax, relu/L and relu without the 1/L: how long the smoke
     recipe must train before the comparison Figure 2 makes settles."""
     fig = new_figure(figsize=(4.5, 3.2), layout="constrained")
@@ -441,13 +506,14 @@ def train_length(df: pd.DataFrame, *, recipe: str, model: str, epochs: list[int]
     aggs = []
     for curve in TRAIN_LENGTH_CURVES:
         points = [{"recipe": recipe, "model": model, "epochs": e, **PAPER, **curve.where} for e in epochs]
-        aggs.append(_drawn(aggregate(df, points, metric), f"{model}, {recipe} recipe", curve, "epochs", metric))
+        aggs.append(_drawn(aggregate(df, points, metric, bars=bars), f"{model}, {recipe} recipe", curve, "epochs",
+                           metric))
         draw_curve(ax, aggs[-1], x="epochs", curve=curve)
     ax.set_xscale("log", base=2)
     ax.set_xticks(epochs, [str(e) for e in epochs])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="training epochs", ylabel=AXIS_LABELS.get(metric, metric), title=aggs[0]["panel"].iloc[0])
-    return _finish(fig, aggs)
+    return _finish(fig, aggs, bars)
 
 
 # The figures a sweep file may name (its figure: key), each drawn by the function of that name
