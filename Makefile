@@ -131,13 +131,14 @@ reference-runs: venv
 	$(BIN)/python -m reluvit.report.reference $(REFERENCE)/runs.csv $(or $(RUNS_DIR),$(RELUVIT_RUNS_DIR),runs)
 
 # The committed smoke figures and claims (claims.csv, claims.md), redrawn from the committed roll-ups alone (no
-# runs/): drawn in a scratch folder, then copied into results/reference/smoke/. From a clean checkout only, as the runs
-# it plots were trained.
+# runs/): drawn in a scratch folder, then copied into results/reference/smoke/; results/README.md written from them.
+# From a clean checkout only, as the runs it plots were trained.
 reference-figures: venv
 	@test -z "$$(git status --porcelain)" || { echo "reference-figures: commit first (the checkout is dirty)"; exit 2; }
 	scratch=$$(mktemp -d) && $(BIN)/reluvit plots $(FIGURES) train_length --scale smoke --runs-dir $$scratch/runs \
 	  --results-dir $$scratch --completed-in $(REFERENCE)/runs.csv --completed-in $(REFERENCE)/train_length_runs.csv && \
-	cp $$scratch/smoke/*.png $$scratch/smoke/*.pdf $$scratch/smoke/claims.* $(REFERENCE)/; \
+	cp $$scratch/smoke/*.png $$scratch/smoke/*.pdf $$scratch/smoke/claims.* $(REFERENCE)/ && \
+	$(BIN)/python -m reluvit.report.readme $(REFERENCE) results/README.md; \
 	status=$$?; rm -rf $$scratch; exit $$status
 
 status: venv

@@ -172,3 +172,14 @@ def test_the_markdown_shows_each_claims_rows_in_points():
     text = cl.markdown(cl.evaluate("fig1", [claim(test="greater", **RELU_VS_SOFTMAX)], table))
     effect = (table["val_acc"].iloc[5:].to_numpy() - base).mean() * 100
     assert "## fig1: 1 agrees, 0 differs, 0 inconclusive" in text and f"| all | {effect:+.1f} |" in text
+
+
+def test_the_power_table_in_the_docs_is_the_functions():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "claims.md").read_text()
+    rows = re.findall(r"^\| (\d+) % \| (\d+) \|$", text, re.MULTILINE)
+    assert len(rows) == 3
+    for power, pairs in rows:
+        assert cl.pairs_for_equivalence(3.2, 1.0, power=int(power) / 100) == int(pairs)
