@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from reluvit.data.embedded import EMBEDDED
 from reluvit.run.build import micro_batch_size
 from reluvit.run.compose import compose, expand
 from reluvit.run.schema import CONF_DIR, ConfigError
@@ -32,7 +33,7 @@ def imagefolder(tmp_path: Path, num_classes: int = 1000) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_config_file_composes(group, option, tmp_path):
-    small = option.startswith(("mini", "micro", "smoke")) or option in ("animal_mnist", "digits")
+    small = option.startswith(("mini", "micro", "smoke")) or option in EMBEDDED
     paper = group in ("model", "recipe", "data") and not small
     base = [*imagefolder(tmp_path), "model=s16"] if paper else []
     overrides = [*base, f"{group}={option}"]
