@@ -23,8 +23,8 @@ import sys
 import pytorch_lightning as pl
 import torch
 
-from reluvit.evaluate.callbacks import FewshotProbe
 from reluvit.run import train
+from reluvit.run.callbacks import FewshotProbe
 from reluvit.run.compose import compose
 
 SIGNALS = {"kill": signal.SIGKILL, "usr2": signal.SIGUSR2, "term": signal.SIGTERM}

@@ -20,8 +20,8 @@ from reluvit.cli import main
 from reluvit.dashboards import spec
 from reluvit.dashboards.figure_run import line_series
 from reluvit.dashboards.layout import LAYOUTS, panels, recipes, wandb_key
-from reluvit.dashboards.login import logged_in, resolve_mode
 from reluvit.dashboards.sync import is_synced, offline_runs, sync
+from reluvit.login import logged_in, resolve_mode
 from reluvit.report import plots
 from reluvit.report.rollup import summary_row
 from reluvit.sweep import spec as sweeps

@@ -29,11 +29,11 @@ from reluvit.evaluate.fewshot import (
 )
 from reluvit.evaluate.i1k import I1kRestriction
 from reluvit.evaluate.ridge import BIAS, probe_accuracies, ridge_weights, standardise
-from reluvit.evaluate.run import evaluate_run
 from reluvit.models import create_model
 from reluvit.report.plots import aggregate
 from reluvit.report.rollup import rollup
 from reluvit.run.compose import eval_config
+from reluvit.run.evaluate import evaluate_run
 from reluvit.run.train import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

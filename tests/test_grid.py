@@ -1,5 +1,5 @@
 """A run's identity covers every training key of the schema (walked, so a key added later cannot be forgotten), and
-the package's import graph has no cycles."""
+the package's import graph has no cycles, of modules or of packages."""
 
 from __future__ import annotations
 
@@ -84,6 +84,39 @@ def test_the_import_graph_has_no_cycles():
     for module in graph:
         visit(module)
     assert "reluvit.run.train" in graph and graph["reluvit.run.train"]  # the walk saw the package
+
+
+def packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Package (or top-level module) -> the others it imports: ``reluvit.run.train`` counts as ``run``."""
+    def package(module: str) -> str:
+        return module.split(".")[1] if module.count(".") else module
+
+    found: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        found.setdefault(package(module), set()).update(package(t) for t in targets if package(t) != package(module))
+    return found
+
+
+def test_no_package_imports_a_package_that_imports_it_back():
+    """Module cycles aside, the packages form layers: data and evaluate below run, run below sweep, report and
+    dashboards (a cycle of packages, even through several, is a tangle a newcomer cannot read in layers)."""
+    graph, done, path = packages(imports()), set(), []
+
+    def visit(package):
+        if package in path:
+            raise AssertionError("package cycle: " + " -> ".join([*path[path.index(package):], package]))
+        if package in done:
+            return
+        path.append(package)
+        for target in sorted(graph.get(package, ())):
+            visit(target)
+        path.pop()
+        done.add(package)
+
+    for package in graph:
+        visit(package)
+    assert {"data", "evaluate", "run", "sweep", "report", "dashboards"} <= set(graph)
+    assert "run" not in graph["evaluate"] and "dashboards" not in graph["run"]
 
 
 def test_reading_commands_import_no_framework():

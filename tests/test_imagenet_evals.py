@@ -17,12 +17,12 @@ from PIL import Image
 from reluvit.data.labels import wordnet_ids
 from reluvit.data.preprocess import EvalTransform
 from reluvit.data.shards import write_shards
-from reluvit.evaluate.callbacks import held_out_evaluations
 from reluvit.evaluate.i1k import I1kRestriction, val_number
 from reluvit.evaluate.imagenet import RealEvaluation, V2Evaluation, accuracy_counts, read_real_labels, v2_items
-from reluvit.evaluate.run import evaluate_run
+from reluvit.run.callbacks import held_out_evaluations
 from reluvit.run.checkpoint import load_checkpoint
 from reluvit.run.compose import eval_config
+from reluvit.run.evaluate import evaluate_run
 from reluvit.run.module import ViTClassifier
 from reluvit.run.schema import ConfigError
 from reluvit.run.train import run

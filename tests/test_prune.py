@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from conftest import TINY
-from reluvit.evaluate.run import evaluate_run
 from reluvit.run.checkpoint import (
     OPTIMIZER_DROPPED,
     CheckpointError,
@@ -26,6 +25,7 @@ from reluvit.run.checkpoint import (
     load_checkpoint,
 )
 from reluvit.run.compose import compose
+from reluvit.run.evaluate import evaluate_run
 from reluvit.run.lock import LOCK, RunBusy
 from reluvit.run.module import ViTClassifier
 from reluvit.run.rundir import SUMMARY, last_checkpoint, read_summary

@@ -130,7 +130,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_cfg, tmp_path):
     torch.save({"state_dict": {}, "payload": RunsCode()}, ckpt)
     with pytest.raises(CheckpointError, match=f"{re.escape(str(ckpt))}: refused: .*GLOBAL posix.system"):
         load_checkpoint(ckpt)
-    from reluvit.evaluate.run import evaluate_run
+    from reluvit.run.evaluate import evaluate_run
 
     with pytest.raises(CheckpointError, match="refused"):
         evaluate_run(cfg.run_dir, {"fewshot": {"datasets": []}, "i1k": {"path": None}})

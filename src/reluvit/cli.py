@@ -333,7 +333,7 @@ def _claims(args, overrides: list[str]) -> None:
 def _wandb(args, overrides: list[str]) -> None:
     from reluvit.dashboards import spec
     from reluvit.dashboards.layout import LAYOUTS
-    from reluvit.dashboards.login import base_url, logged_in
+    from reluvit.login import base_url, logged_in
     from reluvit.report import plots
     from reluvit.run.schema import ConfigError
     from reluvit.sweep.spec import has_scale
@@ -372,9 +372,9 @@ def _wandb_sync(args) -> None:
 
 
 def _evaluate(args, overrides: list[str], parser: argparse.ArgumentParser) -> None:
-    from reluvit.evaluate.run import evaluate_run
     from reluvit.run.checkpoint import CheckpointError
     from reluvit.run.compose import eval_config
+    from reluvit.run.evaluate import evaluate_run
 
     try:
         metrics = evaluate_run(args.target, eval_config(overrides), args.device)

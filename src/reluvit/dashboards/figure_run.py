@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from reluvit.dashboards.layout import Panel, panels
-from reluvit.dashboards.login import resolve_mode
 from reluvit.dashboards.spec import chart_key, figure_run_name
+from reluvit.login import resolve_mode
 from reluvit.report import plots
 from reluvit.sweep.spec import Sweep
 

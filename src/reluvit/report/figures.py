@@ -54,11 +54,10 @@ def drawn(sweep, runs: pd.DataFrame, bars: str = "ci95"):
     plot = plot_function(sweep)
     if plot is None:
         return None
-    kwargs = dict(sweep.plot)
-    if (seeds := kwargs.pop("seeds", None)) is not None and "seed" in runs:
-        runs = runs[runs["seed"].astype(float).isin([float(seed) for seed in seeds])]
+    if sweep.plot_seeds is not None and "seed" in runs:
+        runs = runs[runs["seed"].astype(float).isin([float(seed) for seed in sweep.plot_seeds])]
     gpu_only = {"needs_gpu": models} if (models := sweep.gpu_only_models()) else {}
-    return plot(runs, **kwargs, **gpu_only, bars=bars)
+    return plot(runs, **sweep.plot, **gpu_only, bars=bars)
 
 
 def draw(sweep, runs: pd.DataFrame, results_dir: Path, bars: str = "ci95"):

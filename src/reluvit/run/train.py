@@ -25,7 +25,6 @@ from pytorch_lightning.utilities import rank_zero_only
 from reluvit.data import build_datamodule
 from reluvit.data.fingerprint import fingerprint
 from reluvit.data.stream import SkippedSamples
-from reluvit.evaluate.callbacks import FewshotProbe, evaluation_callbacks
 from reluvit.models import forward_macs
 from reluvit.run.build import (
     architecture,
@@ -35,6 +34,7 @@ from reluvit.run.build import (
     resolve_precision,
     train_augmentation,
 )
+from reluvit.run.callbacks import FewshotProbe, evaluation_callbacks
 from reluvit.run.checkpoint import AtomicCheckpointIO, CheckpointError, RunRecord, check_resumed
 from reluvit.run.compute import Chrono
 from reluvit.run.grid import identity, wandb_config, wandb_group, wandb_tags
@@ -219,7 +219,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.wandb:
         from pytorch_lightning.loggers import WandbLogger
 
-        from reluvit.dashboards.login import resolve_mode
+        from reluvit.login import resolve_mode
 
         config = OmegaConf.to_container(cfg, resolve=True)
         loggers.append(WandbLogger(

@@ -416,9 +416,9 @@ def _validate_imagenet_evals(cfg: DictConfig, data: bool) -> None:
     """``eval.real.labels`` (a real.json) and ``eval.v2.path`` (class-id folders); a run on a 21k label set scores
     ReaL on ``eval.i1k.path``'s images. Runs without ImageNet-1k classes skip both (as i1k accuracy), so the
     environment variables can be set once for every run."""
-    from reluvit.evaluate.callbacks import imagenet_restriction
     from reluvit.evaluate.i1k import is_21k_label_set, run_wnids
     from reluvit.evaluate.imagenet import read_real_labels, v2_items
+    from reluvit.run.callbacks import imagenet_restriction
 
     checks = {"eval.real.labels": read_real_labels, "eval.v2.path": v2_items}
     used = [key for key in checks if OmegaConf.select(cfg, key)]

@@ -46,9 +46,10 @@ class Sweep:
     name: str
     scale: str
     blocks: list[Block]
-    plot: dict
+    plot: dict  # the keyword arguments of its plot function
     figure: str | None = None  # the function of reluvit.report.plots that draws it; None: rolled up only
     claims: list[dict] = field(default_factory=list)  # the paper's claims it tests: reluvit.report.claims.Claim's
+    plot_seeds: list[int] | None = None  # the seeds its figure draws (the plot: block's seeds:); None: all
 
     def runnable(self, gpu: bool) -> list[Block]:
         return [b for b in self.blocks if b.requires is None or (b.requires == "gpu" and gpu)]
@@ -99,4 +100,6 @@ def load(name: str, scale: str, seeds: list[int] | None = None) -> Sweep:
             keys["seed"] = list(seeds)
         blocks.append(Block(keys, requires))
     scaled = spec["scales"][scale]
-    return Sweep(name, scale, blocks, scaled.get("plot") or {}, spec.get("figure"), scaled.get("claims") or [])
+    plot = dict(scaled.get("plot") or {})
+    plot_seeds = plot.pop("seeds", None)
+    return Sweep(name, scale, blocks, plot, spec.get("figure"), scaled.get("claims") or [], plot_seeds)

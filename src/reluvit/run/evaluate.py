@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from reluvit.evaluate.callbacks import fewshot_evaluator, held_out_evaluations
 from reluvit.evaluate.fewshot import evaluating
 from reluvit.evaluate.imagenet import accuracy_counts
 from reluvit.run.build import architecture
+from reluvit.run.callbacks import fewshot_evaluator, held_out_evaluations
 from reluvit.run.checkpoint import check_checkpoint, load_checkpoint
 from reluvit.run.grid import identities
 from reluvit.run.module import ViTClassifier
