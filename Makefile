@@ -15,25 +15,16 @@ LOCK_REQUIREMENTS = $(PYTHON) -c 'import tomllib; p = tomllib.load(open("pyproje
     print(*(r for r in p["dependencies"] + p["optional-dependencies"]["dev"] + p["optional-dependencies"]["wandb"] \
     if not r.startswith("animal-mnist")), "torch!=2.13.*")'
 
-# Figure sweeps: SCALE=smoke (embedded data, CPU) | paper (ImageNet); LAUNCHER=local | slurm; CLUSTER=<profile name
-# in slurm/profiles> | /path/to/profile.yaml; DRY_RUN=1 prints the SLURM submission to CLUSTER (job arrays, sbatch
-# script, GPU-hours) and submits nothing; NO_WAIT=1 submits and returns; SEEDS=0,1,2 replaces the sweep file's seeds;
-# ARGS= passes Hydra overrides to every run (e.g. ARGS="logger=wandb"); COMPLETED_IN=<roll-up tables>: runs they record
-# as completed are not trained again (reluvit sweep --completed-in, once per table). RUNS_DIR=<dir>: where runs live (default:
-# $RELUVIT_RUNS_DIR, else runs/; put paper-scale runs on scratch), passed to every command that reads or writes runs.
-SCALE    ?= smoke
-LAUNCHER ?= local
-CLUSTER  ?=
-DRY_RUN  ?=
-NO_WAIT  ?=
-SEEDS    ?=
+# Three variables pass through to the CLI, each target a thin call of it:
+#   FLAGS="..."    reluvit's flags, e.g. FLAGS="--scale paper --launcher slurm --cluster <name> --dry-run" (a sweep's
+#                  SLURM submission printed, nothing submitted); --no-wait, --seeds 0,1,2, --completed-in <table>
+#                  (repeat for several), --bars minmax: `reluvit <command> --help` lists each command's;
+#   ARGS="..."     Hydra overrides for every run (e.g. ARGS="logger=wandb");
+#   RUNS_DIR=<dir> where runs live (default: $RELUVIT_RUNS_DIR, else runs/; put paper-scale runs on scratch).
+FLAGS    ?=
 ARGS     ?=
-COMPLETED_IN ?=
 RUNS_DIR ?=
-SWEEP_OPTS = --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
-COMPLETED_OPTS = $(foreach table,$(COMPLETED_IN),--completed-in $(table))
-LAUNCH_OPTS = --launcher $(LAUNCHER) $(if $(CLUSTER),--cluster $(CLUSTER)) $(if $(DRY_RUN),--dry-run) $(if $(NO_WAIT),--no-wait) \
-              $(COMPLETED_OPTS)
+CLI_OPTS = $(FLAGS) $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
 # fig1 ... fig5, as sweeps/ defines them
 FIGURES = $(sort $(basename $(notdir $(wildcard sweeps/fig*.yaml))))
 
@@ -53,12 +44,12 @@ help:
 	@echo "make test-all     the full suite: + slow, TensorFlow parity and SLURM tests (starts the local cluster: slurm/up.sh, root)"
 	@echo "make venv-parity  add TensorFlow and DALI to the venv: the default suite then runs the parity and DALI tests too"
 	@echo "make lock         re-resolve the dependencies into requirements.lock (then make test-all before committing)"
-	@echo "make fig1..fig5   run the figure's sweep (SCALE=smoke|paper LAUNCHER=local|slurm), roll up, plot;"
-	@echo "                  DRY_RUN=1 CLUSTER=<profile>: its job arrays, sbatch script and GPU-hours, nothing submitted"
+	@echo "make fig1..fig5   run the figure's sweep, roll up, plot, test its claims; FLAGS=\"--scale paper --launcher slurm"
+	@echo "                  --cluster <profile> --dry-run\": its job arrays, sbatch script and GPU-hours, nothing submitted"
 	@echo "make train-length the smoke recipe's training-length study (4-32 epochs, 3 seeds; ~1 h on 2 CPU cores)"
 	@echo "make plots        roll up, plot and test the claims of what exists (results/, never results/reference/)"
-	@echo "                  COMPLETED_IN=\"results/reference/smoke/runs.csv results/reference/smoke/train_length_runs.csv\""
-	@echo "                  adds the committed smoke runs;  make claims: the verdicts alone;  make status: runs per sweep"
+	@echo "                  FLAGS=\"--completed-in results/reference/smoke/runs.csv\" adds the committed smoke runs"
+	@echo "                  make claims: the verdicts alone;  make status: runs per sweep"
 	@echo "make reference-runs     add RUNS_DIR's completed clean-commit runs to results/reference/smoke/runs.csv"
 	@echo "make reference-figures  redraw results/reference/smoke/*.png|pdf from its committed roll-ups (clean checkout)"
 	@echo "make wandb-sync   upload the offline W&B runs under RUNS_DIR not uploaded yet"
@@ -102,7 +93,7 @@ $(BIN)/.parity-installed: $(BIN)/.installed
 	touch $@
 
 demo: venv
-	$(BIN)/reluvit sweep demo $(ARGS)
+	$(BIN)/reluvit sweep demo $(CLI_OPTS) $(ARGS)
 
 # The default suite: fast tests only; it changes nothing outside the repository and the temporary directory.
 test: venv
@@ -116,13 +107,13 @@ test-all: venv venv-parity
 	RELUVIT_SLURM_TESTS=1 $(BIN)/python -m pytest -q --durations=30
 
 $(FIGURES) train-length: venv
-	$(BIN)/reluvit sweep $(subst -,_,$@) $(SWEEP_OPTS) $(LAUNCH_OPTS) $(ARGS)
+	$(BIN)/reluvit sweep $(subst -,_,$@) $(CLI_OPTS) $(ARGS)
 
 plots: venv
-	$(BIN)/reluvit plots $(SWEEP_OPTS) $(COMPLETED_OPTS)
+	$(BIN)/reluvit plots $(CLI_OPTS) $(ARGS)
 
 claims: venv
-	$(BIN)/reluvit claims $(SWEEP_OPTS) $(COMPLETED_OPTS)
+	$(BIN)/reluvit claims $(CLI_OPTS) $(ARGS)
 
 REFERENCE = results/reference/smoke
 # The completed runs under RUNS_DIR trained from a clean commit join the committed smoke roll-up (a sweep run in
@@ -142,13 +133,13 @@ reference-figures: venv
 	status=$$?; rm -rf $$scratch; exit $$status
 
 status: venv
-	$(BIN)/reluvit status $(SWEEP_OPTS)
+	$(BIN)/reluvit status $(CLI_OPTS) $(ARGS)
 
 results: venv
-	$(BIN)/reluvit results $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
+	$(BIN)/reluvit results $(CLI_OPTS)
 
 wandb-sync: venv
-	$(BIN)/reluvit wandb-sync $(if $(RUNS_DIR),--runs-dir $(RUNS_DIR))
+	$(BIN)/reluvit wandb-sync $(CLI_OPTS)
 
 bench: venv
 	$(BIN)/python bench/attention.py

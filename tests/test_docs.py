@@ -50,6 +50,7 @@ import argparse
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,19 @@ def _collect():
             elif words[0] == "make" and (kind == "fence" or len(words) > 1):
                 makes += [pytest.param(target, id=f"{where}:{target}") for target in words[1:]
                           if "=" not in target and not target.startswith("-")]
+                if any(word.startswith(PASSED_ON) for word in words) and (argv := _make_argv(words)) is not None:
+                    commands.append(pytest.param(argv, text, kind, id=f"{where}:make"))
     return commands, makes
+
+
+PASSED_ON = ("FLAGS=", "ARGS=", "RUNS_DIR=")  # the Makefile's variables that reach the CLI
+
+
+def _make_argv(words: list[str]) -> list[str] | None:
+    """The reluvit command a ``make <target> FLAGS=... ARGS=...`` line runs (``make -n``: printed, not run)."""
+    printed = subprocess.run(["make", "-s", "-n", *words[1:]], cwd=REPO, capture_output=True, text=True).stdout
+    lines = [line for line in printed.splitlines() if "bin/reluvit " in line]
+    return _reluvit_argv(shlex.split(lines[-1])) if lines else None
 
 
 COMMANDS, MAKE_TARGETS = _collect()

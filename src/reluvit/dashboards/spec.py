@@ -70,7 +70,8 @@ def _groupby(panel: Panel, by_panel: bool = False) -> list[str]:
 def report_spec(sweep: Sweep, footnote: str, entity: str | None, project: str) -> dict:
     layout = panels(sweep)
     text = (f"{TITLES[sweep.name]}, at {sweep.scale} scale: the runs of `sweeps/{sweep.name}.yaml` "
-            f"(`make {sweep.name.replace('_', '-')} SCALE={sweep.scale} ARGS=logger=wandb`). From the roll-up: "
+            f"(`make {sweep.name.replace('_', '-')} FLAGS='--scale {sweep.scale}' ARGS=logger=wandb`). "
+            f"From the roll-up: "
             f"{footnote}. Below the figure, one grid per panel: each point is a run (seeds apart), coloured by "
             f"{' and '.join(layout[0].lines)}.")
     blocks = [{"type": "markdown", "text": text},
