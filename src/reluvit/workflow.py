@@ -95,6 +95,7 @@ def leave_to_others(sweep, overrides: list[str], points: list, runs_dir: Path, r
     running runs are left alone (with ``resubmit_failed``, all but the failed ones). Returns those points and the
     callback that records their jobs in the manifest once submitted."""
     from reluvit.report.status import ACTIVE, cached_collect, composed_runs, run_states
+    from reluvit.run.rundir import FINISHED, Status
     from reluvit.sweep.manifest import write_manifest
 
     label = f"{sweep.name}-{sweep.scale}"
@@ -106,8 +107,8 @@ def leave_to_others(sweep, overrides: list[str], points: list, runs_dir: Path, r
               for run, state in zip(recorded, run_states(recorded, runs_dir, cached_collect(runs_dir)), strict=True)}
     state = {p.name: states.get(os.path.abspath(p.cfg.run_dir)) for p in points}
     keep = [p for p in points if state[p.name] is None or (
-        state[p.name].status == "failed" if resubmit_failed
-        else state[p.name].status not in (*ACTIVE, "completed", "diverged"))]
+        state[p.name].status == Status.FAILED if resubmit_failed
+        else state[p.name].status not in (*ACTIVE, *FINISHED))]
     if left := Counter(state[p.name].status for p in points if p not in keep):
         log.info("not submitted: %s", ", ".join(f"{n} {s}" for s, n in sorted(left.items())))
 

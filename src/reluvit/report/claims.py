@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from reluvit.report.plots import matching, paper_default
+from reluvit.run.rundir import Status
 from reluvit.run.schema import ConfigError
 
 ALPHA = 0.05  # the tests' level: two-sided 95 % intervals, each side of TOST at 5 %
@@ -86,7 +87,7 @@ def _side(runs: pd.DataFrame, keys: dict, metric: str) -> pd.Series:
     if "activation" in keys:
         keys = {**paper_default(keys["activation"]), **keys}
     chosen = matching(runs, keys)
-    chosen = chosen[chosen["status"] == "completed"] if "status" in chosen else chosen.iloc[:0]
+    chosen = chosen[chosen["status"] == Status.COMPLETED] if "status" in chosen else chosen.iloc[:0]
     values = pd.to_numeric(chosen[metric], errors="coerce") if metric in chosen else pd.Series(dtype=float)
     seeds = pd.to_numeric(chosen["seed"], errors="coerce") if "seed" in chosen else pd.Series(0, index=chosen.index)
     return values.groupby(seeds).mean().dropna()

@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from reluvit.run.grid import GRID
+from reluvit.run.rundir import Status
 
 
 def attention_label(row: pd.Series) -> str:
@@ -90,7 +91,9 @@ def demo(df: pd.DataFrame, *, metric: str = "val_acc", bars: str = "ci95") -> Fi
 # footnote; points whose seeds all diverged are an "x" on the bottom edge of the axes: their accuracy is undefined,
 # not zero.
 
-MISSING = ("running", "failed", "not run", "needs a GPU", "no metric")  # why a point has no value, footnote order
+# A point's state: "ok", "diverged" or why it has no value (MISSING, the footnote's order); its runs' statuses are
+# reluvit.run.rundir.Status
+MISSING = ("running", "failed", "not run", "needs a GPU", "no metric")
 MISSING_TEXT = {"no metric": "completed without the metric", "needs a GPU": "need a GPU"}
 ACTIVATION_LABELS = {"relu2": "squared relu"}
 COLORS = {"softmax": "k", "relu": "C0", "relu2": "C1", "gelu": "C2", "softplus": "C3", "identity": "C4",
@@ -150,23 +153,23 @@ def aggregate(df: pd.DataFrame, points: list[dict], metric: str = "val_acc", x: 
     out = []
     for point in points:
         runs = matching(df, point)
-        status = runs["status"] if "status" in runs else pd.Series("failed", index=runs.index)
+        status = runs["status"] if "status" in runs else pd.Series(Status.FAILED, index=runs.index)
         y = _numeric(runs, metric)
         xs = _numeric(runs, x) if x else pd.Series(0.0, index=runs.index)
-        done = (status == "completed") & y.notna() & xs.notna()
+        done = (status == Status.COMPLETED) & y.notna() & xs.notna()
         if done.any():
             state = "ok"
         elif runs.empty:
             state = "needs a GPU" if point.get("model") in needs_gpu else "not run"
-        elif (status == "running").any():  # not final yet, whatever the other seeds did
+        elif (status == Status.RUNNING).any():  # not final yet, whatever the other seeds did
             state = "running"
-        elif (status == "diverged").all():
+        elif (status == Status.DIVERGED).all():
             state = "diverged"
         else:
-            state = "no metric" if (status == "completed").any() else "failed"
+            state = "no metric" if (status == Status.COMPLETED).any() else "failed"
         row = {**point, "status": state, "n": int(done.sum()), "mean": y[done].mean(), "min": y[done].min(),
                "max": y[done].max(), **dict(zip(("low", "high"), _bars(y[done], bars), strict=True)),
-               "diverged_seeds": int((status == "diverged").sum())}
+               "diverged_seeds": int((status == Status.DIVERGED).sum())}
         if x:
             row["x"] = xs[done].mean() if done.any() else xs.mean() if state == "diverged" else np.nan
         out.append(row)
@@ -411,7 +414,7 @@ def _alphas_run(df: pd.DataFrame, where: dict) -> set[float]:
     """The alphas of completed runs ``where`` selects: drawn beside the sweep file's grid (a finer grid where the
     claims need one) without counting as missing elsewhere."""
     runs = matching(df, where)
-    done = runs[runs["status"] == "completed"] if "status" in runs else runs.iloc[:0]
+    done = runs[runs["status"] == Status.COMPLETED] if "status" in runs else runs.iloc[:0]
     return set(pd.to_numeric(done.get("alpha", pd.Series(dtype=float)), errors="coerce").dropna())
 
 

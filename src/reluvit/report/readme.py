@@ -14,6 +14,7 @@ import pandas as pd
 from reluvit.report.claims import VERDICTS
 from reluvit.report.figures import sweep_rows
 from reluvit.report.plots import BARS, aggregate
+from reluvit.run.rundir import Status
 from reluvit.sweep.spec import load_many
 
 SCALE = "smoke"
@@ -70,7 +71,7 @@ def trained(tables: list[tuple], table: pd.DataFrame) -> str:
     lines = ["## What was trained", "", "| sweep | completed runs | seeds per point | core hours |",
              "|---|---|---|---|"]
     for sweep, runs in tables:
-        done = runs[runs["status"] == "completed"] if len(runs) else runs
+        done = runs[runs["status"] == Status.COMPLETED] if len(runs) else runs
         hours = pd.to_numeric(done.get("core_hours", pd.Series(dtype=float)), errors="coerce").sum()
         lines.append(f"| {sweep.name} | {len(done)} | {_seeds(done)} | {hours:.2f} |")
     revisions = table["git_revision"].fillna("unknown").str[:7]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from reluvit.report.rollup import collect, read_table
 from reluvit.run.grid import identities
-from reluvit.run.rundir import DIRTY, read_summary
+from reluvit.run.rundir import DIRTY, Status, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def extend(table: str | Path, runs_dir: str | Path) -> pd.DataFrame:
     if not len(found):
         log.info("no runs under %s", runs_dir)
         return found
-    completed = found[found["status"] == "completed"]
+    completed = found[found["status"] == Status.COMPLETED]
     dirty = completed["git_revision"].fillna(DIRTY).str.endswith(DIRTY)
     for name in completed.loc[dirty, "run_name"]:
         log.warning("left out (trained from a modified checkout): %s", name)

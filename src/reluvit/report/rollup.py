@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from reluvit.run.grid import grid_point, identity
 from reluvit.run.grid import identities as grid_identities
 from reluvit.run.lock import live_status
-from reluvit.run.rundir import SUMMARY
+from reluvit.run.rundir import RECORDED, SUMMARY, Status
 from reluvit.run.schema import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ _NUMBERS = ("core_hours", "train_seconds", "examples_seen", "train_flops", "glob
             "world_size")
 _TEXTS = ("device", "attention_impl", "label_set", "data_loader", "started", "finished", "git_revision", "error")
 # The statuses a summary records (interrupted: only as the roll-up reads a stale running one)
-RECORDED = ("completed", "diverged", "running", "interrupted", "failed")
+
 TABLE_KEYS = ("run_name", "identity", "status", "run_dir")  # the columns every roll-up table has (unless empty)
 
 
@@ -162,8 +162,8 @@ def collect(runs_dir: str | Path, known: pd.DataFrame | None = None) -> pd.DataF
             stamp = f"{stat.st_mtime_ns}-{stat.st_size}"
             row = cached.get(os.path.abspath(run_dir))
             if row is not None and row["summary_stamp"] == stamp:
-                if row["status"] in ("running", "interrupted"):
-                    row["status"] = live_status("running", row["run_dir"])
+                if row["status"] in (Status.RUNNING, Status.INTERRUPTED):
+                    row["status"] = live_status(Status.RUNNING, row["run_dir"])
             else:
                 row = {**summary_row(read_summary_json(run_dir), run_dir), "summary_stamp": stamp}
         except OSError as e:  # a dangling link, or gone since the walk
@@ -235,7 +235,7 @@ def _previous(stem: Path) -> pd.DataFrame | None:
 
 # Which row stands for a run when a table holds several of the same identity (a copied run directory, a rerun beside
 # a committed row): the one furthest along, then the latest
-_PREFERENCE = {"completed": 0, "diverged": 1, "running": 2, "interrupted": 3, "failed": 4}
+_PREFERENCE = {status: rank for rank, status in enumerate(RECORDED)}  # which row of one identity stands
 
 
 def best_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -269,7 +269,7 @@ def completed_in(configs: list, table: pd.DataFrame) -> dict[int, str]:
     records, wherever it was: a runs directory that is gone (a purged scratch, another machine, the committed
     reference) need not be trained again, and its row stands for the run."""
     found = match(config_identities(configs), table)
-    return {i: row["run_dir"] for i, row in enumerate(found) if row is not None and row["status"] == "completed"}
+    return {i: row["run_dir"] for i, row in enumerate(found) if row is not None and row["status"] == Status.COMPLETED}
 
 
 def select(identities: list[list[str]], table: pd.DataFrame) -> pd.DataFrame:

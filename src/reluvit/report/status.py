@@ -17,12 +17,12 @@ import pandas as pd
 
 from reluvit.report.rollup import collect, match, read_table, summary_problem, write_table
 from reluvit.run.lock import read_lock
-from reluvit.run.rundir import SUMMARY
+from reluvit.run.rundir import SUMMARY, Status
 from reluvit.sweep.manifest import STATE_DIR, last_job, queue_states, read_manifest, run_dir_of
 
-STATUSES = ("completed", "running", "queued", "interrupted", "failed", "diverged", "unreadable", "missing",
-            "needs_gpu")
-ACTIVE = ("queued", "running")  # someone is on it: a sweep launched again leaves these runs alone
+STATUSES = (Status.COMPLETED, Status.RUNNING, Status.QUEUED, Status.INTERRUPTED, Status.FAILED, Status.DIVERGED,
+            Status.UNREADABLE, Status.MISSING, Status.NEEDS_GPU)  # the order status lists them in
+ACTIVE = (Status.QUEUED, Status.RUNNING)  # someone is on it: a sweep launched again leaves these runs alone
 _QUEUED, _RUNNING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"), ("RUNNING", "CONFIGURING", "COMPLETING")
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,13 @@ def run_states(runs: list[dict], runs_dir: str | Path, table: pd.DataFrame) -> l
         where = Path(row["run_dir"]) if row is not None else run_dir_of(run, runs_dir)
         logs = [str(where / "train.log"), *([job["stderr"]] if job else [])]
         state = RunState(run["run_name"], where, _status(row, in_queue, job, where, run), job_id, logs=logs)
-        if row is not None and state.status in ("failed", "interrupted", "diverged"):
+        if row is not None and state.status in (Status.FAILED, Status.INTERRUPTED, Status.DIVERGED):
             state.error = _first_line(row.get("error"))
-        elif state.status == "failed":
+        elif state.status == Status.FAILED:
             state.error = f"job {job_id} ended without writing a summary"
-        elif state.status == "unreadable":
+        elif state.status == Status.UNREADABLE:
             state.error = summary_problem(where) or "it records another run (its identity differs)"
-        if state.status == "running":
+        if state.status == Status.RUNNING:
             lock = read_lock(where)
             lock = lock if isinstance(lock, dict) else {}
             state.step, state.total = lock.get("step"), lock.get("total")
@@ -105,17 +105,17 @@ def run_states(runs: list[dict], runs_dir: str | Path, table: pd.DataFrame) -> l
 
 
 def _status(row: dict | None, in_queue: str | None, job: dict | None, run_dir: Path, run: dict) -> str:
-    if in_queue in _QUEUED and (row is None or row["status"] in ("interrupted", "failed")):
-        return "queued"  # not started yet, or requeued after a preemption or time-out
-    if in_queue in _RUNNING and (row is None or row["status"] == "interrupted"):
-        return "running"  # started, not yet holding its directory
+    if in_queue in _QUEUED and (row is None or row["status"] in (Status.INTERRUPTED, Status.FAILED)):
+        return Status.QUEUED  # not started yet, or requeued after a preemption or time-out
+    if in_queue in _RUNNING and (row is None or row["status"] == Status.INTERRUPTED):
+        return Status.RUNNING  # started, not yet holding its directory
     if row is not None:
         return row["status"]
     if (run_dir / SUMMARY).exists():
-        return "unreadable"
+        return Status.UNREADABLE
     if job is not None:
-        return "failed"  # its job ended before the run wrote a summary
-    return "needs_gpu" if run.get("needs_gpu") else "missing"
+        return Status.FAILED  # its job ended before the run wrote a summary
+    return Status.NEEDS_GPU if run.get("needs_gpu") else Status.MISSING
 
 
 def _first_line(text) -> str | None:
@@ -133,11 +133,12 @@ def describe(states: list[RunState], failed: bool, limit: int = 20) -> list[str]
     running ones (step, heartbeat, job) and, with ``failed``, each failed, interrupted or diverged run's error line
     and log files."""
     lines = []
-    if unreadable := [s for s in states if s.status == "unreadable"]:
+    if unreadable := [s for s in states if s.status == Status.UNREADABLE]:
         lines.append("unreadable:")
         lines += [f"  {s.run_name}: {s.run_dir / SUMMARY}: {s.error or 'unreadable'}" for s in unreadable]
-    for title, wanted, detail in (("running", ("running",), RunState.progress),
-                                  ("failed", ("failed", "interrupted", "diverged") if failed else (), None)):
+    for title, wanted, detail in (("running", (Status.RUNNING,), RunState.progress),
+                                  ("failed", (Status.FAILED, Status.INTERRUPTED, Status.DIVERGED) if failed else (),
+                                   None)):
         chosen = [s for s in states if s.status in wanted]
         if not chosen:
             continue

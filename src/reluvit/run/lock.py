@@ -36,6 +36,8 @@ import time
 import uuid
 from pathlib import Path
 
+from reluvit.run.rundir import Status
+
 log = logging.getLogger(__name__)
 LOCK = "lock.json"
 HEARTBEAT_S = 30
@@ -106,7 +108,7 @@ def stale(lock: dict | None, now: float | None = None) -> str | None:
 
 def live_status(status: str, run_dir: str | Path) -> str:
     """A recorded status as it stands now: ``running`` becomes ``interrupted`` when no live process holds the run."""
-    return "interrupted" if status == "running" and stale(read_lock(run_dir)) else status
+    return Status.INTERRUPTED if status == Status.RUNNING and stale(read_lock(run_dir)) else status
 
 
 def _process_exists(pid: int) -> bool:

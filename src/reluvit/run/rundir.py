@@ -9,13 +9,32 @@ import json
 import os
 import platform
 import subprocess
+from enum import StrEnum
 from pathlib import Path
 
 from reluvit.run.grid import differences
 from reluvit.run.schema import ConfigError
 
 SUMMARY = "summary.json"
-FINISHED = ("completed", "diverged")  # not trained again by a rerun (resume=false trains them from the start)
+
+
+class Status(StrEnum):
+    """A run's status: the first five are what its summary.json records (:mod:`reluvit.run.train` writes them, the
+    roll-up reads them); the others are what ``reluvit status`` adds for runs without a summary to trust."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"  # its summary says running, but nobody holds its lock: killed without a word
+    FAILED = "failed"
+    QUEUED = "queued"  # a SLURM job waits to start it
+    UNREADABLE = "unreadable"  # a summary that is not JSON, or not a summary
+    MISSING = "missing"  # no directory, no job
+    NEEDS_GPU = "needs_gpu"  # missing, and only a GPU trains it
+
+
+RECORDED = (Status.COMPLETED, Status.DIVERGED, Status.RUNNING, Status.INTERRUPTED, Status.FAILED)
+FINISHED = (Status.COMPLETED, Status.DIVERGED)  # not trained again by a rerun (resume=false trains them from the start)
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:

@@ -44,6 +44,7 @@ from reluvit.run.requeue import CheckpointOnSignal, stop_signals
 from reluvit.run.rundir import (
     FINISHED,
     SUMMARY,
+    Status,
     check_same_data,
     check_same_run,
     git_revision,
@@ -82,7 +83,7 @@ def run(cfg: DictConfig) -> dict:
 def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, progress: dict,
            data_fingerprint: dict) -> dict:
     summary = {
-        "run_name": cfg.run_name, "run_dir": str(run_dir), "status": "running", "identity": identity(config),
+        "run_name": cfg.run_name, "run_dir": str(run_dir), "status": Status.RUNNING, "identity": identity(config),
         "config": config, "data_fingerprint": data_fingerprint,
         "started": (previous or {}).get("started", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "git_revision": git_revision(), "host": socket.gethostname(), "versions": package_versions(),
@@ -91,7 +92,7 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
     try:
         module, datamodule, trainer, chrono, evaluation, facts = setup(cfg, run_dir, progress)
     except Exception as e:  # recorded, so the roll-up and `make status` count the run as failed, not missing
-        write_json_atomic(run_dir / SUMMARY, {**summary, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+        write_json_atomic(run_dir / SUMMARY, {**summary, "status": Status.FAILED, "error": f"{type(e).__name__}: {e}"})
         raise
     summary.update(device=_device_name(trainer), world_size=trainer.world_size, devices=trainer.num_devices,
                    threads=torch.get_num_threads(),  # intra-op CPU threads of each process
@@ -118,16 +119,16 @@ def _train(cfg: DictConfig, run_dir: Path, config: dict, previous: dict | None, 
         if not module.diverged:  # the few-shot probe of the final weights
             for probe in (c for c in evaluation if isinstance(c, FewshotProbe)):
                 metrics.update(probe.probe(trainer, module))
-        summary["status"] = "diverged" if module.diverged else "completed"
+        summary["status"] = Status.DIVERGED if module.diverged else Status.COMPLETED
         trainer.save_checkpoint(last, weights_only=False)  # the final weights, also when max_steps ended mid-epoch
     except SystemExit:  # submitit requeued the job (preemption or time-out): the next start continues the run
-        summary["status"] = "running"
+        summary["status"] = Status.RUNNING
         raise
     except CheckpointError as e:  # unreadable, or not written: the summary keeps the figures of the last good start
-        restored, summary = False, {**(previous or summary), "status": "failed", "error": str(e)}
+        restored, summary = False, {**(previous or summary), "status": Status.FAILED, "error": str(e)}
         raise
     except BaseException as e:
-        summary["status"], summary["error"] = "failed", f"{type(e).__name__}: {e}"
+        summary["status"], summary["error"] = Status.FAILED, f"{type(e).__name__}: {e}"
         raise
     finally:
         if restored:
@@ -263,7 +264,7 @@ def attention_impl(module: torch.nn.Module) -> str | None:
 def close_loggers(trainer: pl.Trainer, status: str, wandb_used: bool) -> None:
     """Finalize the loggers without letting a logger's failure replace the run's outcome: on preemption SLURM
     sends SIGTERM to every process of the job, W&B's service included, and the job must still requeue cleanly."""
-    closers = [lambda lg=lg: lg.finalize("success" if status == "completed" else status) for lg in trainer.loggers]
+    closers = [lambda lg=lg: lg.finalize("success" if status == Status.COMPLETED else status) for lg in trainer.loggers]
     if wandb_used:
         import wandb
 
