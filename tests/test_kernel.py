@@ -225,6 +225,6 @@ def test_fig1_shows_measured_core_hours_and_analytic_flops(tmp_path, monkeypatch
     figure = plots.fig1(runs, models=["mini4", "mini2"], recipe="smoke", metrics={"accuracy": "val_acc"})
     axes = figure.axes
     assert [ax.get_xlabel() for ax in axes] == ["core hours", "training FLOPs"]
-    relu_flops = [line for line in axes[1].lines if line.get_label() == "relu/seqlen"][0].get_xdata()
+    relu_flops = [line for line in axes[1].lines if line.get_label() == "relu/L"][0].get_xdata()
     assert list(relu_flops) == [1e13, 4e13]
     assert "all 4 points present" in figure.texts[-1].get_text()  # each point counted once

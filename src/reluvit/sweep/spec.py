@@ -96,8 +96,8 @@ def load(name: str, scale: str, seeds: list[int] | None = None) -> Sweep:
         raw = dict(raw)
         requires = raw.pop("requires", None)
         keys = {k: list(v) if isinstance(v, list) else [v] for k, v in raw.items()}
-        if seeds is not None:
-            keys["seed"] = list(seeds)
+        if seeds is not None:  # first, as in the sweep files: a point's overrides in one order, whatever its block
+            keys = {"seed": list(seeds), **{k: v for k, v in keys.items() if k != "seed"}}
         blocks.append(Block(keys, requires))
     scaled = spec["scales"][scale]
     plot = dict(scaled.get("plot") or {})
