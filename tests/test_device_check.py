@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from reluvit.data import build_datamodule
 from reluvit.data.datamodules import SyntheticDataModule, SyntheticImages
@@ -55,7 +56,7 @@ def test_synthetic_values_and_labels_cover_their_ranges():
 
 def test_synthetic_validation_images_are_other_draws(tiny_cfg):
     cfg = tiny_cfg(*SYNTHETIC)
-    module = build_datamodule(cfg.data, batch_size=16, augment={}, seed=0)
+    module = build_datamodule(OmegaConf.to_container(cfg.data), batch_size=16, augment={}, seed=0)
     assert isinstance(module, SyntheticDataModule)
     train, val = module.train_set, module.val_set
     assert (len(train), len(val)) == (96, 20)

@@ -11,9 +11,10 @@ sorted order would put whole classes in minival)."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -141,16 +142,16 @@ class EmbeddedDataModule(IndexedDataModule):
     """An embedded dataset held in memory as tensors, split once by ``split_seed`` (independent of the run's
     ``seed``, so every run of a sweep validates on the same images)."""
 
-    def __init__(self, name: str, batch_size: int, val_size: int | None = None, split_seed: int = 0,
+    def __init__(self, dataset: str, batch_size: int, val_size: int | None = None, split_seed: int = 0,
                  num_workers: int = 0, seed: int = 0, path: str | None = None) -> None:
         super().__init__()
-        self.name, self.batch_size, self.val_size, self.path = name, batch_size, val_size, path
+        self.dataset, self.batch_size, self.val_size, self.path = dataset, batch_size, val_size, path
         self.split_seed, self.num_workers, self.seed = split_seed, num_workers, seed
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
-        data = load(self.name, self.path, self.split_seed)
+        data = load(self.dataset, self.path, self.split_seed)
         images = torch.from_numpy(data.images).unsqueeze(1) * 2 - 1
         labels = torch.from_numpy(data.labels)
         train, val = validation_split(data, self.val_size, self.split_seed)
@@ -431,26 +432,15 @@ class SyntheticDataModule(IndexedDataModule):
 
 
 
-DATASETS = (*EMBEDDED, "imagefolder", "shards", "synthetic")
+DATAMODULES = {**dict.fromkeys(EMBEDDED, EmbeddedDataModule), "imagefolder": ImageFolderDataModule,
+               "shards": ShardDataModule, "synthetic": SyntheticDataModule}
+DATASETS = tuple(DATAMODULES)
 
 
-def build_datamodule(data_cfg, batch_size: int, augment: dict, seed: int) -> pl.LightningDataModule:
-    """The data module a ``data`` config describes, with the per-device batch and the training images' augmentation
-    (:func:`reluvit.run.build.train_augmentation`: TrainTransform's arguments)."""
-    if data_cfg.dataset == "shards":
-        return ShardDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.in_chans,
-                               data_cfg.num_classes, data_cfg.num_workers, augment, seed=seed,
-                               shuffle_buffer=data_cfg.shuffle_buffer, max_bad_fraction=data_cfg.max_bad_fraction,
-                               train_split=data_cfg.train_split, minival_split=data_cfg.minival_split,
-                               loader=data_cfg.loader, stream_slots=data_cfg.stream_slots)
-    if data_cfg.dataset == "synthetic":
-        return SyntheticDataModule(batch_size, data_cfg.img_size, data_cfg.in_chans, data_cfg.num_classes,
-                                   data_cfg.num_samples, data_cfg.val_size, data_cfg.split_seed,
-                                   data_cfg.num_workers, seed)
-    if data_cfg.dataset == "imagefolder":
-        return ImageFolderDataModule(data_cfg.path, batch_size, data_cfg.img_size, data_cfg.num_workers, augment,
-                                     seed=seed, train_split=data_cfg.train_split,
-                                     minival_split=data_cfg.minival_split, split_seed=data_cfg.split_seed,
-                                     num_classes=data_cfg.num_classes, max_bad_fraction=data_cfg.max_bad_fraction)
-    return EmbeddedDataModule(data_cfg.dataset, batch_size, data_cfg.val_size, data_cfg.split_seed,
-                              data_cfg.num_workers, seed, data_cfg.path)
+def build_datamodule(data: Mapping, batch_size: int, augment: dict, seed: int) -> pl.LightningDataModule:
+    """The data module of ``data.dataset``, the ``data`` keys spread into it as its arguments (those it takes: a
+    key is its argument's name), with the per-device batch, the training images' augmentation
+    (:func:`reluvit.run.build.train_augmentation`: TrainTransform's arguments) and the run's seed."""
+    module = DATAMODULES[data["dataset"]]
+    given = {**data, "batch_size": batch_size, "augment": augment, "seed": seed}
+    return module(**{key: given[key] for key in inspect.signature(module).parameters if key in given})

@@ -53,16 +53,16 @@ def is_21k_label_set(wnids) -> bool:
     return wnids is not None and tuple(wnids) != wordnet_ids("imagenet1k")
 
 
-def run_wnids(data_cfg, label_set: str | None = None) -> tuple[str, ...] | None:
+def run_wnids(dataset: str, path: str | None, label_set: str | None = None) -> tuple[str, ...] | None:
     """The WordNet ids of a run's classes: a named label set, else the shards' ``_info.json``, else an ImageFolder
     tree's class folders (when they are WordNet ids); None for data without them (the embedded datasets)."""
     if label_set:
         return wordnet_ids(label_set)
-    if data_cfg.dataset == "shards":
-        wnids = read_info(data_cfg.path)["wnids"]
+    if dataset == "shards":
+        wnids = read_info(path)["wnids"]
         return tuple(wnids) if wnids else None
-    if data_cfg.dataset == "imagefolder":
-        names = sorted(p.name for p in (Path(data_cfg.path) / "train").iterdir() if p.is_dir())
+    if dataset == "imagefolder":
+        names = sorted(p.name for p in (Path(path) / "train").iterdir() if p.is_dir())
         return tuple(names) if all(n.startswith("n") and n[1:].isdigit() for n in names) else None
     return None
 

@@ -28,14 +28,14 @@ def i1k_restriction(cfg: DictConfig) -> I1kRestriction | None:
     """The i1k restriction of a run on a 21k label set when ``eval.i1k.path`` is set; None otherwise."""
     if not cfg.eval.i1k.path:
         return None
-    wnids = run_wnids(cfg.data, cfg.eval.i1k.label_set)
+    wnids = run_wnids(cfg.data.dataset, cfg.data.path, cfg.eval.i1k.label_set)
     return I1kRestriction(wnids, cfg.eval.i1k.missing) if is_21k_label_set(wnids) else None
 
 
 def imagenet_restriction(cfg: DictConfig) -> I1kRestriction | None:
     """How a run's logits predict ImageNet-1k classes (ReaL, v2): all of them on ImageNet-1k, those of the i1k
     classes for a 21k label set; None when the run's classes hold no ImageNet-1k class."""
-    wnids = run_wnids(cfg.data, cfg.eval.i1k.label_set)
+    wnids = run_wnids(cfg.data.dataset, cfg.data.path, cfg.eval.i1k.label_set)
     restriction = I1kRestriction(wnids, cfg.eval.i1k.missing) if wnids else None
     return restriction if restriction is not None and len(restriction.present) else None
 
@@ -43,7 +43,7 @@ def imagenet_restriction(cfg: DictConfig) -> I1kRestriction | None:
 def real_images(cfg: DictConfig) -> str | None:
     """Where ReaL's images are: the run's own validation images on ImageNet-1k, ``eval.i1k.path`` for a run on
     another label set."""
-    own = not is_21k_label_set(run_wnids(cfg.data, cfg.eval.i1k.label_set))
+    own = not is_21k_label_set(run_wnids(cfg.data.dataset, cfg.data.path, cfg.eval.i1k.label_set))
     return cfg.data.path if own else cfg.eval.i1k.path
 
 

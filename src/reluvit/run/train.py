@@ -183,7 +183,8 @@ def setup(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> tuple
     compiled = resolve_compile(cfg)
     if compiled:  # in place: the state-dict keys, so the checkpoints, stay the eager model's (no `_orig_mod.`)
         module.model.compile(dynamic=False)  # train batches are whole (drop_last); eval's last one recompiles once
-    datamodule = build_datamodule(cfg.data, micro, train_augmentation(cfg), cfg.seed)
+    datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True), micro, train_augmentation(cfg),
+                                  cfg.seed)
     macs = forward_macs(**architecture(cfg))
     chrono = Chrono(flops_per_example=6 * macs)
     evaluation = evaluation_callbacks(cfg, micro)  # after chrono: a probe during training pauses its clock

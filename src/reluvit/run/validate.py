@@ -429,7 +429,7 @@ def _validate_imagenet_evals(cfg: DictConfig, data: bool) -> None:
             raise ConfigError(key, str(e) if isinstance(e, ValueError) else f"cannot read it ({e})") from None
     if "eval.real.labels" not in used or not (data or cfg.data.dataset not in ON_DISK or cfg.eval.i1k.label_set):
         return  # no ReaL, or the run's classes are in its absent data
-    on_21k = is_21k_label_set(run_wnids(cfg.data, cfg.eval.i1k.label_set))
+    on_21k = is_21k_label_set(run_wnids(cfg.data.dataset, cfg.data.path, cfg.eval.i1k.label_set))
     if on_21k and imagenet_restriction(cfg) is not None and not cfg.eval.i1k.path:
         raise ConfigError("eval.i1k.path", "ReaL of a run on a 21k label set is scored on the ImageNet-1k "
                                            "validation images there: set it (or RELUVIT_IMAGENET1K)")
