@@ -275,7 +275,7 @@ class ImageFolderDataModule(IndexedDataModule):
 
     pin_memory = True
 
-    def __init__(self, path: str, batch_size: int, img_size: int = 224, num_workers: int = 8,
+    def __init__(self, path: str, batch_size: int, img_size: int = 224, num_workers: int = 0,
                  augment: dict | None = None, seed: int = 0, train_split: str = "train",
                  minival_split: str | None = None, split_seed: int = 0, num_classes: int | None = None,
                  max_bad_fraction: float = 0.01) -> None:
@@ -329,9 +329,9 @@ class ShardDataModule(pl.LightningDataModule):
     ``num_workers`` must divide ``stream_slots`` (each worker serves whole slots of the stream)."""
 
     def __init__(self, path: str, batch_size: int, img_size: int, in_chans: int, num_classes: int,
-                 num_workers: int = 8, augment: dict | None = None, seed: int = 0,
+                 num_workers: int = 0, augment: dict | None = None, seed: int = 0,
                  shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01, train_split: str = "train",
-                 minival_split: str | None = None, loader: str = "reference", stream_slots: int = 24) -> None:
+                 minival_split: str | None = None, loader: str = "auto", stream_slots: int = 24) -> None:
         super().__init__()
         check_workers(num_workers, stream_slots)
         self.loader = resolve_loader(loader, "shards")
