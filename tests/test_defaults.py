@@ -13,9 +13,10 @@ from reluvit.data.datamodules import DATAMODULES
 from reluvit.evaluate.fewshot import FewshotEvaluator
 from reluvit.run import schema
 from reluvit.run.module import ViTClassifier
-from reluvit.soft import SoftAttention
+from reluvit.soft import SoftAttention, soft_attention_macs
 
 CONSTRUCTORS = [(schema.AttentionConfig, attention_layer), (schema.SoftConfig, SoftAttention),
+                (schema.SoftConfig, soft_attention_macs),
                 (schema.RecipeConfig, ViTClassifier), (schema.FewshotConfig, FewshotEvaluator),
                 *((schema.DataConfig, module) for module in dict.fromkeys(DATAMODULES.values()))]
 EXCEPTIONS = {

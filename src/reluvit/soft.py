@@ -30,6 +30,8 @@ from torch.autograd.function import once_differentiable
 from reluvit.errors import ArgumentError
 
 NEWTON_ITERS = 20  # all 15 of SOFT's configs
+SR = 2  # landmark stride of a layer at the length of /16: m = (grid side / 2)^2 landmarks
+LOCAL_KERNEL = 3  # the depthwise convolution of the local term (0: none)
 RIDGE = 0.01  # SOFT's plain kernel inverts K2 + 0.01 I; the IJCV normalised kernel adds nothing
 
 
@@ -139,9 +141,9 @@ class SoftAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         *,
-        sr: int = 2,
+        sr: int = SR,
         newton_iters: int = NEWTON_ITERS,
-        local_kernel: int = 3,
+        local_kernel: int = LOCAL_KERNEL,
         sym_norm: bool = False,
         ridge: float | None = None,
         num_prefix_tokens: int = 0,
@@ -378,8 +380,8 @@ def soft_huge(pretrained: bool = False, **kwargs) -> SoftVisionTransformer:
 # --- parameters and FLOPs --------------------------------------------------------------------------------------------
 
 
-def soft_attention_macs(grid: int, dim: int, heads: int, *, sr: int = 2, newton_iters: int = NEWTON_ITERS,
-                        local_kernel: int = 3, sym_norm: bool = False, ridge: float | None = None,
+def soft_attention_macs(grid: int, dim: int, heads: int, *, sr: int = SR, newton_iters: int = NEWTON_ITERS,
+                        local_kernel: int = LOCAL_KERNEL, sym_norm: bool = False, ridge: float | None = None,
                         prefix_tokens: int = 0) -> tuple[int, int]:
     """Multiply-accumulates of one :class:`SoftAttention` forward on a grid x grid patch grid (matrix products and
     convolutions): (all of them, the part that SOFT's custom CUDA ops compute: the Gaussian-kernel distance products

@@ -14,8 +14,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reluvit.run.schema import SoftConfig
+
 # Attentions that are not L^-alpha h(s): alpha, learn_alpha and gelu_approximate mean nothing to them.
 NOT_POINTWISE = ("softmax", "sigmoid_attn", "soft")
+SOFT = SoftConfig()  # SOFT's defaults (the constructor's: tests/test_defaults.py), left out of run names
 
 
 def _activation(config: dict) -> str:
@@ -203,8 +206,8 @@ def attention_name(config: dict) -> str:
     if a["activation"] == "soft":
         soft = a["soft"]
         name += f"-sr{soft['sr']}"
-        name += "" if soft["newton_iters"] == 20 else f"-it{soft['newton_iters']}"
-        name += "" if soft["local_kernel"] == 3 else f"-k{soft['local_kernel']}"
+        name += "" if soft["newton_iters"] == SOFT.newton_iters else f"-it{soft['newton_iters']}"
+        name += "" if soft["local_kernel"] == SOFT.local_kernel else f"-k{soft['local_kernel']}"
         name += "-symnorm" if soft["sym_norm"] else ""
     if not a["qk_norm"]:
         name += "-noqkln"

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class SoftConfig:
-    """:class:`reluvit.soft.SoftAttention`'s options (``attention.soft.*``, used by ``activation: soft``)."""
+    """:class:`reluvit.soft.SoftAttention`'s options (``attention.soft.*``, used by ``activation: soft``), with its
+    defaults (tests/test_defaults.py holds them equal)."""
 
     sr: int = 2
     newton_iters: int = 20
