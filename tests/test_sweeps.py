@@ -250,7 +250,7 @@ def test_plots_draw_a_figure_from_a_committed_rollup(tmp_path, monkeypatch):
     relu_l = (reference["activation"] == "relu") & (reference["alpha"] == 1.0) & reference["qk_norm"].eq(True) \
         & reference["gate"].eq(False) & reference["learn_alpha"].eq("none")
     expected = reference[reference["model"].isin(["micro4", "mini4", "midi4"]) & reference["recipe"].eq("smoke")
-                         & ((reference["activation"] == "softmax") | relu_l)]
+                         & reference["data"].eq("animal_mnist") & ((reference["activation"] == "softmax") | relu_l)]
     assert len(expected) == 3 * 2 * 3  # three sizes, softmax and relu/L, three seeds
     drawn = []
     monkeypatch.setattr(plots, "fig1", lambda df, **plot: drawn.append(df) or plots.new_figure())

@@ -35,7 +35,8 @@ CACHE_FORMAT = 1  # of a cache entry: bumped when its layout changes
 ON_DISK = ("imagefolder", "shards")  # the datasets read from data.path, the only ones sliced (data.train_split)
 SHAPING = ("compose.py", "schema.py", "grid.py")  # the modules (beside this one) whose code shapes a composition
 # OmegaConf's resolvers that read nothing but their arguments and the config, or (oc.env) what the key records
-PURE_RESOLVERS = {"oc.env", "oc.create", "oc.decode", "oc.deprecated", "oc.select", "oc.dict.keys", "oc.dict.values"}
+PURE_RESOLVERS = {"oc.env", "oc.create", "oc.decode", "oc.deprecated", "oc.select", "oc.dict.keys", "oc.dict.values",
+                  "variant_name"}
 _RESOLVER = re.compile(r"\$\{\s*([\w.-]+)\s*:")
 _ENV_NAME = re.compile(r"oc\.env\s*:\s*['\"]?([A-Za-z_]\w*)['\"]?\s*(?=[,}])")
 

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from reluvit.search import packaged
 
@@ -57,10 +57,10 @@ class AttentionConfig:
 
 @dataclass
 class ModelConfig:
-    """``name`` labels the option (run names, the recipe's augmentation table); the other keys are the arguments
-    of :func:`reluvit.models.create_model` (with ``attention``, the top-level group)."""
+    """``name`` labels the option (run names, the recipe's augmentation table), derived from ``variant``; the other
+    keys are the arguments of :func:`reluvit.models.create_model` (with ``attention``, the top-level group)."""
 
-    name: str = MISSING
+    name: str = "${variant_name:${.variant}}"  # "S/16" -> s16: run names, the recipe's augmentation table
     variant: str = MISSING
     pool: str = "${recipe.pool}"
     rep_size: Any = "${recipe.rep_size}"
@@ -234,8 +234,16 @@ def is_schema_field(key: str) -> bool:
     return all(dataclasses.is_dataclass(p) for p in parents) and schema_type(key) is not None
 
 
+def variant_name(variant: str) -> str:
+    """A model's name from its variant, the ``variant_name`` resolver: ``S/16`` -> ``s16``, ``micro/4`` ->
+    ``micro4`` (each model option is named so)."""
+    return variant.lower().replace("/", "")
+
+
 def register() -> None:
-    """Register the schema as ``train_schema``, the first entry of ``conf/train.yaml``'s defaults (idempotent)."""
+    """Register the schema as ``train_schema``, the first entry of ``conf/train.yaml``'s defaults, and the
+    ``variant_name`` resolver (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("variant_name", variant_name, replace=True)
