@@ -67,23 +67,31 @@ def imports() -> dict[str, set[str]]:
     return graph
 
 
-def test_the_import_graph_has_no_cycles():
-    graph, done, path = imports(), set(), []
+def cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` (its nodes, the first repeated at the end), or None: a depth-first walk."""
+    done, path = set(), []
 
-    def visit(module):
-        if module in path:
-            raise AssertionError("import cycle: " + " -> ".join([*path[path.index(module):], module]))
-        if module in done:
-            return
-        path.append(module)
-        for target in graph.get(module, ()):
-            visit(target)
+    def visit(node) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node):], node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if found := visit(target):
+                return found
         path.pop()
-        done.add(module)
+        done.add(node)
+        return None
 
-    for module in graph:
-        visit(module)
+    return next((found for node in graph if (found := visit(node))), None)
+
+
+def test_the_import_graph_has_no_cycles():
+    graph = imports()
+    assert cycle(graph) is None, "import cycle: " + " -> ".join(cycle(graph))
     assert "reluvit.run.train" in graph and graph["reluvit.run.train"]  # the walk saw the package
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the walk finds one
 
 
 def packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -100,21 +108,8 @@ def packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_no_package_imports_a_package_that_imports_it_back():
     """Module cycles aside, the packages form layers: data and evaluate below run, run below sweep, report and
     dashboards (a cycle of packages, even through several, is a tangle a newcomer cannot read in layers)."""
-    graph, done, path = packages(imports()), set(), []
-
-    def visit(package):
-        if package in path:
-            raise AssertionError("package cycle: " + " -> ".join([*path[path.index(package):], package]))
-        if package in done:
-            return
-        path.append(package)
-        for target in sorted(graph.get(package, ())):
-            visit(target)
-        path.pop()
-        done.add(package)
-
-    for package in graph:
-        visit(package)
+    graph = packages(imports())
+    assert cycle(graph) is None, "package cycle: " + " -> ".join(cycle(graph))
     assert {"data", "evaluate", "run", "sweep", "report", "dashboards"} <= set(graph)
     assert "run" not in graph["evaluate"] and "dashboards" not in graph["run"]
 
