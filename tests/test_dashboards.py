@@ -22,7 +22,7 @@ from reluvit.dashboards.figure_run import line_series
 from reluvit.dashboards.layout import LAYOUTS, panels, recipes, wandb_key
 from reluvit.dashboards.sync import is_synced, offline_runs, sync
 from reluvit.login import logged_in, resolve_mode
-from reluvit.report import plots
+from reluvit.report import claims, plots
 from reluvit.report.rollup import summary_row
 from reluvit.sweep import spec as sweeps
 
@@ -98,11 +98,13 @@ def test_specifications_from_the_smoke_rollup(name, reference):
     sweep = sweeps.load(name, "smoke")
     figure = getattr(plots, name)(reference, **sweep.plot)
     footnote = plots.footnote(plots.tally(figure.points))
-    specs = json.loads(json.dumps(spec.dashboards(sweep, footnote, "me", "reluvit")))  # plain JSON
+    tested = claims.markdown(claims.evaluate(name, claims.parse(sweep.claims), reference))
+    specs = json.loads(json.dumps(spec.dashboards(sweep, footnote, "me", "reluvit", tested)))  # plain JSON
     layout = panels(sweep)
     report, workspace = specs["report"], specs["workspace"]
 
-    markdown, figure_grid, *grids = report["blocks"]
+    markdown, figure_grid, verdicts, *grids = report["blocks"]
+    assert verdicts["type"] == "markdown" and tested in verdicts["text"] and "**" in tested  # the claims, tested
     assert footnote in markdown["text"] and report["description"] == footnote
     assert figure_grid["runsets"][0]["filters"] == f"Config('figure_run') = '{name}-smoke'"
     assert [p["type"] for p in figure_grid["panels"]] == ["media"] + ["line_series"] * len(layout)
@@ -126,8 +128,8 @@ def test_specifications_from_the_smoke_rollup(name, reference):
 
     built = spec.build_report(report)  # the objects publishing saves, built offline
     assert built.title == report["title"] and len(built.blocks) == len(report["blocks"])
-    for block in built.blocks[1:]:
-        for panel in block.panels:
+    for block in built.blocks:
+        for panel in getattr(block, "panels", ()):  # markdown blocks have none
             panel._to_model()
     view = spec.build_workspace(workspace)._to_model()  # the full saved-view model needs no network
     assert len(view.spec.section.panel_bank_config.sections) == 3

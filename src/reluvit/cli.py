@@ -334,7 +334,7 @@ def _wandb(args, overrides: list[str]) -> None:
     from reluvit.dashboards import spec
     from reluvit.dashboards.layout import LAYOUTS
     from reluvit.login import base_url, logged_in
-    from reluvit.report import plots
+    from reluvit.report import claims, plots
     from reluvit.run.schema import ConfigError
     from reluvit.sweep.spec import has_scale
 
@@ -352,8 +352,10 @@ def _wandb(args, overrides: list[str]) -> None:
                 print(url)
         return
     online = logged_in()
-    for sweep, _runs, (figure, _paths) in _figures(args, overrides):
-        specs = spec.dashboards(sweep, plots.footnote(plots.tally(figure.points)), args.entity, args.project)
+    for sweep, runs, (figure, _paths) in _figures(args, overrides):
+        tested = claims.evaluate(sweep.name, claims.parse(sweep.claims), runs) if sweep.claims else None
+        tested = claims.markdown(tested) if tested is not None else None
+        specs = spec.dashboards(sweep, plots.footnote(plots.tally(figure.points)), args.entity, args.project, tested)
         paths = spec.spec_paths(folder, sweep.name)
         spec.write(specs, paths)
         log.info("%s: report and workspace specifications -> %s", sweep.name, ", ".join(map(str, paths.values())))

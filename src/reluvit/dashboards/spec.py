@@ -67,7 +67,9 @@ def _groupby(panel: Panel, by_panel: bool = False) -> list[str]:
     return [wandb_key(k) for k in dict.fromkeys(keys)]
 
 
-def report_spec(sweep: Sweep, footnote: str, entity: str | None, project: str) -> dict:
+def report_spec(sweep: Sweep, footnote: str, entity: str | None, project: str, claims: str | None = None) -> dict:
+    """The report: what it shows, the figure run's panels, the paper's claims tested on the runs (``claims``: the
+    markdown of :func:`reluvit.report.claims.markdown`), then one grid of runs per panel."""
     layout = panels(sweep)
     text = (f"{TITLES[sweep.name]}, at {sweep.scale} scale: the runs of `sweeps/{sweep.name}.yaml` "
             f"(`make {sweep.name.replace('_', '-')} FLAGS='--scale {sweep.scale}' ARGS=logger=wandb`). "
@@ -78,6 +80,8 @@ def report_spec(sweep: Sweep, footnote: str, entity: str | None, project: str) -
               {"type": "panel_grid", "runsets": [{"name": figure_run_name(sweep), "filters": figure_run_filter(sweep),
                                                  "groupby": []}],
                "panels": _figure_panels(layout)}]
+    if claims:
+        blocks.append({"type": "markdown", "text": f"## The paper's claims, tested on these runs\n\n{claims}"})
     blocks += [{"type": "panel_grid",
                 "runsets": [{"name": panel.title, "filters": runs_filter(sweep, panel.where),
                              "groupby": _groupby(panel)}],
@@ -107,9 +111,10 @@ def _pinned(layout: list[Panel]) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def dashboards(sweep: Sweep, footnote: str, entity: str | None, project: str) -> dict[str, dict]:
+def dashboards(sweep: Sweep, footnote: str, entity: str | None, project: str,
+               claims: str | None = None) -> dict[str, dict]:
     """Both specifications of the figure: ``{"report": ..., "workspace": ...}``."""
-    return {"report": report_spec(sweep, footnote, entity, project),
+    return {"report": report_spec(sweep, footnote, entity, project, claims),
             "workspace": workspace_spec(sweep, entity, project)}
 
 
