@@ -98,7 +98,7 @@ def test_specifications_from_the_smoke_rollup(name, reference):
     sweep = sweeps.load(name, "smoke")
     figure = getattr(plots, name)(reference, **sweep.plot)
     footnote = plots.footnote(plots.tally(figure.points))
-    tested = claims.markdown(claims.evaluate(name, claims.parse(sweep.claims), reference))
+    tested = claims.markdown(claims.of_sweep(sweep, reference))
     specs = json.loads(json.dumps(spec.dashboards(sweep, footnote, "me", "reluvit", tested)))  # plain JSON
     layout = panels(sweep)
     report, workspace = specs["report"], specs["workspace"]

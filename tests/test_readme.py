@@ -36,7 +36,7 @@ def test_a_changed_verdict_changes_the_readme(tmp_path):
 @pytest.mark.slow
 def test_the_committed_claims_are_what_the_roll_up_gives_now():
     table = read_table(REFERENCE / "runs.csv")
-    tested = [cl.evaluate(sweep.name, cl.parse(sweep.claims), sweep_rows(sweep, table))
+    tested = [cl.of_sweep(sweep, sweep_rows(sweep, table))
               for sweep in load_many([], "smoke") if sweep.claims]
     now = pd.concat(tested, ignore_index=True)
     committed = pd.read_csv(REFERENCE / "claims.csv")

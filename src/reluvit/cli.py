@@ -353,8 +353,7 @@ def _wandb(args, overrides: list[str]) -> None:
         return
     online = logged_in()
     for sweep, runs, (figure, _paths) in _figures(args, overrides):
-        tested = claims.evaluate(sweep.name, claims.parse(sweep.claims), runs) if sweep.claims else None
-        tested = claims.markdown(tested) if tested is not None else None
+        tested = claims.markdown(claims.of_sweep(sweep, runs)) if sweep.claims else None
         specs = spec.dashboards(sweep, plots.footnote(plots.tally(figure.points)), args.entity, args.project, tested)
         paths = spec.spec_paths(folder, sweep.name)
         spec.write(specs, paths)

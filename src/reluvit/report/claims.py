@@ -244,6 +244,11 @@ def evaluate(figure: str, claims: list[Claim], runs: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def of_sweep(sweep, runs: pd.DataFrame) -> pd.DataFrame:
+    """The claims of a sweep file's scale (:func:`parse`) tested on its runs (:func:`evaluate`)."""
+    return evaluate(sweep.name, parse(sweep.claims), runs)
+
+
 def _verdict(row: dict, outcome: Outcome, p_agree: float, p_differ: float) -> tuple[str, str]:
     if outcome.note and not np.isfinite(outcome.interval[0]):
         return "inconclusive", outcome.note

@@ -130,7 +130,7 @@ def verdicts(tested: list[tuple], results_dir: Path, scale: str) -> pd.DataFrame
 
     from reluvit.report import claims
 
-    tables = [claims.evaluate(sweep.name, claims.parse(sweep.claims), runs) for sweep, runs in tested]
+    tables = [claims.of_sweep(sweep, runs) for sweep, runs in tested]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=claims.COLUMNS)
     stem = results_dir / scale / "claims"
     stem.parent.mkdir(parents=True, exist_ok=True)
